@@ -1,0 +1,277 @@
+"""Capture: run every document once, pool each site's activations, stream shards into a Scan.
+
+Documents are tokenized once, sorted by length and cut into batches under a token budget
+(padded size = documents x longest document), so little compute is spent on padding.
+Consecutive batches form shards; a shard is written atomically as soon as it is done,
+so a killed scan resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .corpus import Corpus
+from .errors import LlmriError
+from .model import Model, as_model
+from .sites import expand_sites, hooks, site_order
+from .store import (CORPUS_FILE, FORMAT_VERSION, MANIFEST, Scan, atomic_write_json,
+                    atomic_write_text, complete_shards, read_manifest, shard_name, write_shard)
+
+POOLS = ("mean", "first", "last", "max")
+DEFAULT_BATCH_TOKENS = 8192
+TOKEN_SHARD_BYTES = 256 * 2**20  # bound on token-level activations held in memory per shard
+
+
+class _StopForward(Exception):
+    """Raised by the deepest capture hook: the rest of the forward pass is not needed."""
+
+
+def pool(x: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    """Pool ``x`` ``[batch, tokens, dim]`` over the real tokens of ``mask`` ``[batch, tokens]``.
+
+    ``mean`` averages every real token (special tokens included), ``first``/``last`` take the
+    first/last real token whatever the padding side, ``max`` is the element-wise maximum.
+    """
+    xf = x.float()
+    if how == "mean":
+        m = mask.unsqueeze(-1).to(xf.dtype)
+        return (xf * m).sum(1) / m.sum(1).clamp(min=1)
+    if how == "max":
+        return xf.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(1)
+    rows = torch.arange(x.shape[0], device=x.device)
+    if how == "first":
+        idx = mask.int().argmax(1)
+    else:
+        idx = mask.shape[1] - 1 - mask.flip(1).int().argmax(1)
+    return xf[rows, idx]
+
+
+def plan_batches(lengths: np.ndarray, batch_tokens: int) -> list[list[int]]:
+    """Length-sorted batches (longest first) whose padded size stays within ``batch_tokens``."""
+    order = sorted(range(len(lengths)), key=lambda i: (-int(lengths[i]), i))
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    for i in order:
+        longest = int(lengths[cur[0]]) if cur else int(lengths[i])
+        if cur and (len(cur) + 1) * longest > batch_tokens:
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def plan_shards(batches: list[list[int]], lengths: np.ndarray, shard_tokens: int) -> list[list[int]]:
+    """Group consecutive batches into shards of about ``shard_tokens`` real tokens."""
+    shards, cur, size = [], [], 0
+    for b, docs in enumerate(batches):
+        cur.append(b)
+        size += int(sum(int(lengths[d]) for d in docs))
+        if size >= shard_tokens:
+            shards.append(cur)
+            cur, size = [], 0
+    if cur:
+        shards.append(cur)
+    return shards
+
+
+def tokenize(model: Model, texts: list[str], max_length: int) -> tuple[list[list[int]], int]:
+    """Token ids per document, truncated to ``max_length``; also how many were truncated."""
+    tok = model.tokenizer
+    ids = tok(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+    long = [i for i, x in enumerate(ids) if len(x) > max_length]
+    if long:
+        cut = tok([texts[i] for i in long], add_special_tokens=True, truncation=True,
+                  max_length=max_length, verbose=False)["input_ids"]
+        for i, x in zip(long, cut):
+            ids[i] = x
+    for i, x in enumerate(ids):
+        if not x:
+            raise LlmriError(f"document {i}: the tokenizer produced no tokens")
+    return [list(map(int, x)) for x in ids], len(long)
+
+
+def _key(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _differences(old: dict, new: dict) -> str:
+    diffs = []
+    if old.get("model", {}).get("fingerprint") != new["model"]["fingerprint"]:
+        diffs.append(f"model {old.get('model', {}).get('name')} -> {new['model']['name']}")
+    if old.get("corpus", {}).get("fingerprint") != new["corpus"]["fingerprint"]:
+        diffs.append("corpus")
+    for k, v in new["settings"].items():
+        if old.get("settings", {}).get(k) != v:
+            diffs.append(f"{k} {old.get('settings', {}).get(k)} -> {v}")
+    return ", ".join(diffs) or "format"
+
+
+def scan(model, corpus, out, sites=("resid",), pool: str = "mean", layers=None,
+         max_length: int | None = None, batch_tokens: int = DEFAULT_BATCH_TOKENS,
+         token_sites=(), shard_tokens: int | None = None, device: str = "auto",
+         dtype: str = "auto", overwrite: bool = False, worker: tuple[int, int] | None = None,
+         progress: bool | None = None) -> Scan:
+    """Run each document of ``corpus`` through ``model`` once and store a Scan in ``out``.
+
+    One pooled vector per document, site and layer; ``token_sites`` (for example
+    ``("resid.6",)``) additionally keeps every token's vector. A rerun with the same model,
+    corpus and settings continues an interrupted scan, or returns the finished one at once.
+
+    >>> import llmri                                              # doctest: +SKIP
+    >>> s = llmri.scan("default", llmri.demo_corpus(), "runs/demo")
+    >>> s.activations(6).shape
+    (96, 384)
+    """
+    if pool not in POOLS:
+        raise LlmriError(f"pool {pool!r} is not one of {', '.join(POOLS)}")
+    if not isinstance(batch_tokens, int) or batch_tokens < 1:
+        raise LlmriError(f"batch_tokens must be a positive integer, got {batch_tokens!r}")
+    if isinstance(corpus, (str, Path)):
+        corpus = Corpus.from_path(corpus)
+    if not isinstance(corpus, Corpus):
+        raise LlmriError(f"corpus: expected an llmri.Corpus or a path, got {type(corpus).__name__}")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise LlmriError(f"{out}: exists and is not a folder; choose another output folder")
+    model = as_model(model, device=device, dtype=dtype)
+    n_layers = model.n_layers
+    pooled = expand_sites(sites, n_layers, layers)
+    tokened = expand_sites(token_sites or (), n_layers, layers)
+    if not pooled and not tokened:
+        raise LlmriError("sites: nothing to capture (no sites given)")
+    limit = model.max_length
+    if max_length is None:
+        max_length = limit
+    elif not isinstance(max_length, int) or max_length < 1:
+        raise LlmriError(f"max_length must be a positive integer, got {max_length!r}")
+    max_length = min(max_length, limit)
+    hidden = int(model.module.config.hidden_size)
+    if shard_tokens is None:
+        per_token = 4 * hidden * 4 * max(1, len(tokened))  # mlp sites are ~4x wider
+        shard_tokens = max(batch_tokens, 65536 if not tokened else TOKEN_SHARD_BYTES // per_token)
+    padding_side = getattr(model.tokenizer, "padding_side", "right")
+    settings = dict(sites=pooled, token_sites=tokened, pool=pool, max_length=max_length,
+                    batch_tokens=batch_tokens, shard_tokens=int(shard_tokens),
+                    dtype=str(model.dtype).replace("torch.", ""), padding_side=padding_side)
+    head = dict(model=dict(name=model.name, fingerprint=model.fingerprint,
+                           family=model.adapter.family, n_layers=n_layers, hidden_size=hidden),
+                corpus=dict(fingerprint=corpus.fingerprint, n_docs=len(corpus),
+                            label_names=corpus.label_names, source=corpus.source),
+                settings=settings)
+    key = _key({"format": FORMAT_VERSION, "model": model.fingerprint,
+                "corpus": corpus.fingerprint, "settings": settings})
+
+    old = read_manifest(out) if out.exists() else None
+    if old is not None and old.get("key") == key and len(
+            complete_shards(out, old["plan"]["n_shards"])) == old["plan"]["n_shards"]:
+        return Scan.open(out)  # answered from the cache
+    if old is not None and old.get("key") != key:
+        if not overwrite:
+            raise LlmriError(f"{out}: holds a different scan ({_differences(old, head)}); "
+                             "choose another output folder or pass --overwrite")
+        for f in list(out.glob("shard-*.safetensors")) + [out / MANIFEST, out / CORPUS_FILE]:
+            f.unlink(missing_ok=True)
+    elif old is None and out.exists() and any(out.iterdir()):
+        raise LlmriError(f"{out}: folder is not empty and holds no llmri scan; "
+                         "choose a new output folder")
+
+    ids, truncated = tokenize(model, corpus.texts, max_length)
+    lengths = np.asarray([len(x) for x in ids], dtype=np.int64)
+    batches = plan_batches(lengths, batch_tokens)
+    shards = plan_shards(batches, lengths, shard_tokens)
+    manifest = dict(head, format_version=FORMAT_VERSION, key=key, sites=pooled, token_sites=tokened,
+                    plan=dict(n_shards=len(shards), n_batches=len(batches), truncated=truncated,
+                              n_tokens=int(lengths.sum())),
+                    complete=False)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".*.tmp"):  # left by a killed writer; never a whole file
+        stale.unlink(missing_ok=True)
+    if not (out / CORPUS_FILE).is_file():
+        atomic_write_text(out / CORPUS_FILE, "".join(
+            json.dumps({"text": t, "label": int(lab)}, ensure_ascii=False) + "\n"
+            for t, lab in zip(corpus.texts, corpus.labels.tolist())))
+    done = set(complete_shards(out, len(shards)))
+    atomic_write_json(out / MANIFEST, dict(manifest, complete=len(done) == len(shards)))
+
+    todo = [s for s in range(len(shards)) if s not in done
+            and (worker is None or s % worker[1] == worker[0])]
+    bar = tqdm(total=sum(len(batches[b]) for s in todo for b in shards[s]), unit="doc",
+               desc="scanning", disable=None if progress is None else not progress,
+               file=sys.stderr, dynamic_ncols=True)
+    if truncated:
+        bar.set_postfix(truncated=truncated)
+    with bar:
+        _run(model, ids, lengths, batches, shards, todo, pooled, tokened, pool, out, bar)
+    done = set(complete_shards(out, len(shards)))
+    atomic_write_json(out / MANIFEST, dict(manifest, complete=len(done) == len(shards)))
+    if len(done) < len(shards):  # another worker still owes shards
+        return None
+    return Scan.open(out)
+
+
+def _run(model: Model, ids, lengths, batches, shards, todo, pooled, tokened, how, out, bar):
+    dev = model.device
+    pad_id = model.tokenizer.pad_token_id
+    left = (getattr(model.tokenizer, "padding_side", "right") == "left"
+            and model.adapter.positions != "none")
+    wanted = list(dict.fromkeys(pooled + tokened))
+    deepest = max(wanted, key=site_order)
+    state: dict = {}
+
+    def make_hook(site):
+        def fn(x):
+            mask = state["mask"]
+            if site in pooled:
+                state["pooled"][site].append(pool(x, mask, how).cpu())
+            if site in tokened:
+                state["tokens"][site].append(x[mask].float().cpu())
+            if site == deepest:
+                raise _StopForward
+            return None
+        return fn
+
+    with hooks(model.module, model.adapter, {s: make_hook(s) for s in wanted}), torch.inference_mode():
+        for s in todo:
+            state["pooled"] = {site: [] for site in pooled}
+            state["tokens"] = {site: [] for site in tokened}
+            docs: list[int] = []
+            token_ids: list[int] = []
+            for b in shards[s]:
+                batch = batches[b]
+                T = int(max(lengths[d] for d in batch))
+                input_ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
+                mask = torch.zeros((len(batch), T), dtype=torch.bool)
+                for r, d in enumerate(batch):
+                    n = int(lengths[d])
+                    sl = slice(T - n, T) if left else slice(0, n)
+                    input_ids[r, sl] = torch.tensor(ids[d])
+                    mask[r, sl] = True
+                    token_ids.extend(ids[d])
+                kwargs = dict(input_ids=input_ids.to(dev), attention_mask=mask.long().to(dev))
+                if left and model.adapter.positions == "ids":
+                    kwargs["position_ids"] = (mask.long().cumsum(1) - 1).clamp(min=0).to(dev)
+                state["mask"] = mask.to(dev)
+                try:
+                    model.base(**kwargs)
+                except _StopForward:
+                    pass
+                docs.extend(batch)
+                bar.update(len(batch))
+            tensors = {"doc_index": np.asarray(docs, dtype=np.int64),
+                       "n_tokens": lengths[docs].astype(np.int64)}
+            for site, parts in state["pooled"].items():
+                tensors[site] = torch.cat(parts).numpy()
+            if tokened:
+                tensors["token_ids"] = np.asarray(token_ids, dtype=np.int64)
+                for site, parts in state["tokens"].items():
+                    tensors["tokens." + site] = torch.cat(parts).numpy()
+            write_shard(out / shard_name(s), tensors, {"shard": str(s)})

@@ -1,0 +1,137 @@
+"""The ``llmri`` command: ``llmri scan``, ``llmri demo``.
+
+Errors are one line on stderr with exit status 1; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import LlmriError
+
+_DEBUG = False
+
+
+def _echo_err(msg: str) -> None:
+    click.echo(f"llmri: error: {msg}", err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+def cli(debug: bool) -> None:
+    """llmri: an MRI scanner for transformer language models."""
+    global _DEBUG
+    _DEBUG = debug
+
+
+def _layers(value: str | None):
+    if value is None:
+        return None
+    try:
+        return [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise LlmriError(f"--layers {value!r}: expected comma-separated integers, e.g. 0,3,-1") from None
+
+
+def _summary(scan) -> str:
+    plan = scan.manifest["plan"]
+    lines = [f"scan: {scan.folder}",
+             f"  model   {scan.model_name} ({scan.n_layers} blocks)",
+             f"  corpus  {scan.n_docs} documents, labels: {', '.join(scan.label_names)}",
+             f"  sites   {', '.join(scan.site_kinds)}; pool {scan.settings['pool']}; "
+             f"{plan['n_tokens']} tokens in {plan['n_batches']} batches"]
+    if plan["truncated"]:
+        lines.append(f"  {plan['truncated']} documents truncated to {scan.settings['max_length']} tokens")
+    return "\n".join(lines)
+
+
+_SCAN_OPTIONS = [
+    click.option("--model", "model_name", default="default", show_default=True,
+                 help="Hugging Face id or local folder; 'default' is the embedded all-MiniLM-L6-v2."),
+    click.option("--pool", type=click.Choice(["mean", "first", "last", "max"]), default="mean",
+                 show_default=True, help="How token vectors become one vector per document."),
+    click.option("--sites", default="resid", show_default=True,
+                 help="Comma-separated sites: resid, mlp, attn_out, mlp_out (or one layer: mlp.3)."),
+    click.option("--token-sites", default="", help="Sites to keep for every token, e.g. resid.6."),
+    click.option("--layers", default=None, help="Comma-separated layers (negative from the end)."),
+    click.option("--batch-tokens", type=int, default=8192, show_default=True,
+                 help="Padded tokens per batch."),
+    click.option("--max-length", type=int, default=None, help="Truncate documents (default: model limit)."),
+    click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ..."),
+    click.option("--dtype", default="auto", show_default=True,
+                 help="auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16."),
+    click.option("--download", is_flag=True, help="Allow fetching the model from the Hugging Face hub."),
+    click.option("--overwrite", is_flag=True, help="Replace a different scan already in --out."),
+]
+
+
+def _scan_options(f):
+    for opt in reversed(_SCAN_OPTIONS):
+        f = opt(f)
+    return f
+
+
+def _run_scan(corpus, out, model_name, pool, sites, token_sites, layers, batch_tokens, max_length,
+              device, dtype, download, overwrite):
+    from .capture import scan
+    from .model import load_model
+
+    model = load_model(model_name, device=device, dtype=dtype, download=download)
+    return scan(model, corpus, out, sites=sites, pool=pool, layers=_layers(layers),
+                max_length=max_length, batch_tokens=batch_tokens, token_sites=token_sites,
+                overwrite=overwrite, progress=True)
+
+
+@cli.command("scan")
+@click.argument("corpus")
+@click.option("--out", required=True, help="Folder for the Scan.")
+@click.option("--text-column", default=None, help="Text column of a CSV/TSV/JSONL corpus.")
+@click.option("--label-column", default=None, help="Label column of a CSV/TSV/JSONL corpus.")
+@_scan_options
+def scan_cmd(corpus, out, text_column, label_column, **kw):
+    """Scan CORPUS (a folder of label sub-folders, or a CSV/TSV/JSONL file) into --out."""
+    from .corpus import Corpus
+
+    docs = Corpus.from_path(corpus, text_column=text_column, label_column=label_column)
+    click.echo(_summary(_run_scan(docs, out, **kw)))
+
+
+@cli.command("demo")
+@click.option("--out", default="llmri-demo", show_default=True, help="Folder for the demo's outputs.")
+@_scan_options
+def demo_cmd(out, **kw):
+    """Scan the bundled demo corpus with the embedded default model."""
+    from .corpus import demo_corpus
+
+    corpus = demo_corpus()
+    result = _run_scan(corpus, Path(out) / "scan", **kw)
+    click.echo(_summary(result))
+
+
+def main(argv=None) -> None:
+    try:
+        cli.main(args=argv, prog_name="llmri", standalone_mode=False)
+    except LlmriError as e:
+        if _DEBUG:
+            raise
+        _echo_err(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        sys.exit(1)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        _echo_err(e.format_message().replace("\n", " "))
+        sys.exit(e.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        _echo_err("interrupted; rerun the same command to continue where it stopped")
+        sys.exit(130)
+    except Exception as e:  # an unexpected failure: still one line, unless --debug
+        if _DEBUG or os.environ.get("LLMRI_DEBUG"):
+            raise
+        _echo_err(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+                  "(rerun with --debug for the traceback)")
+        sys.exit(1)
+    sys.exit(0)

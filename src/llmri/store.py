@@ -1,0 +1,275 @@
+"""The Scan on disk: ``manifest.json`` + ``corpus.jsonl`` + safetensors shards.
+
+Every file is written to a temporary name in the same folder and renamed into place, so a
+killed scan leaves only whole files. A shard is complete when its file exists; disjoint
+shards can therefore be written by independent workers. Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save as st_save
+
+from .errors import LlmriError
+from .sites import parse_site
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+CORPUS_FILE = "corpus.jsonl"
+
+
+# ------------------------------------------------------------------ atomic writes
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
+
+
+def write_shard(path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
+    """Write numpy arrays as one safetensors file, atomically."""
+    atomic_write_bytes(path, st_save({k: np.ascontiguousarray(v) for k, v in tensors.items()},
+                                     metadata=metadata))
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}.safetensors"
+
+
+def read_manifest(folder) -> dict | None:
+    p = Path(folder) / MANIFEST
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise LlmriError(f"{p}: the manifest is not valid JSON") from None
+
+
+def complete_shards(folder, n_shards: int) -> list[int]:
+    folder = Path(folder)
+    return [i for i in range(n_shards) if (folder / shard_name(i)).is_file()]
+
+
+# ------------------------------------------------------------------ reading
+class Scan:
+    """A finished scan on disk, read lazily through memory-mapped safetensors shards.
+
+    >>> s = Scan.open("runs/news")                   # doctest: +SKIP
+    >>> s.activations(6).shape                       # doctest: +SKIP
+    (96, 384)
+    """
+
+    def __init__(self, folder, manifest: dict):
+        self.folder = Path(folder)
+        self.manifest = manifest
+
+    @classmethod
+    def open(cls, folder) -> "Scan":
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise LlmriError(f"{folder}: no such scan folder")
+        manifest = read_manifest(folder)
+        if manifest is None:
+            raise LlmriError(f"{folder}: not an llmri scan (no {MANIFEST})")
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise LlmriError(f"{folder}: scan format {manifest.get('format_version')} is not "
+                             f"supported (this llmri reads format {FORMAT_VERSION})")
+        n = manifest["plan"]["n_shards"]
+        done = complete_shards(folder, n)
+        if len(done) < n:
+            raise LlmriError(f"{folder}: the scan is incomplete ({len(done)}/{n} shards); "
+                             "rerun the same scan command to finish it")
+        return cls(folder, manifest)
+
+    def __repr__(self) -> str:
+        return (f"Scan({str(self.folder)!r}: {self.n_docs} documents, model "
+                f"{self.model_name}, sites {', '.join(self.site_kinds)})")
+
+    # --- corpus ---
+    @cached_property
+    def _corpus(self) -> tuple[list[str], np.ndarray]:
+        texts, labels = [], []
+        with open(self.folder / CORPUS_FILE, encoding="utf-8") as f:
+            for line in f:
+                row = json.loads(line)
+                texts.append(row["text"])
+                labels.append(row["label"])
+        return texts, np.asarray(labels, dtype=np.int64)
+
+    @property
+    def texts(self) -> list[str]:
+        return self._corpus[0]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self._corpus[1]
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.manifest["corpus"]["label_names"])
+
+    @property
+    def n_docs(self) -> int:
+        return int(self.manifest["corpus"]["n_docs"])
+
+    @property
+    def n_layers(self) -> int:
+        """Number of blocks of the scanned model (``resid`` has ``n_layers + 1`` entries)."""
+        return int(self.manifest["model"]["n_layers"])
+
+    @property
+    def model_name(self) -> str:
+        return self.manifest["model"]["name"]
+
+    @property
+    def settings(self) -> dict:
+        return dict(self.manifest["settings"])
+
+    @property
+    def sites(self) -> list[str]:
+        """Every pooled site stored, e.g. ``['resid.0', ..., 'mlp.5']``."""
+        return list(self.manifest["sites"])
+
+    @property
+    def token_sites(self) -> list[str]:
+        return list(self.manifest["token_sites"])
+
+    @property
+    def site_kinds(self) -> list[str]:
+        return list(dict.fromkeys(parse_site(s)[0] for s in self.sites + self.token_sites))
+
+    def layers(self, site: str = "resid") -> list[int]:
+        """Layers stored for a site kind."""
+        return [parse_site(s)[1] for s in self.sites if parse_site(s)[0] == site]
+
+    # --- shards ---
+    def _shard(self, i: int):
+        return safe_open(str(self.folder / shard_name(i)), framework="numpy")
+
+    @cached_property
+    def _index(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per shard: corpus indices of its documents and their token counts."""
+        out = []
+        for i in range(self.manifest["plan"]["n_shards"]):
+            with self._shard(i) as f:
+                out.append((f.get_tensor("doc_index"), f.get_tensor("n_tokens")))
+        return out
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Tokens per document after truncation, in corpus order."""
+        out = np.zeros(self.n_docs, dtype=np.int64)
+        for doc, ntok in self._index:
+            out[doc] = ntok
+        return out
+
+    def _name(self, layer: int, site: str, stored: list[str], what: str) -> str:
+        kind, explicit = parse_site(site)
+        if explicit is not None:
+            layer = explicit
+        kinds = [parse_site(s)[0] for s in stored]
+        if kind not in kinds:
+            raise LlmriError(f"site {kind!r} was not captured{what}; this scan has "
+                             f"{sorted(set(kinds)) or 'none'}")
+        avail = [parse_site(s)[1] for s in stored if parse_site(s)[0] == kind]
+        count = self.n_layers + 1 if kind == "resid" else self.n_layers
+        if layer is not None and layer < 0:
+            layer += count
+        name = f"{kind}.{layer}"
+        if name not in stored:
+            raise LlmriError(f"layer {layer} of site {kind!r} was not captured{what}; "
+                             f"layers available: {avail}")
+        return name
+
+    def activations(self, layer: int, site: str = "resid") -> np.ndarray:
+        """Pooled activations ``[n_docs, dim]`` (float32, corpus order) of one site and layer."""
+        name = self._name(layer, site, self.sites, "")
+        out = None
+        for i, (doc, _) in enumerate(self._index):
+            with self._shard(i) as f:
+                block = f.get_tensor(name)
+            if out is None:
+                out = np.empty((self.n_docs, block.shape[1]), dtype=np.float32)
+            out[doc] = block
+        return out
+
+    # --- token-level records ---
+    @cached_property
+    def token_offsets(self) -> np.ndarray:
+        """Document d's tokens are rows ``token_offsets[d]:token_offsets[d+1]`` of the
+        corpus-order arrays returned by :meth:`token_activations` and :meth:`token_ids`."""
+        return np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
+
+    @cached_property
+    def _token_where(self) -> list[tuple[int, int]]:
+        """For each document: (shard, first row inside that shard's token arrays)."""
+        where = [(0, 0)] * self.n_docs
+        for s, (doc, ntok) in enumerate(self._index):
+            starts = np.concatenate([[0], np.cumsum(ntok)[:-1]])
+            for d, st in zip(doc.tolist(), starts.tolist()):
+                where[d] = (s, st)
+        return where
+
+    def _read_tokens(self, tensor: str, doc) -> np.ndarray:
+        docs = range(self.n_docs) if doc is None else [doc]
+        if doc is not None and not 0 <= doc < self.n_docs:
+            raise LlmriError(f"document {doc} is out of range (the scan has {self.n_docs})")
+        lengths = self.lengths
+        parts = []
+        handles: dict[int, object] = {}
+        try:
+            for d in docs:
+                s, start = self._token_where[d]
+                if s not in handles:
+                    handles[s] = self._shard(s).__enter__()
+                parts.append(handles[s].get_slice(tensor)[start:start + int(lengths[d])])
+        finally:
+            for h in handles.values():
+                h.__exit__(None, None, None)
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    def token_ids(self, doc: int | None = None) -> np.ndarray:
+        """Token ids of one document, or of all documents concatenated in corpus order."""
+        if not self.token_sites:
+            raise LlmriError("this scan has no token-level records; scan with token_sites=...")
+        return self._read_tokens("token_ids", doc)
+
+    def token_activations(self, layer: int, site: str = "resid", doc: int | None = None) -> np.ndarray:
+        """Token-level activations ``[n_tokens, dim]`` of one document, or of every document
+        (corpus order; see :attr:`token_offsets`)."""
+        name = self._name(layer, site, self.token_sites, " at token level")
+        return self._read_tokens("tokens." + name, doc).astype(np.float32, copy=False)
+
+    def iter_token_shards(self, layer: int, site: str = "resid"):
+        """Yield ``(doc_index, n_tokens, token_ids, activations)`` shard by shard (bounded memory)."""
+        name = self._name(layer, site, self.token_sites, " at token level")
+        for s, (doc, ntok) in enumerate(self._index):
+            with self._shard(s) as f:
+                yield doc, ntok, f.get_tensor("token_ids"), f.get_tensor("tokens." + name)
