@@ -230,6 +230,8 @@ def _run(model: Model, ids, lengths, batches, shards, todo, pooled, tokened, how
     def make_hook(site):
         def fn(x):
             mask = state["mask"]
+            if x.dim() == 2:  # some families (OPT) flatten [batch * tokens, dim] around the MLP
+                x = x.view(*mask.shape, -1)
             if site in pooled:
                 state["pooled"][site].append(pool(x, mask, how).cpu())
             if site in tokened:

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Installs llmri and everything it needs on a fresh machine. `--test` adds the test tools.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+PY=${PYTHON:-python3}
+# A CPU build of torch first, so pip never pulls the multi-GB CUDA build as a dependency.
+"$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q "torch==2.13.0"
+if [ "${1:-}" = "--test" ]; then
+  "$PY" -m pip install -q -e ".[test]"
+else
+  "$PY" -m pip install -q -e .
+fi

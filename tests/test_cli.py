@@ -1,0 +1,65 @@
+"""The llmri command as a user runs it: real subprocesses, one-line errors, no tracebacks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import llmri
+
+
+def run(*args, cwd=None):
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    return subprocess.run([sys.executable, "-m", "llmri", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=600)
+
+
+def assert_one_line_error(proc, pattern):
+    assert proc.returncode != 0
+    lines = [x for x in proc.stderr.splitlines() if x.strip() and not x.startswith("Loading weights")]
+    assert lines and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[-1].startswith("llmri: error: ") and pattern in lines[-1], proc.stderr
+
+
+@pytest.mark.parametrize("args, pattern", [
+    (["scan", "missing_dir", "--out", "o"], "missing_dir: no such file or folder"),
+    (["scan", "docs.csv", "--out", "o", "--text-column", "body"], "no text column 'body'; columns are ['text', 'label']"),
+    (["scan", "docs.csv", "--out", "o", "--model", "nobody/nothing"], "not available offline"),
+    (["scan", "docs.csv", "--out", "o", "--layers", "1,x"], "--layers '1,x'"),
+    (["scan", "docs.csv", "--out", "o", "--pool", "avg"], "'avg' is not one of"),
+    (["scan", "docs.csv", "--out", "o", "--sites", "neurons"], "unknown site 'neurons'"),
+    (["scan", "latin1.csv", "--out", "o"], "latin1.csv: not UTF-8"),
+])
+def test_errors_are_one_line(tmp_path, args, pattern):
+    (tmp_path / "docs.csv").write_text("text,label\nthe sun,a\nthe ball,b\n", encoding="utf-8")
+    (tmp_path / "latin1.csv").write_bytes(b"text,label\ncaf\xe9,a\n")
+    proc = run(*args, cwd=tmp_path)
+    assert_one_line_error(proc, pattern)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.integration
+def test_scan_then_open_and_refuse_to_clobber(tmp_path):
+    (tmp_path / "docs.csv").write_text("text,label\nthe sun rose,a\nthe ball flew,b\nstars,a\n",
+                                       encoding="utf-8")
+    proc = run("scan", "docs.csv", "--model", "sentence-transformers/all-MiniLM-L6-v2", "--out", "runs/x",
+               "--sites", "resid,mlp", "--layers", "0,-1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "3 documents" in proc.stdout
+    s = llmri.Scan.open(tmp_path / "runs/x")
+    assert s.activations(6).shape == (3, 384) and s.layers("mlp") == [0, 5]
+    proc = run("scan", "docs.csv", "--out", "runs/x", "--sites", "resid,mlp", "--layers", "0,-1",
+               "--pool", "max", cwd=tmp_path)
+    assert_one_line_error(proc, "holds a different scan (pool mean -> max")
+    assert llmri.Scan.open(tmp_path / "runs/x").settings["pool"] == "mean"  # untouched
+
+
+@pytest.mark.integration
+def test_demo(tmp_path):
+    proc = run("demo", "--out", "d", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    s = llmri.Scan.open(tmp_path / "d" / "scan")
+    assert s.n_docs == len(llmri.demo_corpus()) and "96 documents" in proc.stdout
