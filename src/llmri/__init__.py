@@ -10,10 +10,16 @@
 from .capture import POOLS, scan
 from .corpus import Corpus, demo_corpus
 from .errors import LlmriError
+from .metrics import compare_categories, graph_metrics, layer_profile
+from .nrag import nrag
+from .probe import evaluate_reduction
+from .regions import RegionMap, regions
 from .model import DEFAULT_MODEL, Model, load_model
 from .sites import ADAPTERS, Adapter, expand_sites, hooks, parse_site
-from .store import Scan
+from .store import Scan, scan_from_arrays
 
 __version__ = "0.1.0"
 __all__ = ["ADAPTERS", "Adapter", "Corpus", "DEFAULT_MODEL", "LlmriError", "Model", "POOLS",
-           "Scan", "demo_corpus", "expand_sites", "hooks", "load_model", "parse_site", "scan"]
+           "RegionMap", "Scan", "compare_categories", "demo_corpus", "evaluate_reduction",
+           "expand_sites", "graph_metrics", "hooks", "layer_profile", "load_model", "nrag",
+           "parse_site", "regions", "scan", "scan_from_arrays"]

@@ -22,7 +22,7 @@ from .errors import LlmriError
 from .model import Model, as_model
 from .sites import expand_sites, hooks, site_order
 from .store import (CORPUS_FILE, FORMAT_VERSION, MANIFEST, Scan, atomic_write_json,
-                    atomic_write_text, complete_shards, read_manifest, shard_name, write_shard)
+                    complete_shards, read_manifest, shard_name, write_corpus, write_shard)
 
 POOLS = ("mean", "first", "last", "max")
 DEFAULT_BATCH_TOKENS = 8192
@@ -196,9 +196,7 @@ def scan(model, corpus, out, sites=("resid",), pool: str = "mean", layers=None,
     for stale in out.glob(".*.tmp"):  # left by a killed writer; never a whole file
         stale.unlink(missing_ok=True)
     if not (out / CORPUS_FILE).is_file():
-        atomic_write_text(out / CORPUS_FILE, "".join(
-            json.dumps({"text": t, "label": int(lab)}, ensure_ascii=False) + "\n"
-            for t, lab in zip(corpus.texts, corpus.labels.tolist())))
+        write_corpus(out, corpus)
     done = set(complete_shards(out, len(shards)))
     atomic_write_json(out / MANIFEST, dict(manifest, complete=len(done) == len(shards)))
 

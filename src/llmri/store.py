@@ -58,6 +58,13 @@ def write_shard(path, tensors: dict[str, np.ndarray], metadata: dict[str, str] |
                                      metadata=metadata))
 
 
+def write_corpus(folder, corpus) -> None:
+    """Texts and integer labels of a Corpus as ``corpus.jsonl``, atomically."""
+    atomic_write_text(Path(folder) / CORPUS_FILE, "".join(
+        json.dumps({"text": t, "label": int(lab)}, ensure_ascii=False) + "\n"
+        for t, lab in zip(corpus.texts, corpus.labels.tolist())))
+
+
 def shard_name(index: int) -> str:
     return f"shard-{index:05d}.safetensors"
 
@@ -273,3 +280,47 @@ class Scan:
         for s, (doc, ntok) in enumerate(self._index):
             with self._shard(s) as f:
                 yield doc, ntok, f.get_tensor("token_ids"), f.get_tensor("tokens." + name)
+
+
+def scan_from_arrays(folder, activations: dict[str, np.ndarray], labels, label_names=None,
+                     texts=None, model_name: str = "arrays") -> Scan:
+    """Write a Scan from activations you already have: ``{"resid.0": [n_docs, dim], ...}``.
+
+    Every llmri analysis can then read it like a captured scan.
+
+    >>> s = scan_from_arrays("runs/mine", {"resid.0": X0, "resid.1": X1}, labels)  # doctest: +SKIP
+    """
+    from .corpus import Corpus
+
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()):
+        raise LlmriError(f"{folder}: folder is not empty; choose a new output folder")
+    if not activations:
+        raise LlmriError("activations: no arrays given")
+    n = len(labels)
+    texts = list(texts) if texts is not None else [f"document {i}" for i in range(n)]
+    corpus = Corpus(texts, labels, label_names, source="arrays")
+    names = list(activations)
+    max_layer = 0
+    tensors = {"doc_index": np.arange(n, dtype=np.int64), "n_tokens": np.ones(n, dtype=np.int64)}
+    for name in names:
+        kind, layer = parse_site(name)
+        if layer is None:
+            raise LlmriError(f"activations: key {name!r} needs a layer, e.g. {kind}.0")
+        arr = np.asarray(activations[name], dtype=np.float32)
+        if arr.ndim != 2 or arr.shape[0] != n:
+            raise LlmriError(f"activations[{name!r}]: expected shape [{n}, dim], got {list(arr.shape)}")
+        tensors[name] = arr
+        max_layer = max(max_layer, layer if kind != "resid" else layer - 1)
+    manifest = dict(format_version=FORMAT_VERSION, key="arrays", sites=names, token_sites=[],
+                    model=dict(name=model_name, fingerprint="arrays", family="arrays",
+                               n_layers=max_layer + 1, hidden_size=int(tensors[names[0]].shape[1])),
+                    corpus=dict(fingerprint=corpus.fingerprint, n_docs=n, label_names=corpus.label_names,
+                                source="arrays"),
+                    settings=dict(sites=names, token_sites=[], pool="given"),
+                    plan=dict(n_shards=1, n_batches=0, truncated=0, n_tokens=n), complete=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_corpus(folder, corpus)
+    write_shard(folder / shard_name(0), tensors, {"shard": "0"})
+    atomic_write_json(folder / MANIFEST, manifest)
+    return Scan.open(folder)

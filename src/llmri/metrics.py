@@ -1,0 +1,175 @@
+"""Complex-network metrics of NRAGs, per-layer profiles, and category comparison by permutation.
+
+Every value is defined: a constant distribution has skew and kurtosis 0, a graph with no edges
+has assortativity 0, and centres fall back to the mean layer when there is no weight.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import networkx as nx
+import numpy as np
+import pandas as pd
+from scipy.stats import kurtosis, skew
+from tqdm.auto import tqdm
+
+from .errors import LlmriError
+from .nrag import nrag
+from .regions import RegionMap
+
+METRICS = ("n_nodes", "n_edges", "density",
+           "degree_mean", "degree_var", "degree_skew", "degree_kurtosis",
+           "strength_mean", "strength_var", "strength_skew", "strength_kurtosis",
+           "assortativity", "center_of_mass", "center_of_strength",
+           "even_clustering", "even_path_length", "odd_clustering", "odd_path_length")
+
+
+def _moments(values: np.ndarray, prefix: str) -> dict[str, float]:
+    """Mean, population variance, skew and excess kurtosis (0 when undefined)."""
+    if len(values) == 0:
+        return {f"{prefix}_{k}": 0.0 for k in ("mean", "var", "skew", "kurtosis")}
+    var = float(np.var(values))
+    constant = var <= 1e-12 * max(1.0, float(np.mean(values) ** 2))
+    return {f"{prefix}_mean": float(np.mean(values)), f"{prefix}_var": var,
+            f"{prefix}_skew": 0.0 if constant else float(skew(values)),
+            f"{prefix}_kurtosis": 0.0 if constant else float(kurtosis(values))}
+
+
+def _layer_position(g: nx.DiGraph) -> dict[int, int]:
+    layers = g.graph.get("layers") or sorted({d["layer"] for _, d in g.nodes(data=True)})
+    return {L: i for i, L in enumerate(layers)}
+
+
+def projection_stats(adjacency: np.ndarray) -> tuple[float, float]:
+    """Average clustering (networkx's definition) and mean shortest-path length over all
+    reachable pairs of an undirected, unweighted graph given as a boolean adjacency matrix."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import shortest_path
+
+    n = len(adjacency)
+    if n < 2:
+        return 0.0, 0.0
+    A = adjacency.astype(np.float64)
+    deg = A.sum(1)
+    triangles = np.einsum("ij,jk,ki->i", A, A, A) / 2.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        local = np.where(deg > 1, 2.0 * triangles / (deg * (deg - 1)), 0.0)
+    dist = shortest_path(csr_matrix(A), method="D", unweighted=True, directed=False)
+    off = ~np.eye(n, dtype=bool) & np.isfinite(dist)
+    path = float(dist[off].mean()) if off.any() else 0.0
+    return float(local.mean()), path
+
+
+def _projections(g: nx.DiGraph) -> dict[str, tuple[float, float]]:
+    """Clustering and path length of the projections onto even- and odd-position layers.
+
+    The NRAG is layer-partite (edges join consecutive layers only), so nodes of even and odd
+    layers form a bipartite graph; two even nodes are joined in the projection when they share
+    an odd neighbour, and vice versa.
+    """
+    pos = _layer_position(g)
+    nodes = list(g.nodes)
+    parity = np.array([pos[g.nodes[n]["layer"]] % 2 for n in nodes])
+    index = {n: i for i, n in enumerate(nodes)}
+    even, odd = np.flatnonzero(parity == 0), np.flatnonzero(parity == 1)
+    B = np.zeros((len(nodes), len(nodes)), dtype=bool)
+    for u, v in g.edges:
+        B[index[u], index[v]] = B[index[v], index[u]] = True
+    out = {}
+    for name, side, other in (("even", even, odd), ("odd", odd, even)):
+        inc = B[np.ix_(side, other)].astype(np.int64)
+        proj = (inc @ inc.T) > 0
+        np.fill_diagonal(proj, False)
+        out[name] = projection_stats(proj)
+    return out
+
+
+def graph_metrics(g: nx.DiGraph) -> dict[str, float]:
+    """The LLM-MRI metrics of an NRAG, every one defined.
+
+    Degrees count in- and out-edges; strength sums absolute edge weights; the centres of mass
+    and strength are the degree- and strength-weighted mean layer position (0 = first layer).
+    """
+    n = g.number_of_nodes()
+    if n == 0:
+        return {k: 0.0 for k in METRICS}
+    nodes = list(g.nodes)
+    deg = np.array([g.degree(v) for v in nodes], dtype=np.float64)
+    strength = np.array([sum(abs(d["weight"]) for *_, d in g.in_edges(v, data=True)) +
+                         sum(abs(d["weight"]) for *_, d in g.out_edges(v, data=True)) for v in nodes])
+    pos = _layer_position(g)
+    layer_pos = np.array([pos[g.nodes[v]["layer"]] for v in nodes], dtype=np.float64)
+    out = {"n_nodes": float(n), "n_edges": float(g.number_of_edges()), "density": float(nx.density(g))}
+    out.update(_moments(deg, "degree"))
+    out.update(_moments(strength, "strength"))
+    try:
+        with np.errstate(all="ignore"):
+            a = nx.degree_assortativity_coefficient(g.to_undirected()) if g.number_of_edges() else 0.0
+    except (ValueError, ZeroDivisionError):
+        a = 0.0
+    out["assortativity"] = 0.0 if not np.isfinite(a) else float(a)
+    mean_layer = float(layer_pos.mean())
+    out["center_of_mass"] = float((layer_pos * deg).sum() / deg.sum()) if deg.sum() > 0 else mean_layer
+    out["center_of_strength"] = (float((layer_pos * strength).sum() / strength.sum())
+                                 if strength.sum() > 0 else mean_layer)
+    proj = _projections(g)
+    out["even_clustering"], out["even_path_length"] = proj["even"]
+    out["odd_clustering"], out["odd_path_length"] = proj["odd"]
+    return {k: out[k] for k in METRICS}
+
+
+def layer_profile(g: nx.DiGraph) -> pd.DataFrame:
+    """One row per layer: nodes, edges and weight to the next layer, mean degree and strength,
+    and (grid mode) documents and the entropy in bits of their spread over cells."""
+    rows = []
+    for L in _layer_position(g):
+        nodes = [v for v, d in g.nodes(data=True) if d["layer"] == L]
+        out_edges = [d["weight"] for v in nodes for *_, d in g.out_edges(v, data=True)]
+        row = {"layer": L, "nodes": len(nodes), "edges_out": len(out_edges),
+               "weight_out": float(np.sum(np.abs(out_edges))) if out_edges else 0.0,
+               "mean_degree": float(np.mean([g.degree(v) for v in nodes])) if nodes else 0.0,
+               "mean_strength": float(np.mean([g.degree(v, weight="weight") for v in nodes])) if nodes else 0.0}
+        if g.graph.get("mode") == "grid":
+            counts = np.array([g.nodes[v]["count"] for v in nodes], dtype=np.float64)
+            p = counts / counts.sum() if counts.sum() else counts
+            row["documents"] = int(counts.sum())
+            row["entropy_bits"] = float(-(p[p > 0] * np.log2(p[p > 0])).sum())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def compare_categories(regions: RegionMap, a, b, n_permutations: int = 1000, seed: int = 0,
+                       threshold: float = 0.3, absolute: bool = False,
+                       progress: bool | None = None) -> pd.DataFrame:
+    """Compare the NRAG metrics of categories ``a`` and ``b`` with a label-permutation test.
+
+    The documents of both categories are pooled and their labels shuffled (group sizes kept)
+    ``n_permutations`` times; a metric's two-sided p-value is the share of shuffles whose
+    difference is at least as large in magnitude as the observed one, (k + 1) / (n + 1).
+    Returns a DataFrame with columns ``metric``, ``a``, ``b``, ``difference``, ``p_value``.
+    """
+    if not isinstance(n_permutations, int) or n_permutations < 1:
+        raise LlmriError(f"n_permutations must be a positive integer, got {n_permutations!r}")
+    ia, ib = regions.category_ids([a])[0], regions.category_ids([b])[0]
+    if ia == ib:
+        raise LlmriError(f"compare_categories: a and b are the same category ({regions.label_names[ia]!r})")
+    kw = dict(threshold=threshold, absolute=absolute)
+
+    def diff(rm):
+        ma, mb = graph_metrics(nrag(rm, [ia], **kw)), graph_metrics(nrag(rm, [ib], **kw))
+        return ma, mb, np.array([ma[k] - mb[k] for k in METRICS])
+
+    ma, mb, observed = diff(regions)
+    rng = np.random.default_rng(seed)
+    both = np.flatnonzero(np.isin(regions.labels, [ia, ib]))
+    pooled = regions.labels[both]
+    exceed = np.zeros(len(METRICS))
+    for _ in tqdm(range(n_permutations), desc="permutations", disable=None if progress is None else not progress):
+        labels = regions.labels.copy()
+        labels[both] = rng.permutation(pooled)
+        *_, d = diff(dataclasses.replace(regions, labels=labels))
+        exceed += np.abs(d) >= np.abs(observed) - 1e-12
+    return pd.DataFrame({"metric": list(METRICS), "a": [ma[k] for k in METRICS],
+                         "b": [mb[k] for k in METRICS], "difference": observed,
+                         "p_value": (exceed + 1) / (n_permutations + 1)})
