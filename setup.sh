@@ -7,6 +7,11 @@ PY=${PYTHON:-python3}
 "$PY" -c "import torch" 2>/dev/null || "$PY" -m pip install -q "torch==2.13.0"
 if [ "${1:-}" = "--test" ]; then
   "$PY" -m pip install -q -e ".[test]"
+  # The report tests open the HTML in Debian's Chromium, driven by Playwright (no downloaded browser).
+  if ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+  fi
 else
   "$PY" -m pip install -q -e .
 fi

@@ -100,16 +100,60 @@ def scan_cmd(corpus, out, text_column, label_column, **kw):
     click.echo(_summary(_run_scan(docs, out, **kw)))
 
 
+_REPORT_OPTIONS = [
+    click.option("--reducer", type=click.Choice(["pca", "svd", "umap"]), default="pca", show_default=True,
+                 help="How each layer is mapped to a low-dimensional space."),
+    click.option("--components", type=int, default=2, show_default=True,
+                 help="Map dimensions: 2 gives grid regions, more gives the Spearman (N-d) NRAG."),
+    click.option("--grid", type=int, default=10, show_default=True, help="Grid cells per axis."),
+    click.option("--categories", default=None, help="Comma-separated categories to show (default: all)."),
+    click.option("--permutations", type=int, default=200, show_default=True,
+                 help="Label permutations for the category comparison p-values."),
+    click.option("--seed", type=int, default=0, show_default=True),
+]
+
+
+def _report_options(f):
+    for opt in reversed(_REPORT_OPTIONS):
+        f = opt(f)
+    return f
+
+
+def _run_report(scan, out, reducer, components, grid, categories, permutations, seed):
+    from .report import build_report
+
+    cats = [c.strip() for c in categories.split(",") if c.strip()] if categories else None
+    click.echo(f"building the report ({reducer}, {components} components, {grid}x{grid} grid) ...", err=True)
+    return build_report(scan, out, reducer=reducer, n_components=components, grid=grid, categories=cats,
+                        n_permutations=permutations, seed=seed, progress=True)
+
+
+@cli.command("report")
+@click.argument("scan_dir")
+@click.option("--out", default=None, help="Folder for report.html, figures and tables (default: SCAN_DIR-report).")
+@_report_options
+def report_cmd(scan_dir, out, **kw):
+    """Analyse the Scan in SCAN_DIR: regions, NRAGs, metrics, evaluation, one HTML file."""
+    from .store import Scan
+
+    scan = Scan.open(scan_dir)
+    out = Path(out) if out else Path(scan_dir).resolve().parent / f"{Path(scan_dir).resolve().name}-report"
+    path = _run_report(scan, out, **kw)
+    click.echo(f"report: {path}")
+
+
 @cli.command("demo")
 @click.option("--out", default="llmri-demo", show_default=True, help="Folder for the demo's outputs.")
 @_scan_options
-def demo_cmd(out, **kw):
-    """Scan the bundled demo corpus with the embedded default model."""
+@_report_options
+def demo_cmd(out, reducer, components, grid, categories, permutations, seed, **kw):
+    """Scan the bundled demo corpus with the embedded default model and write the report."""
     from .corpus import demo_corpus
 
-    corpus = demo_corpus()
-    result = _run_scan(corpus, Path(out) / "scan", **kw)
+    result = _run_scan(demo_corpus(), Path(out) / "scan", **kw)
     click.echo(_summary(result))
+    path = _run_report(result, Path(out) / "report", reducer, components, grid, categories, permutations, seed)
+    click.echo(f"report: {path}")
 
 
 def main(argv=None) -> None:

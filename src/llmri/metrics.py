@@ -165,7 +165,7 @@ def compare_categories(regions: RegionMap, a, b, n_permutations: int = 1000, see
     both = np.flatnonzero(np.isin(regions.labels, [ia, ib]))
     pooled = regions.labels[both]
     exceed = np.zeros(len(METRICS))
-    for _ in tqdm(range(n_permutations), desc="permutations", disable=None if progress is None else not progress):
+    for _ in tqdm(range(n_permutations), desc=f"permutations ({regions.label_names[ia]} vs {regions.label_names[ib]})", disable=None if progress is None else not progress):
         labels = regions.labels.copy()
         labels[both] = rng.permutation(pooled)
         *_, d = diff(dataclasses.replace(regions, labels=labels))

@@ -71,6 +71,7 @@ def evaluate_reduction(scan, regions, cv: int = 5, seed: int = 0) -> pd.DataFram
 
 def _row(layer, full, reduced) -> dict:
     row = {"layer": layer}
-    for name, v in (("full", full), ("reduced", reduced), ("delta", reduced - full)):
-        row[name], row[f"{name}_low"], row[f"{name}_high"] = interval(v)
+    for name, v, lo, hi in (("full", full, 0, 1), ("reduced", reduced, 0, 1), ("delta", reduced - full, -1, 1)):
+        m, low, high = interval(v)
+        row[name], row[f"{name}_low"], row[f"{name}_high"] = m, max(lo, low), min(hi, high)
     return row

@@ -1,0 +1,156 @@
+"""The HTML report: one self-contained file (plotly inlined, no CDN) plus PNG/SVG figures."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+from markupsafe import Markup
+
+from ..errors import LlmriError
+from ..metrics import compare_categories, graph_metrics, layer_profile
+from ..nrag import nrag
+from ..probe import evaluate_reduction
+from ..regions import regions as make_regions
+from ..store import Scan, atomic_write_bytes, atomic_write_text
+from ..viz import (category_colors, difference_figure, difference_plot, draw_nrag, evaluation_figure,
+                   evaluation_plot, heatmap_figure, heatmap_plot, nrag_figure, save_figure)
+
+MAX_PAIRS = 3
+
+
+def script_json(obj) -> str:
+    """JSON that is safe inside a <script> element: no '<', '>' or '&' survives literally."""
+    text = obj if isinstance(obj, str) else json.dumps(obj)
+    return (text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+            .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
+
+
+class _Figures:
+    """Collects interactive figures for the page and writes static copies to ``figures/``."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.count = 0
+
+    def interactive(self, fig) -> Markup:
+        import plotly.io as pio
+
+        self.count += 1
+        fid = f"figure-{self.count}"
+        payload = script_json(pio.to_json(fig, validate=False))
+        return Markup(f'<div class="figure" id="{fid}"></div>\n<script>(function(){{var f={payload};'
+                      f'Plotly.newPlot("{fid}",f.data,f.layout,{{responsive:true,displaylogo:false}});}})();</script>')
+
+    def static(self, fig, name: str) -> list[str]:
+        import matplotlib.pyplot as plt
+
+        paths = [save_figure(fig, self.folder / f"{name}.{ext}").name for ext in ("png", "svg")]
+        plt.close(fig)
+        return paths
+
+
+def _table(df: pd.DataFrame) -> Markup:
+    return Markup(df.to_html(index=False, escape=True, border=0, classes="table",
+                             float_format=lambda v: f"{v:.4g}"))
+
+
+def build_report(scan, out, reducer="pca", n_components: int = 2, grid: int = 10, categories=None,
+                 n_permutations: int = 200, seed: int = 0, site: str = "resid", progress: bool | None = None) -> Path:
+    """Analyse a Scan and write ``out/report.html`` plus ``out/figures/`` and CSV tables.
+
+    Returns the path of the HTML file.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    scan = scan if isinstance(scan, Scan) else Scan.open(scan)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise LlmriError(f"{out}: exists and is not a folder")
+    rm = make_regions(scan, reducer=reducer, n_components=n_components, grid=grid, seed=seed, site=site,
+                      progress=progress)
+    cats = rm.label_names if not categories else [rm.label_names[i] for i in rm.category_ids(list(categories))]
+    present = [c for c in cats if rm.category_mask([c]).any()]
+    if not present:
+        raise LlmriError("categories: none of the chosen categories has documents")
+    colors = category_colors(rm.label_names)
+    figs = _Figures(out / "figures")
+    sections: dict = {"heatmaps": [], "differences": [], "graphs": [], "static": []}
+
+    if n_components == 2:
+        sections["heatmaps"].append(figs.interactive(heatmap_figure(rm, present)))
+        sections["static"] += figs.static(heatmap_plot(rm, present), "heatmaps_all")
+        for c in present:
+            sections["heatmaps"].append(figs.interactive(heatmap_figure(rm, [c])))
+        for i, (a, b) in enumerate(itertools.combinations(present, 2)):
+            if i >= MAX_PAIRS:
+                break
+            sections["differences"].append(figs.interactive(difference_figure(rm, a, b)))
+            sections["static"] += figs.static(difference_plot(rm, a, b), f"difference_{i + 1}")
+
+    g_all = nrag(rm, present)
+    sections["graphs"].append(figs.interactive(nrag_figure(g_all, fixed=True, colors=colors,
+                                                           title=f"NRAG of {', '.join(present)} (composed)")))
+    sections["static"] += figs.static(draw_nrag(g_all, fixed=True, colors=colors), "nrag_all")
+    per_cat = {}
+    for i, c in enumerate(present):
+        g = nrag(rm, [c])
+        per_cat[c] = g
+        sections["graphs"].append(figs.interactive(nrag_figure(g, fixed=True, colors=colors,
+                                                               title=f"NRAG of {c}")))
+        sections["static"] += figs.static(draw_nrag(g, fixed=True, colors=colors, title=f"NRAG of {c}"),
+                                          f"nrag_{i + 1}")
+
+    metrics = pd.DataFrame({c: graph_metrics(g) for c, g in per_cat.items()})
+    metrics.insert(0, "metric", metrics.index)
+    comparisons = []
+    for i, (a, b) in enumerate(itertools.combinations(present, 2)):
+        if i >= MAX_PAIRS:
+            break
+        df = compare_categories(rm, a, b, n_permutations=n_permutations, seed=seed, progress=progress)
+        comparisons.append((a, b, df))
+    profile = layer_profile(g_all)
+
+    evaluation = None
+    if len(present) >= 2 and min(rm.category_mask([c]).sum() for c in present) >= 2:
+        evaluation = evaluate_reduction(scan, rm, seed=seed)
+        sections["static"] += figs.static(evaluation_plot(evaluation), "evaluation")
+
+    import plotly.offline
+
+    env = Environment(loader=PackageLoader("llmri", "report"), autoescape=select_autoescape(["html", "j2"]))
+    counts = rm.category_mask
+    samples = {c: [scan.texts[d] for d in list(counts([c]).nonzero()[0])[:10]] for c in present}
+    page = env.get_template("template.html.j2").render(
+        plotly_js=Markup(plotly.offline.get_plotlyjs()),
+        title=f"llmri report: {scan.model_name}",
+        generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        model=scan.manifest["model"], n_docs=scan.n_docs,
+        counts={c: int(counts([c]).sum()) for c in present}, colors=colors,
+        settings={**scan.settings, "reducer": rm.reducer, "components": n_components, "grid": grid,
+                  "seed": seed, "site": site, "permutations": n_permutations},
+        samples=samples, sections=sections,
+        metrics=_table(metrics),
+        comparisons=[(a, b, _table(df)) for a, b, df in comparisons],
+        profile=_table(profile),
+        evaluation=None if evaluation is None else figs.interactive(evaluation_figure(evaluation)),
+        evaluation_table=None if evaluation is None else _table(evaluation),
+        n_components=n_components)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    for name, df in [("metrics", metrics), ("layer_profile", profile)] + \
+            [(f"compare_{a}_vs_{b}", df) for a, b, df in comparisons] + \
+            ([("evaluation", evaluation)] if evaluation is not None else []):
+        atomic_write_text(out / f"{_safe(name)}.csv", df.to_csv(index=False))
+    path = out / "report.html"
+    atomic_write_bytes(path, page.encode("utf-8"))
+    return path
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
