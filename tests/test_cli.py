@@ -63,3 +63,28 @@ def test_demo(tmp_path):
     assert proc.returncode == 0, proc.stderr
     s = llmri.Scan.open(tmp_path / "d" / "scan")
     assert s.n_docs == len(llmri.demo_corpus()) and "96 documents" in proc.stdout
+    report = tmp_path / "d" / "report"
+    assert "report: d/report/report.html" in proc.stdout
+    html = (report / "report.html").read_text(encoding="utf-8")
+    assert "astronomy" in html and "Plotly.newPlot" in html and "<script src=" not in html
+    for name in ("heatmaps_all", "nrag_all", "evaluation"):
+        assert (report / "figures" / f"{name}.png").stat().st_size > 10_000
+        assert (report / "figures" / f"{name}.svg").read_text().lstrip().startswith("<?xml")
+    metrics = (report / "metrics.csv").read_text().splitlines()
+    assert metrics[0] == "metric,astronomy,cooking,football" and len(metrics) == 19
+
+
+@pytest.mark.integration
+def test_report_command(tmp_path):
+    import numpy as np
+    from llmri.store import scan_from_arrays
+
+    rng = np.random.default_rng(0)
+    scan_from_arrays(tmp_path / "s", {f"resid.{L}": rng.normal(size=(20, 5)) for L in range(3)}, ["x", "y"] * 10)
+    proc = run("report", "s", "--components", "3", "--permutations", "5", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "s-report" / "report.html").is_file()
+    proc = run("report", "s", "--categories", "x,nope", cwd=tmp_path)
+    assert_one_line_error(proc, "unknown category 'nope'")
+    proc = run("report", "missing", cwd=tmp_path)
+    assert_one_line_error(proc, "missing: no such scan folder")
