@@ -7,10 +7,12 @@
 (96, 384)
 """
 
-from .capture import POOLS, scan
+from .attention import Attention, attention, compare_heads, head_stats
+from .capture import ATTN_STATS, POOLS, scan
 from .corpus import Corpus, demo_corpus
 from .errors import LlmriError
 from .metrics import compare_categories, graph_metrics, layer_profile
+from .neurons import NeuronCard, cohens_d, neuron_card, neurons
 from .nrag import nrag
 from .probe import evaluate_reduction
 from .regions import RegionMap, regions
@@ -19,7 +21,8 @@ from .sites import ADAPTERS, Adapter, expand_sites, hooks, parse_site
 from .store import Scan, scan_from_arrays
 
 __version__ = "0.1.0"
-__all__ = ["ADAPTERS", "Adapter", "Corpus", "DEFAULT_MODEL", "LlmriError", "Model", "POOLS",
+__all__ = ["ATTN_STATS", "Attention", "NeuronCard", "attention", "cohens_d", "compare_heads", "head_stats",
+           "neuron_card", "neurons", "ADAPTERS", "Adapter", "Corpus", "DEFAULT_MODEL", "LlmriError", "Model", "POOLS",
            "RegionMap", "Scan", "compare_categories", "demo_corpus", "evaluate_reduction",
            "expand_sites", "graph_metrics", "hooks", "layer_profile", "load_model", "nrag",
            "parse_site", "regions", "scan", "scan_from_arrays"]

@@ -8,6 +8,7 @@ so a killed scan resumes where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sys
@@ -20,7 +21,7 @@ from tqdm.auto import tqdm
 from .corpus import Corpus
 from .errors import LlmriError
 from .model import Model, as_model
-from .sites import expand_sites, hooks, site_order
+from .sites import eager_attention, expand_sites, hooks, parse_site, site_order
 from .store import (CORPUS_FILE, FORMAT_VERSION, MANIFEST, Scan, atomic_write_json,
                     complete_shards, read_manifest, shard_name, write_corpus, write_shard)
 
@@ -51,6 +52,39 @@ def pool(x: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
     else:
         idx = mask.shape[1] - 1 - mask.flip(1).int().argmax(1)
     return xf[rows, idx]
+
+
+ATTN_STATS = ("entropy", "first", "special", "previous", "distance")
+
+
+def attention_stats(probs: torch.Tensor, mask: torch.Tensor, special: torch.Tensor) -> torch.Tensor:
+    """Per-document, per-head summaries of attention probabilities ``[batch, heads, query, key]``.
+
+    Over the real query tokens of ``mask``: mean row entropy (nats), attention to the first real
+    token, to special tokens, to the previous token (queries that have one), and the mean
+    attended distance in tokens. Returns ``[batch, len(ATTN_STATS) * heads]``, stat-major.
+    """
+    p = probs.float()
+    B, H, T, _ = p.shape
+    m = mask.float()
+    nq = m.sum(1).clamp(min=1)                                        # [B]
+    qmask = m[:, None, :]                                             # [B, 1, T]
+
+    def mean_q(x):                                                    # x [B, H, T] over queries
+        return (x * qmask).sum(-1) / nq[:, None]
+
+    entropy = -(p * torch.log(p.clamp(min=1e-30))).sum(-1)
+    first_idx = mask.int().argmax(1)                                  # [B]
+    first = p[torch.arange(B), :, :, first_idx]                       # [B, H, T]
+    special_mass = (p * special.float()[:, None, None, :]).sum(-1)
+    prev = torch.diagonal(p, offset=-1, dim1=-2, dim2=-1)             # [B, H, T-1]: A[q, q-1]
+    has_prev = (m[:, 1:] * m[:, :-1])[:, None, :]
+    n_prev = has_prev.sum(-1).clamp(min=1)
+    previous = (prev * has_prev).sum(-1) / n_prev
+    pos = torch.arange(T, device=p.device, dtype=p.dtype)
+    distance = (p * (pos[:, None] - pos[None, :]).abs()).sum(-1)
+    stats = torch.stack([mean_q(entropy), mean_q(first), mean_q(special_mass), previous, mean_q(distance)], 1)
+    return stats.reshape(B, len(ATTN_STATS) * H)
 
 
 def plan_batches(lengths: np.ndarray, batch_tokens: int) -> list[list[int]]:
@@ -148,6 +182,9 @@ def scan(model, corpus, out, sites=("resid",), pool: str = "mean", layers=None,
     tokened = expand_sites(token_sites or (), n_layers, layers)
     if not pooled and not tokened:
         raise LlmriError("sites: nothing to capture (no sites given)")
+    if any(parse_site(s)[0] == "attn" for s in tokened):
+        raise LlmriError("token_sites: attention is stored as per-head statistics; "
+                         "pass attn in sites, not token_sites")
     limit = model.max_length
     if max_length is None:
         max_length = limit
@@ -223,6 +260,9 @@ def _run(model: Model, ids, lengths, batches, shards, todo, pooled, tokened, how
             and model.adapter.positions != "none")
     wanted = list(dict.fromkeys(pooled + tokened))
     deepest = max(wanted, key=site_order)
+    attn = {s for s in pooled if parse_site(s)[0] == "attn"}
+    special_ids = torch.tensor(sorted(set(getattr(model.tokenizer, "all_special_ids", []) or [])),
+                               dtype=torch.long)
     state: dict = {}
 
     def make_hook(site):
@@ -230,7 +270,9 @@ def _run(model: Model, ids, lengths, batches, shards, todo, pooled, tokened, how
             mask = state["mask"]
             if x.dim() == 2:  # some families (OPT) flatten [batch * tokens, dim] around the MLP
                 x = x.view(*mask.shape, -1)
-            if site in pooled:
+            if site in attn:
+                state["pooled"][site].append(attention_stats(x, mask, state["special"]).cpu())
+            elif site in pooled:
                 state["pooled"][site].append(pool(x, mask, how).cpu())
             if site in tokened:
                 state["tokens"][site].append(x[mask].float().cpu())
@@ -239,7 +281,9 @@ def _run(model: Model, ids, lengths, batches, shards, todo, pooled, tokened, how
             return None
         return fn
 
-    with hooks(model.module, model.adapter, {s: make_hook(s) for s in wanted}), torch.inference_mode():
+    probs_needed = eager_attention(model.module) if attn else contextlib.nullcontext()
+    with probs_needed, hooks(model.module, model.adapter, {s: make_hook(s) for s in wanted}), \
+            torch.inference_mode():
         for s in todo:
             state["pooled"] = {site: [] for site in pooled}
             state["tokens"] = {site: [] for site in tokened}
@@ -260,6 +304,7 @@ def _run(model: Model, ids, lengths, batches, shards, todo, pooled, tokened, how
                 if left and model.adapter.positions == "ids":
                     kwargs["position_ids"] = (mask.long().cumsum(1) - 1).clamp(min=0).to(dev)
                 state["mask"] = mask.to(dev)
+                state["special"] = (torch.isin(input_ids, special_ids) & mask).to(dev)
                 try:
                     model.base(**kwargs)
                 except _StopForward:

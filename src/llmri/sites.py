@@ -36,6 +36,7 @@ class Adapter:
     # the first real token), "self" (the model derives them from the pad token, RoBERTa), or
     # "none" (positions are always 0..T-1, so capture pads on the right).
     positions: str = "ids"
+    causal: bool = False  # a decoder: each token sees only the tokens before it
 
 
 _LLAMA_LIKE = dict(layers="layers", mlp_out="mlp.down_proj", attn="self_attn",
@@ -44,17 +45,17 @@ _BERT_LIKE = dict(layers="encoder.layer", mlp_out="output.dense", attn="attentio
                   attn_out="attention.output.dense")
 
 ADAPTERS: dict[str, Adapter] = {
-    "gpt2": Adapter("gpt2", "h", "mlp.c_proj", "attn", "attn.c_proj"),
+    "gpt2": Adapter("gpt2", "h", "mlp.c_proj", "attn", "attn.c_proj", causal=True),
     "bert": Adapter("bert", **_BERT_LIKE),
     # RoBERTa derives positions from the padding token itself.
     "roberta": Adapter("roberta", **_BERT_LIKE, positions="self"),
     "xlm-roberta": Adapter("xlm-roberta", **_BERT_LIKE, positions="self"),
     "distilbert": Adapter("distilbert", "transformer.layer", "ffn.lin2", "attention",
                           "attention.out_lin", positions="none"),
-    "llama": Adapter("llama", **_LLAMA_LIKE),
-    "mistral": Adapter("mistral", **_LLAMA_LIKE),
-    "qwen2": Adapter("qwen2", **_LLAMA_LIKE),
-    "gpt_neox": Adapter("gpt_neox", "layers", "mlp.dense_4h_to_h", "attention", "attention.dense"),
+    "llama": Adapter("llama", **_LLAMA_LIKE, causal=True),
+    "mistral": Adapter("mistral", **_LLAMA_LIKE, causal=True),
+    "qwen2": Adapter("qwen2", **_LLAMA_LIKE, causal=True),
+    "gpt_neox": Adapter("gpt_neox", "layers", "mlp.dense_4h_to_h", "attention", "attention.dense", causal=True),
 }
 SUPPORTED = "GPT-2, BERT, RoBERTa, DistilBERT, Llama, Mistral, Qwen2, GPT-NeoX"
 
@@ -106,7 +107,9 @@ def discover(module: nn.Module) -> Adapter:
     mlp_out = max(mlp, key=lambda nd: nd[1][0])[0]
     attn_out = attn[-1][0]
     attn_mod = attn_out.rsplit(".", 1)[0] if "." in attn_out else attn_out
-    return Adapter(f"auto:{model_type}", layers_path, mlp_out, attn_mod, attn_out, positions="none")
+    causal = bool(getattr(cfg, "is_decoder", False)) or "CausalLM" in type(module).__name__
+    return Adapter(f"auto:{model_type}", layers_path, mlp_out, attn_mod, attn_out, positions="none",
+                   causal=causal)
 
 
 def adapter_for(module: nn.Module) -> Adapter:
@@ -226,8 +229,33 @@ def _register(module: nn.Module, adapter: Adapter, site: str, fn: HookFn):
         return _get(block, adapter.mlp_out).register_forward_hook(post_hook)
     if kind == "attn_out":
         return _get(block, adapter.attn_out).register_forward_hook(post_hook)
-    raise LlmriError(f"site {site!r}: attention probabilities are read by llmri.attention, "
-                     "not by a tensor hook")
+
+    def attn_hook(mod, args, output):  # attention modules return (output, probabilities)
+        probs = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+        if probs is None:
+            raise LlmriError(f"site {site!r}: the attention module returned no probabilities; "
+                             "read attention inside llmri.sites.eager_attention(model)")
+        if fn(probs) is not None:
+            raise LlmriError(f"site {site!r}: attention probabilities can be read, not replaced")
+        return None
+
+    return _get(block, adapter.attn).register_forward_hook(attn_hook)
+
+
+@contextlib.contextmanager
+def eager_attention(module: nn.Module) -> Iterator[None]:
+    """Switch a model from fused attention kernels (SDPA, flash) to the eager implementation,
+    which returns attention probabilities; the previous implementation is restored on exit."""
+    cfg = getattr(module, "config", None)
+    previous = getattr(cfg, "_attn_implementation", None)
+    switch = previous not in (None, "eager") and hasattr(module, "set_attn_implementation")
+    if switch:
+        module.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        if switch:
+            module.set_attn_implementation(previous)
 
 
 @contextlib.contextmanager

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -17,16 +16,9 @@ from ..probe import evaluate_reduction
 from ..regions import regions as make_regions
 from ..store import Scan, atomic_write_bytes, atomic_write_text
 from ..viz import (category_colors, difference_figure, difference_plot, draw_nrag, evaluation_figure,
-                   evaluation_plot, heatmap_figure, heatmap_plot, nrag_figure, save_figure)
+                   evaluation_plot, heatmap_figure, heatmap_plot, nrag_figure, save_figure, script_json)
 
 MAX_PAIRS = 3
-
-
-def script_json(obj) -> str:
-    """JSON that is safe inside a <script> element: no '<', '>' or '&' survives literally."""
-    text = obj if isinstance(obj, str) else json.dumps(obj)
-    return (text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-            .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
 
 
 class _Figures:

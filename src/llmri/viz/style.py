@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,13 @@ def snippet(text: str, words: int = 8) -> str:
     parts = text.split()
     short = " ".join(parts[:words]) + (" ..." if len(parts) > words else "")
     return html.escape(short, quote=True)
+
+
+def script_json(obj) -> str:
+    """JSON that is safe inside a <script> element: no '<', '>' or '&' survives literally."""
+    text = obj if isinstance(obj, str) else json.dumps(obj)
+    return (text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+            .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
 
 
 def save_figure(fig, path) -> Path:

@@ -1,0 +1,168 @@
+"""Attention analysis: probabilities of one text, rollout and flow (Abnar and Zuidema, 2020),
+and corpus-level per-head statistics read from a Scan, compared across categories."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import networkx as nx
+import numpy as np
+import pandas as pd
+import torch
+
+from .capture import ATTN_STATS
+from .errors import LlmriError
+from .model import as_model
+from .sites import eager_attention, hooks
+
+
+@dataclass
+class Attention:
+    """Attention of one text: ``probs`` ``[layers, heads, query, key]`` (rows sum to 1), ``tokens``."""
+
+    probs: np.ndarray
+    tokens: list[str]
+    token_ids: list[int]
+    causal: bool
+    text: str = ""
+
+    @property
+    def n_layers(self) -> int:
+        return self.probs.shape[0]
+
+    @property
+    def n_heads(self) -> int:
+        return self.probs.shape[1]
+
+    @property
+    def default_position(self) -> int:
+        """The position whose inputs rollout and flow explain: CLS/first token for encoders,
+        the last token for decoders."""
+        return len(self.tokens) - 1 if self.causal else 0
+
+    def residual_attention(self) -> np.ndarray:
+        """A'_l per layer: heads averaged, half identity added for the residual, rows renormalised."""
+        a = self.probs.mean(1) * 0.5 + 0.5 * np.eye(self.probs.shape[-1])[None]
+        return a / a.sum(-1, keepdims=True)
+
+    def rollout(self) -> np.ndarray:
+        """Attention rollout ``[query, key]``: R_0 = I, R_l = A'_l R_{l-1}; returns R_L."""
+        r = np.eye(self.probs.shape[-1])
+        for a in self.residual_attention():
+            r = a @ r
+        return r
+
+    def flow(self, position: int | None = None) -> np.ndarray:
+        """Attention flow: the max-flow value from each input token to ``position`` at the top layer,
+        through a layered network whose capacities are A'_l."""
+        position = self.default_position if position is None else position
+        T = self.probs.shape[-1]
+        if not -T <= position < T:
+            raise LlmriError(f"position {position} is out of range for {T} tokens")
+        position %= T
+        g = nx.DiGraph()
+        for layer, a in enumerate(self.residual_attention(), start=1):
+            for i in range(T):
+                for j in range(T):
+                    if a[i, j] > 0:
+                        g.add_edge((layer - 1, j), (layer, i), capacity=float(a[i, j]))
+        sink = (self.n_layers, position)
+        return np.array([nx.maximum_flow_value(g, (0, k), sink) if g.has_node((0, k)) else 0.0
+                         for k in range(T)])
+
+
+def attention(model, text: str, max_length: int | None = None) -> Attention:
+    """Attention probabilities of every layer and head for one text.
+
+    A model running fused kernels (SDPA, flash) is switched to eager attention for this call only.
+
+    >>> att = llmri.attention("default", "The telescope saw a comet.")    # doctest: +SKIP
+    >>> att.probs.shape                                                   # doctest: +SKIP
+    (6, 12, 9, 9)
+    """
+    model = as_model(model)
+    if not isinstance(text, str) or not text.strip():
+        raise LlmriError("text: give a non-empty string")
+    limit = min(max_length or model.max_length, model.max_length)
+    ids = model.tokenizer(text, truncation=True, max_length=limit)["input_ids"]
+    n = model.n_layers
+    probs: dict[int, np.ndarray] = {}
+
+    def keep(layer):
+        return lambda p: probs.__setitem__(layer, p[0].float().cpu().numpy())
+
+    with eager_attention(model.module), torch.inference_mode(), \
+            hooks(model.module, model.adapter, {f"attn.{L}": keep(L) for L in range(n)}):
+        model.base(input_ids=torch.tensor([ids], device=model.device),
+                   attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=model.device))
+    tokens = model.tokenizer.convert_ids_to_tokens(ids)
+    return Attention(np.stack([probs[L] for L in range(n)]), list(tokens), list(ids), model.adapter.causal, text)
+
+
+# ---------------------------------------------------------------- corpus level
+def head_stats(scan) -> pd.DataFrame:
+    """Per-document, per-layer, per-head attention statistics captured with ``sites=("attn",)``.
+
+    Columns: ``doc``, ``category``, ``layer``, ``head`` and one per statistic: ``entropy`` (mean
+    row entropy, nats), ``first`` (attention to the first token), ``special`` (to special
+    tokens), ``previous`` (to the previous token), ``distance`` (mean attended distance).
+    """
+    layers = scan.layers("attn")
+    if not layers:
+        raise LlmriError("this scan has no attention statistics; scan with --sites attn")
+    k = len(ATTN_STATS)
+    frames = []
+    for L in layers:
+        a = scan.activations(L, "attn")
+        H = a.shape[1] // k
+        a = a.reshape(len(a), k, H)
+        doc = np.repeat(np.arange(len(a)), H)
+        df = pd.DataFrame({"doc": doc, "category": np.asarray(scan.label_names, dtype=object)[scan.labels[doc]],
+                           "layer": L, "head": np.tile(np.arange(H), len(a))})
+        for i, stat in enumerate(ATTN_STATS):
+            df[stat] = a[:, i, :].reshape(-1)
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+
+def compare_heads(scan, category, stats=ATTN_STATS) -> pd.DataFrame:
+    """Which heads attend differently for ``category`` than for the other documents.
+
+    For every layer, head and statistic: means, Cohen's d (pooled SD), a two-sided Mann-Whitney U
+    test, and Benjamini-Hochberg q-values over all the tests. Sorted by p-value.
+    """
+    from scipy.stats import false_discovery_control, mannwhitneyu
+
+    from .neurons import cohens_d
+
+    df = head_stats(scan)
+    if category not in scan.label_names:
+        raise LlmriError(f"unknown category {category!r}; categories: {scan.label_names}")
+    for s in stats:
+        if s not in ATTN_STATS:
+            raise LlmriError(f"unknown statistic {s!r}; statistics: {', '.join(ATTN_STATS)}")
+    rows = []
+    inside = df["category"] == category
+    if inside.all():
+        raise LlmriError(f"category {category!r} has no other documents to compare with")
+    for (L, h), grp in df.groupby(["layer", "head"]):
+        a_mask = (grp["category"] == category).to_numpy()
+        for s in stats:
+            v = grp[s].to_numpy()
+            x, y = v[a_mask], v[~a_mask]
+            p = 1.0 if np.ptp(v) == 0 else float(mannwhitneyu(x, y, alternative="two-sided").pvalue)
+            rows.append({"layer": L, "head": h, "stat": s, "mean_category": float(x.mean()),
+                         "mean_rest": float(y.mean()), "effect_size": float(cohens_d(x[:, None], y[:, None])[0]),
+                         "p_value": p})
+    out = pd.DataFrame(rows)
+    out["q_value"] = false_discovery_control(out["p_value"].to_numpy(), method="bh")
+    return out.sort_values(["p_value", "layer", "head"], ignore_index=True)
+
+
+def stat_matrix(scan, stat: str, category=None) -> np.ndarray:
+    """Mean of one statistic per layer and head ``[layers, heads]`` (optionally one category)."""
+    df = head_stats(scan)
+    if category is not None:
+        df = df[df["category"] == category]
+    return df.pivot_table(index="layer", columns="head", values=stat, aggfunc="mean").to_numpy()
+

@@ -1,0 +1,134 @@
+"""Neuron activation analysis: which neurons (or residual dimensions) respond selectively to a
+category, their top-activating documents and tokens, and activation histograms."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .errors import LlmriError
+
+
+def cohens_d(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Cohen's d of every column, (mean_x - mean_y) / pooled SD; 0 where the SD is 0."""
+    nx_, ny = len(x), len(y)
+    if nx_ < 1 or ny < 1:
+        raise LlmriError("effect size: both groups need documents")
+    vx = x.var(0, ddof=1) if nx_ > 1 else np.zeros(x.shape[1])
+    vy = y.var(0, ddof=1) if ny > 1 else np.zeros(y.shape[1])
+    dof = max(nx_ + ny - 2, 1)
+    pooled = np.sqrt(((nx_ - 1) * vx + (ny - 1) * vy) / dof)
+    diff = x.mean(0) - y.mean(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(pooled > 0, diff / pooled, 0.0)
+
+
+def _category_index(scan, category) -> int:
+    if isinstance(category, (int, np.integer)) and 0 <= category < len(scan.label_names):
+        return int(category)
+    if category in scan.label_names:
+        return scan.label_names.index(category)
+    raise LlmriError(f"unknown category {category!r}; categories: {scan.label_names}")
+
+
+def neurons(scan, category, site: str = "mlp", layers=None) -> pd.DataFrame:
+    """Rank neurons by how selectively they respond to ``category`` against all other documents.
+
+    Columns: ``layer``, ``neuron``, ``effect_size`` (Cohen's d, pooled SD), ``p_value`` (Welch's
+    t-test), ``q_value`` (Benjamini-Hochberg over every neuron tested), ``rank_in_layer``,
+    ``mean_category``, ``mean_rest``; sorted by effect size, largest first.
+
+    >>> llmri.neurons(scan, "astronomy").head()                # doctest: +SKIP
+    """
+    from scipy.stats import false_discovery_control, ttest_ind
+
+    c = _category_index(scan, category)
+    inside = scan.labels == c
+    if inside.sum() < 2 or (~inside).sum() < 2:
+        raise LlmriError(f"category {scan.label_names[c]!r} and the rest each need at least 2 documents")
+    available = scan.layers(site)
+    if not available:
+        raise LlmriError(f"site {site!r} was not captured; this scan has {scan.site_kinds}")
+    chosen = available if layers is None else list(layers)
+    frames = []
+    for L in chosen:
+        X = scan.activations(L, site).astype(np.float64)
+        a, b = X[inside], X[~inside]
+        d = cohens_d(a, b)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            p = ttest_ind(a, b, equal_var=False).pvalue
+        p = np.where(np.isfinite(p), p, 1.0)
+        df = pd.DataFrame({"layer": L, "neuron": np.arange(X.shape[1]), "effect_size": d, "p_value": p,
+                           "mean_category": a.mean(0), "mean_rest": b.mean(0)})
+        df["rank_in_layer"] = df["effect_size"].rank(ascending=False, method="first").astype(int)
+        frames.append(df)
+    out = pd.concat(frames, ignore_index=True)
+    out["q_value"] = false_discovery_control(out["p_value"].to_numpy(), method="bh")
+    cols = ["layer", "neuron", "effect_size", "p_value", "q_value", "rank_in_layer", "mean_category", "mean_rest"]
+    return out[cols].sort_values(["effect_size", "layer", "neuron"], ascending=[False, True, True],
+                                 ignore_index=True)
+
+
+@dataclass
+class NeuronCard:
+    """One neuron: its top-activating documents and, where captured, its tokens by activation."""
+
+    layer: int
+    neuron: int
+    site: str
+    top: pd.DataFrame                  # doc, category, activation, text
+    tokens: list[tuple[int, list[str], np.ndarray]]   # (doc, token strings, activations)
+    values: np.ndarray                 # pooled activation of every document
+    labels: np.ndarray
+    label_names: list[str]
+
+    def histogram(self, bins: int = 30):
+        """Activation histogram per category (matplotlib)."""
+        from .viz.neurons import neuron_histogram
+
+        return neuron_histogram(self, bins=bins)
+
+    def to_html(self) -> str:
+        from .viz.neurons import neuron_card_html
+
+        return neuron_card_html(self)
+
+
+def neuron_card(scan, layer: int, neuron: int, site: str = "mlp", top: int = 10, tokenizer=None) -> NeuronCard:
+    """Top-activating documents of one neuron, with token-level activations where the scan kept them.
+
+    Token strings come from ``tokenizer`` (or the scanned model's own tokenizer when it can be
+    loaded offline); otherwise token ids are shown.
+    """
+    X = scan.activations(layer, site)
+    if not 0 <= neuron < X.shape[1]:
+        raise LlmriError(f"neuron {neuron} is out of range: {site}.{layer} has {X.shape[1]} neurons")
+    values = X[:, neuron]
+    order = np.argsort(-values, kind="stable")[:top]
+    table = pd.DataFrame({"doc": order, "category": [scan.label_names[scan.labels[d]] for d in order],
+                          "activation": values[order], "text": [scan.texts[d] for d in order]})
+    tokens = []
+    if f"{site}.{layer}" in scan.token_sites:
+        tok = tokenizer or _scan_tokenizer(scan)
+        for d in order:
+            ids = scan.token_ids(int(d))
+            acts = scan.token_activations(layer, site, doc=int(d))[:, neuron]
+            strs = tok.convert_ids_to_tokens(ids.tolist()) if tok is not None else [str(i) for i in ids]
+            tokens.append((int(d), list(strs), acts))
+    return NeuronCard(layer, neuron, site, table, tokens, values, scan.labels, scan.label_names)
+
+
+def _scan_tokenizer(scan):
+    """The scanned model's tokenizer, if it can be loaded without the network."""
+    try:
+        from transformers import AutoTokenizer
+
+        from .model import DEFAULT_MODEL, embedded_model_dir
+
+        name = scan.model_name
+        path = embedded_model_dir() if name == DEFAULT_MODEL else name
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception:
+        return None
