@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 import llmri
-from llmri.report import build_report, script_json
+from llmri.report import build_attention_page, build_report, script_json
 from llmri.store import scan_from_arrays
+
+from conftest import TEXTS, make_model
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -41,11 +43,14 @@ def report(tmp_path_factory):
     rng = np.random.default_rng(0)
     labels = np.repeat([0, 1, 2], 12)
     acts = {f"resid.{L}": rng.normal(size=(36, 8)) + labels[:, None] * (L + 1) for L in range(4)}
+    acts.update({f"mlp.{L}": rng.normal(size=(36, 16)) for L in range(3)})
+    acts.update({f"attn.{L}": rng.uniform(size=(36, 5 * 4)) for L in range(3)})
     texts = [f"document number {i} about topic {lab}" for i, lab in enumerate(labels)]
     texts[0] = INJECTED
     root = tmp_path_factory.mktemp("rep")
     scan = scan_from_arrays(root / "scan", acts, labels, ["red", "green", "blue"], texts)
-    return build_report(scan, root / "report", grid=4, n_permutations=20, progress=False)
+    return build_report(scan, root / "report", grid=4, n_permutations=20, progress=False,
+                        model=make_model("gpt2"), attention_text=TEXTS[1])
 
 
 def open_page(browser, path):
@@ -101,9 +106,42 @@ def test_hover_lists_documents_in_a_cell(browser, report):
     page.close()
 
 
+def test_report_has_attention_and_neuron_sections(browser, report):
+    page, errors, _ = open_page(browser, report)
+    assert page.locator("#attention .llmri-headview").count() == 1
+    assert page.locator("#attention .hv-layer option").count() == 3
+    assert page.locator("#neurons h3").count() == 3 and page.locator("#neurons img").count() == 3
+    assert page.evaluate("Array.from(document.querySelectorAll('#neurons img')).every(i => i.naturalWidth > 100)")
+    assert errors == []
+    page.close()
+
+
+def test_head_view_shows_what_a_token_attends_to(browser, tmp_path):
+    model = make_model("llama")
+    text = "the comet runs near the sun and the moon"
+    att = llmri.attention(model, text)
+    path = build_attention_page(att, tmp_path / "att", model_name="tiny")
+    page, errors, requests = open_page(browser, path)
+    assert page.locator(".hv-layer option").count() == att.n_layers
+    assert page.locator(".hv-head option").count() == att.n_heads + 1  # plus the mean of heads
+    page.select_option(".hv-layer", "2")
+    page.select_option(".hv-head", "1")
+    for q in (3, 7):
+        page.locator(".hv-tok").nth(q).hover()
+        titles = [float(t) for t in page.locator(".hv-tok").evaluate_all("els => els.map(e => e.title)")]
+        np.testing.assert_allclose(titles, att.probs[2, 1, q], atol=6e-4)
+        assert "attends most to token" in page.inner_text(".hv-info")
+    assert page.locator(".hv-tok").nth(5).inner_text() == att.tokens[5]
+    assert errors == [] and requests == []
+    for name in ("rollout.png", "heads_layer0.png", "heads_layer2.svg"):
+        assert (tmp_path / "att" / name).stat().st_size > 5000
+    page.close()
+
+
 def test_script_json_cannot_close_the_script():
     s = script_json({"t": "</script><script>alert(1)</script>&"})
     assert "<" not in s and ">" not in s and "&" not in s
+    assert script_json("llmri-x") == '"llmri-x"'
 
 
 def test_report_errors(tmp_path):

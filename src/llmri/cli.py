@@ -49,14 +49,17 @@ def _summary(scan) -> str:
     return "\n".join(lines)
 
 
-_SCAN_OPTIONS = [
+def _scan_option_list(sites: str, token_sites: str):
+    return [
     click.option("--model", "model_name", default="default", show_default=True,
                  help="Hugging Face id or local folder; 'default' is the embedded all-MiniLM-L6-v2."),
     click.option("--pool", type=click.Choice(["mean", "first", "last", "max"]), default="mean",
                  show_default=True, help="How token vectors become one vector per document."),
-    click.option("--sites", default="resid", show_default=True,
-                 help="Comma-separated sites: resid, mlp, attn_out, mlp_out (or one layer: mlp.3)."),
-    click.option("--token-sites", default="", help="Sites to keep for every token, e.g. resid.6."),
+    click.option("--sites", default=sites, show_default=True,
+                 help="Comma-separated sites: resid, mlp, attn_out, mlp_out, attn (per-head attention "
+                      "statistics), or one layer: mlp.3."),
+    click.option("--token-sites", default=token_sites, show_default=True,
+                 help="Sites to keep for every token, e.g. resid.6."),
     click.option("--layers", default=None, help="Comma-separated layers (negative from the end)."),
     click.option("--batch-tokens", type=int, default=8192, show_default=True,
                  help="Padded tokens per batch."),
@@ -66,13 +69,15 @@ _SCAN_OPTIONS = [
                  help="auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16."),
     click.option("--download", is_flag=True, help="Allow fetching the model from the Hugging Face hub."),
     click.option("--overwrite", is_flag=True, help="Replace a different scan already in --out."),
-]
+    ]
 
 
-def _scan_options(f):
-    for opt in reversed(_SCAN_OPTIONS):
-        f = opt(f)
-    return f
+def _scan_options(f=None, sites="resid", token_sites=""):
+    def wrap(f):
+        for opt in reversed(_scan_option_list(sites, token_sites)):
+            f = opt(f)
+        return f
+    return wrap(f) if f is not None else wrap
 
 
 def _run_scan(corpus, out, model_name, pool, sites, token_sites, layers, batch_tokens, max_length,
@@ -119,13 +124,13 @@ def _report_options(f):
     return f
 
 
-def _run_report(scan, out, reducer, components, grid, categories, permutations, seed):
+def _run_report(scan, out, reducer, components, grid, categories, permutations, seed, **extra):
     from .report import build_report
 
     cats = [c.strip() for c in categories.split(",") if c.strip()] if categories else None
     click.echo(f"building the report ({reducer}, {components} components, {grid}x{grid} grid) ...", err=True)
     return build_report(scan, out, reducer=reducer, n_components=components, grid=grid, categories=cats,
-                        n_permutations=permutations, seed=seed, progress=True)
+                        n_permutations=permutations, seed=seed, progress=True, **extra)
 
 
 @cli.command("report")
@@ -144,16 +149,72 @@ def report_cmd(scan_dir, out, **kw):
 
 @cli.command("demo")
 @click.option("--out", default="llmri-demo", show_default=True, help="Folder for the demo's outputs.")
-@_scan_options
+@_scan_options(sites="resid,mlp,attn", token_sites="mlp.-1")
 @_report_options
 def demo_cmd(out, reducer, components, grid, categories, permutations, seed, **kw):
     """Scan the bundled demo corpus with the embedded default model and write the report."""
     from .corpus import demo_corpus
+    from .model import load_model
 
-    result = _run_scan(demo_corpus(), Path(out) / "scan", **kw)
+    corpus = demo_corpus()
+    result = _run_scan(corpus, Path(out) / "scan", **kw)
     click.echo(_summary(result))
-    path = _run_report(result, Path(out) / "report", reducer, components, grid, categories, permutations, seed)
+    model = load_model(kw["model_name"], device=kw["device"], dtype=kw["dtype"], download=kw["download"])
+    path = _run_report(result, Path(out) / "report", reducer, components, grid, categories, permutations, seed,
+                       model=model, attention_text=corpus.texts[0])
     click.echo(f"report: {path}")
+
+
+@cli.command("attention")
+@click.argument("text")
+@click.option("--model", "model_name", default="default", show_default=True, help="Hugging Face id or local folder.")
+@click.option("--out", required=True, help="Folder for attention.html and the PNG/SVG figures.")
+@click.option("--position", type=int, default=None,
+              help="Token whose inputs rollout and flow explain (default: first for encoders, last for decoders).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--download", is_flag=True, help="Allow fetching the model from the Hugging Face hub.")
+def attention_cmd(text, model_name, out, position, device, download):
+    """Attention of one TEXT: every head, an interactive head view, rollout and flow."""
+    from .attention import attention
+    from .model import load_model
+    from .report import build_attention_page
+
+    model = load_model(model_name, device=device, dtype="float32", download=download)
+    att = attention(model, text)
+    path = build_attention_page(att, out, position=position, model_name=model.name)
+    roll = att.rollout()[att.default_position if position is None else position]
+    top = sorted(range(len(att.tokens)), key=lambda k: -roll[k])[:5]
+    click.echo(f"{len(att.tokens)} tokens, {att.n_layers} layers x {att.n_heads} heads; "
+               f"largest rollout: " + ", ".join(f"{att.tokens[k]} {roll[k]:.3f}" for k in top))
+    click.echo(f"attention: {path}")
+
+
+@cli.command("neurons")
+@click.argument("scan_dir")
+@click.option("--category", default=None, help="One category (default: every category).")
+@click.option("--top", type=int, default=10, show_default=True, help="Neurons to list per category.")
+@click.option("--site", default="mlp", show_default=True, help="mlp, or resid for residual dimensions.")
+@click.option("--csv", "csv_out", default=None, help="Also write the full ranking to this CSV file.")
+def neurons_cmd(scan_dir, category, top, site, csv_out):
+    """Rank the neurons of the Scan in SCAN_DIR by how selectively they respond to each category."""
+    import pandas as pd
+
+    from .neurons import neurons
+    from .store import Scan, atomic_write_text
+
+    scan = Scan.open(scan_dir)
+    cats = [category] if category else scan.label_names
+    frames = []
+    for c in cats:
+        df = neurons(scan, c, site=site)
+        df.insert(0, "category", c)
+        frames.append(df)
+        click.echo(f"\n{c}: top {top} of {len(df)} {site} neurons")
+        click.echo(df.head(top)[["layer", "neuron", "effect_size", "p_value", "q_value",
+                                 "mean_category", "mean_rest"]].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    if csv_out:
+        atomic_write_text(csv_out, pd.concat(frames, ignore_index=True).to_csv(index=False))
+        click.echo(f"\nranking: {csv_out}")
 
 
 def main(argv=None) -> None:

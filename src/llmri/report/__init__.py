@@ -15,8 +15,9 @@ from ..nrag import nrag
 from ..probe import evaluate_reduction
 from ..regions import regions as make_regions
 from ..store import Scan, atomic_write_bytes, atomic_write_text
-from ..viz import (category_colors, difference_figure, difference_plot, draw_nrag, evaluation_figure,
-                   evaluation_plot, heatmap_figure, heatmap_plot, nrag_figure, save_figure, script_json)
+from ..viz import (attention_layer_plot, category_colors, difference_figure, difference_plot, draw_nrag,
+                   evaluation_figure, evaluation_plot, head_stats_figure, head_view_html, heatmap_figure,
+                   heatmap_plot, nrag_figure, rollout_plot, save_figure, script_json, token_highlight_html)
 
 MAX_PAIRS = 3
 
@@ -33,7 +34,7 @@ class _Figures:
 
         self.count += 1
         fid = f"figure-{self.count}"
-        payload = script_json(pio.to_json(fig, validate=False))
+        payload = script_json(pio.to_json(fig, validate=False), serialized=True)
         return Markup(f'<div class="figure" id="{fid}"></div>\n<script>(function(){{var f={payload};'
                       f'Plotly.newPlot("{fid}",f.data,f.layout,{{responsive:true,displaylogo:false}});}})();</script>')
 
@@ -50,16 +51,55 @@ def _table(df: pd.DataFrame) -> Markup:
                              float_format=lambda v: f"{v:.4g}"))
 
 
+def _environment():
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    return Environment(loader=PackageLoader("llmri", "report"), autoescape=select_autoescape(["html", "j2"]))
+
+
+def _attention_parts(att, figs: "_Figures", position=None, prefix: str = "") -> dict:
+    """Head view, rollout and flow over the text, and static figures of one text's attention."""
+    position = att.default_position if position is None else position
+    static = figs.static(rollout_plot(att, position), f"{prefix}rollout")
+    for L in range(att.n_layers):
+        static += figs.static(attention_layer_plot(att, L), f"{prefix}heads_layer{L}")
+    return {"head_view": Markup(head_view_html(att)), "position": position,
+            "position_token": att.tokens[position],
+            "rollout": Markup(token_highlight_html(att.tokens, att.rollout()[position])),
+            "flow": Markup(token_highlight_html(att.tokens, att.flow(position), color="31,119,180")),
+            "static": static}
+
+
+def build_attention_page(att, out, position=None, model_name: str = "") -> Path:
+    """Write ``out/attention.html`` (head view, rollout, flow) and PNG/SVG figures of one text."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise LlmriError(f"{out}: exists and is not a folder")
+    figs = _Figures(out)
+    parts = _attention_parts(att, figs, position)
+    page = _environment().get_template("attention.html.j2").render(
+        title=f"llmri attention: {model_name}", text=att.text, n_tokens=len(att.tokens),
+        n_layers=att.n_layers, n_heads=att.n_heads, **parts)
+    path = out / "attention.html"
+    atomic_write_bytes(path, page.encode("utf-8"))
+    return path
+
+
 def build_report(scan, out, reducer="pca", n_components: int = 2, grid: int = 10, categories=None,
-                 n_permutations: int = 200, seed: int = 0, site: str = "resid", progress: bool | None = None) -> Path:
+                 n_permutations: int = 200, seed: int = 0, site: str = "resid", progress: bool | None = None,
+                 model=None, attention_text: str | None = None, top_neurons: int = 10) -> Path:
     """Analyse a Scan and write ``out/report.html`` plus ``out/figures/`` and CSV tables.
 
+    Sections for attention heads and neurons appear when the scan captured ``attn`` and ``mlp``;
+    with ``model`` and ``attention_text`` the report also holds a head view of that text.
     Returns the path of the HTML file.
     """
     import matplotlib
 
     matplotlib.use("Agg")
-    from jinja2 import Environment, PackageLoader, select_autoescape
 
     scan = scan if isinstance(scan, Scan) else Scan.open(scan)
     out = Path(out)
@@ -114,9 +154,18 @@ def build_report(scan, out, reducer="pca", n_components: int = 2, grid: int = 10
         evaluation = evaluate_reduction(scan, rm, seed=seed)
         sections["static"] += figs.static(evaluation_plot(evaluation), "evaluation")
 
+    heads = _heads_section(scan, present, figs) if "attn" in scan.site_kinds else None
+    neuron_sec = _neurons_section(scan, present, figs, top_neurons) if "mlp" in scan.site_kinds else None
+    attn_view = None
+    if model is not None and attention_text:
+        from ..attention import attention
+
+        attn_view = _attention_parts(attention(model, attention_text), figs, prefix="example_")
+        sections["static"] += attn_view.pop("static")
+
     import plotly.offline
 
-    env = Environment(loader=PackageLoader("llmri", "report"), autoescape=select_autoescape(["html", "j2"]))
+    env = _environment()
     counts = rm.category_mask
     samples = {c: [scan.texts[d] for d in list(counts([c]).nonzero()[0])[:10]] for c in present}
     page = env.get_template("template.html.j2").render(
@@ -133,7 +182,8 @@ def build_report(scan, out, reducer="pca", n_components: int = 2, grid: int = 10
         profile=_table(profile),
         evaluation=None if evaluation is None else figs.interactive(evaluation_figure(evaluation)),
         evaluation_table=None if evaluation is None else _table(evaluation),
-        n_components=n_components)
+        n_components=n_components, heads=heads, neurons=neuron_sec, attention=attn_view,
+        attention_text=attention_text)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     for name, df in [("metrics", metrics), ("layer_profile", profile)] + \
             [(f"compare_{a}_vs_{b}", df) for a, b, df in comparisons] + \
@@ -142,6 +192,40 @@ def build_report(scan, out, reducer="pca", n_components: int = 2, grid: int = 10
     path = out / "report.html"
     atomic_write_bytes(path, page.encode("utf-8"))
     return path
+
+
+def _heads_section(scan, present, figs: _Figures) -> dict:
+    from ..attention import compare_heads, stat_matrix
+
+    figures = []
+    for stat, what in (("entropy", "entropy of attention (nats)"), ("previous", "attention to the previous token"),
+                       ("first", "attention to the first token")):
+        mats = {c: stat_matrix(scan, stat, c) for c in present}
+        figures.append(figs.interactive(head_stats_figure(mats, f"Mean {what}, per layer and head")))
+    tables = []
+    for c in present:
+        if len(present) < 2 and len(scan.label_names) < 2:
+            break
+        df = compare_heads(scan, c).head(12)
+        tables.append((c, _table(df)))
+    return {"figures": figures, "tables": tables}
+
+
+def _neurons_section(scan, present, figs: _Figures, top: int) -> dict:
+    from ..neurons import neuron_card, neurons
+
+    parts = []
+    token_layers = [int(s.split(".")[1]) for s in scan.token_sites if s.startswith("mlp.")]
+    for i, c in enumerate(present):
+        if len(scan.label_names) < 2:
+            break
+        df = neurons(scan, c)
+        best = df[df["layer"].isin(token_layers)].iloc[0] if token_layers else df.iloc[0]
+        card = neuron_card(scan, int(best["layer"]), int(best["neuron"]), top=5)
+        static = figs.static(card.histogram(), f"neuron_{i + 1}_histogram")
+        parts.append({"category": c, "table": _table(df.head(top)), "card": Markup(card.to_html()),
+                      "histogram": static[0]})
+    return {"parts": parts}
 
 
 def _safe(name: str) -> str:

@@ -41,9 +41,10 @@ def snippet(text: str, words: int = 8) -> str:
     return html.escape(short, quote=True)
 
 
-def script_json(obj) -> str:
-    """JSON that is safe inside a <script> element: no '<', '>' or '&' survives literally."""
-    text = obj if isinstance(obj, str) else json.dumps(obj)
+def script_json(obj, serialized: bool = False) -> str:
+    """JSON of ``obj`` (or already ``serialized`` JSON text) made safe inside a <script> element:
+    no '<', '>' or '&' survives literally."""
+    text = obj if serialized else json.dumps(obj)
     return (text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
             .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
 
