@@ -72,6 +72,26 @@ def test_demo(tmp_path):
         assert (report / "figures" / f"{name}.svg").read_text().lstrip().startswith("<?xml")
     metrics = (report / "metrics.csv").read_text().splitlines()
     assert metrics[0] == "metric,astronomy,cooking,football" and len(metrics) == 19
+    assert 'id="attention"' in html and 'id="neurons"' in html and "llmri-headview" in html
+    assert s.layers("attn") == list(range(6)) and s.token_sites == ["mlp.5"]
+    proc = run("neurons", "d/scan", "--category", "cooking", "--top", "3", "--csv", "n.csv", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "cooking: top 3 of 9216 mlp neurons" in proc.stdout
+    ranking = (tmp_path / "n.csv").read_text().splitlines()
+    assert ranking[0].startswith("category,layer,neuron,effect_size") and len(ranking) == 9217
+    assert_one_line_error(run("neurons", "d/scan", "--category", "poetry", cwd=tmp_path), "unknown category 'poetry'")
+
+
+@pytest.mark.integration
+def test_attention_command(tmp_path):
+    proc = run("attention", "The comet <script>x</script> passed Jupiter.", "--out", "a", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "6 layers x 12 heads" in proc.stdout
+    html = (tmp_path / "a" / "attention.html").read_text(encoding="utf-8")
+    assert "&lt;script&gt;x&lt;/script&gt;" in html and "<script>x</script>" not in html
+    assert (tmp_path / "a" / "heads_layer5.png").is_file() and (tmp_path / "a" / "rollout.svg").is_file()
+    assert_one_line_error(run("attention", "hi", "--out", "b", "--position", "40", cwd=tmp_path),
+                          "position 40 is out of range")
 
 
 @pytest.mark.integration

@@ -40,6 +40,15 @@ class Attention:
         the last token for decoders."""
         return len(self.tokens) - 1 if self.causal else 0
 
+    def position(self, position: int | None = None) -> int:
+        """A validated token position (negative counts from the end); None is the default position."""
+        T = len(self.tokens)
+        if position is None:
+            return self.default_position
+        if not -T <= position < T:
+            raise LlmriError(f"position {position} is out of range for {T} tokens")
+        return position % T
+
     def residual_attention(self) -> np.ndarray:
         """A'_l per layer: heads averaged, half identity added for the residual, rows renormalised."""
         a = self.probs.mean(1) * 0.5 + 0.5 * np.eye(self.probs.shape[-1])[None]
@@ -55,11 +64,8 @@ class Attention:
     def flow(self, position: int | None = None) -> np.ndarray:
         """Attention flow: the max-flow value from each input token to ``position`` at the top layer,
         through a layered network whose capacities are A'_l."""
-        position = self.default_position if position is None else position
+        position = self.position(position)
         T = self.probs.shape[-1]
-        if not -T <= position < T:
-            raise LlmriError(f"position {position} is out of range for {T} tokens")
-        position %= T
         g = nx.DiGraph()
         for layer, a in enumerate(self.residual_attention(), start=1):
             for i in range(T):

@@ -73,16 +73,16 @@ def attention_stats(probs: torch.Tensor, mask: torch.Tensor, special: torch.Tens
     def mean_q(x):                                                    # x [B, H, T] over queries
         return (x * qmask).sum(-1) / nq[:, None]
 
-    entropy = -(p * torch.log(p.clamp(min=1e-30))).sum(-1)
+    entropy = torch.special.entr(p).sum(-1)                           # -sum p log p, 0 log 0 = 0
     first_idx = mask.int().argmax(1)                                  # [B]
     first = p[torch.arange(B), :, :, first_idx]                       # [B, H, T]
-    special_mass = (p * special.float()[:, None, None, :]).sum(-1)
+    special_mass = torch.matmul(p, special.to(p.dtype)[:, None, :, None]).squeeze(-1)
     prev = torch.diagonal(p, offset=-1, dim1=-2, dim2=-1)             # [B, H, T-1]: A[q, q-1]
     has_prev = (m[:, 1:] * m[:, :-1])[:, None, :]
     n_prev = has_prev.sum(-1).clamp(min=1)
     previous = (prev * has_prev).sum(-1) / n_prev
     pos = torch.arange(T, device=p.device, dtype=p.dtype)
-    distance = (p * (pos[:, None] - pos[None, :]).abs()).sum(-1)
+    distance = torch.einsum("bhqk,qk->bhq", p, (pos[:, None] - pos[None, :]).abs())
     stats = torch.stack([mean_q(entropy), mean_q(first), mean_q(special_mass), previous, mean_q(distance)], 1)
     return stats.reshape(B, len(ATTN_STATS) * H)
 

@@ -182,7 +182,7 @@ def attention_cmd(text, model_name, out, position, device, download):
     model = load_model(model_name, device=device, dtype="float32", download=download)
     att = attention(model, text)
     path = build_attention_page(att, out, position=position, model_name=model.name)
-    roll = att.rollout()[att.default_position if position is None else position]
+    roll = att.rollout()[att.position(position)]
     top = sorted(range(len(att.tokens)), key=lambda k: -roll[k])[:5]
     click.echo(f"{len(att.tokens)} tokens, {att.n_layers} layers x {att.n_heads} heads; "
                f"largest rollout: " + ", ".join(f"{att.tokens[k]} {roll[k]:.3f}" for k in top))

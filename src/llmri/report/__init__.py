@@ -59,7 +59,7 @@ def _environment():
 
 def _attention_parts(att, figs: "_Figures", position=None, prefix: str = "") -> dict:
     """Head view, rollout and flow over the text, and static figures of one text's attention."""
-    position = att.default_position if position is None else position
+    position = att.position(position)
     static = figs.static(rollout_plot(att, position), f"{prefix}rollout")
     for L in range(att.n_layers):
         static += figs.static(attention_layer_plot(att, L), f"{prefix}heads_layer{L}")

@@ -56,7 +56,7 @@ def rollout_plot(att, position: int | None = None):
     """How much each input token contributes to ``position``: rollout and flow, over the text."""
     import matplotlib.pyplot as plt
 
-    position = att.default_position if position is None else position
+    position = att.position(position)
     roll = att.rollout()[position]
     flow = att.flow(position)
     toks = _short(att.tokens)
