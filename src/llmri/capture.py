@@ -133,6 +133,28 @@ def tokenize(model: Model, texts: list[str], max_length: int) -> tuple[list[list
     return [list(map(int, x)) for x in ids], len(long)
 
 
+def pad_batch(model: Model, seqs: list[list[int]]) -> tuple[dict, torch.Tensor]:
+    """Forward kwargs for token id lists padded on the tokenizer's side, and the real-token mask.
+
+    With left padding, models that take position ids get them counted from each document's
+    first real token; models that cannot (positions always 0..T-1) are padded on the right.
+    """
+    left = (getattr(model.tokenizer, "padding_side", "right") == "left"
+            and model.adapter.positions != "none")
+    T = max(len(x) for x in seqs)
+    input_ids = torch.full((len(seqs), T), model.tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.bool)
+    for r, x in enumerate(seqs):
+        sl = slice(T - len(x), T) if left else slice(0, len(x))
+        input_ids[r, sl] = torch.tensor(x)
+        mask[r, sl] = True
+    dev = model.device
+    kwargs = dict(input_ids=input_ids.to(dev), attention_mask=mask.long().to(dev))
+    if left and model.adapter.positions == "ids":
+        kwargs["position_ids"] = (mask.long().cumsum(1) - 1).clamp(min=0).to(dev)
+    return kwargs, mask.to(dev)
+
+
 def _key(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -255,9 +277,6 @@ def scan(model, corpus, out, sites=("resid",), pool: str = "mean", layers=None,
 
 def _run(model: Model, ids, lengths, batches, shards, todo, pooled, tokened, how, out, bar):
     dev = model.device
-    pad_id = model.tokenizer.pad_token_id
-    left = (getattr(model.tokenizer, "padding_side", "right") == "left"
-            and model.adapter.positions != "none")
     wanted = list(dict.fromkeys(pooled + tokened))
     deepest = max(wanted, key=site_order)
     attn = {s for s in pooled if parse_site(s)[0] == "attn"}
@@ -291,20 +310,11 @@ def _run(model: Model, ids, lengths, batches, shards, todo, pooled, tokened, how
             token_ids: list[int] = []
             for b in shards[s]:
                 batch = batches[b]
-                T = int(max(lengths[d] for d in batch))
-                input_ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
-                mask = torch.zeros((len(batch), T), dtype=torch.bool)
-                for r, d in enumerate(batch):
-                    n = int(lengths[d])
-                    sl = slice(T - n, T) if left else slice(0, n)
-                    input_ids[r, sl] = torch.tensor(ids[d])
-                    mask[r, sl] = True
+                kwargs, mask = pad_batch(model, [ids[d] for d in batch])
+                for d in batch:
                     token_ids.extend(ids[d])
-                kwargs = dict(input_ids=input_ids.to(dev), attention_mask=mask.long().to(dev))
-                if left and model.adapter.positions == "ids":
-                    kwargs["position_ids"] = (mask.long().cumsum(1) - 1).clamp(min=0).to(dev)
-                state["mask"] = mask.to(dev)
-                state["special"] = (torch.isin(input_ids, special_ids) & mask).to(dev)
+                state["mask"] = mask
+                state["special"] = torch.isin(kwargs["input_ids"], special_ids.to(dev)) & mask
                 try:
                     model.base(**kwargs)
                 except _StopForward:

@@ -74,6 +74,7 @@ class RegionMap:
     _cells: dict[int, np.ndarray] = field(repr=False)
     _edges: dict[int, np.ndarray] = field(repr=False)
     explained_variance_: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+    _components: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
     def n_docs(self) -> int:
@@ -94,6 +95,14 @@ class RegionMap:
             raise LlmriError(f"cells need a 2-component map; this one has {self.n_components} "
                              "(the N-d NRAG uses components directly)")
         return self._cells[self._check(layer)]
+
+    def components(self, layer: int) -> np.ndarray:
+        """The reducer's directions ``[n_components, dim]`` at ``layer`` (PCA and SVD), e.g. to
+        ablate the map's axes with ``llmri.ablate(model, {"resid.L": rm.components(L)})``."""
+        self._check(layer)
+        if layer not in self._components:
+            raise LlmriError(f"reducer {self.reducer} has no linear components (use pca or svd)")
+        return self._components[layer]
 
     def cell_edges(self, layer: int) -> np.ndarray:
         """Bin edges ``[n_components, grid + 1]`` of the grid at ``layer``."""
@@ -156,7 +165,7 @@ def regions(scan, reducer="pca", n_components: int = 2, grid: int = 10, seed: in
             raise LlmriError(f"layer {L} of site {site!r} was not captured; layers available: {available}")
     name = reducer if isinstance(reducer, str) else type(reducer).__name__
     make_reducer(reducer, n_components, seed)  # validate before the long loop
-    coords, cells, edges, variance = {}, {}, {}, {}
+    coords, cells, edges, variance, components = {}, {}, {}, {}, {}
     for L in tqdm(chosen, desc=f"regions ({name})", unit="layer", disable=None if progress is None else not progress):
         X = scan.activations(L, site)
         k = min(n_components, X.shape[1], X.shape[0])
@@ -171,5 +180,7 @@ def regions(scan, reducer="pca", n_components: int = 2, grid: int = 10, seed: in
         cells[L], edges[L] = grid_cells(Z, grid)
         if hasattr(red, "explained_variance_ratio_"):
             variance[L] = np.asarray(red.explained_variance_ratio_)
+        if hasattr(red, "components_"):
+            components[L] = np.asarray(red.components_)
     return RegionMap(list(chosen), n_components, grid, name, seed, site, scan.labels.copy(),
-                     scan.label_names, scan.texts, coords, cells, edges, variance)
+                     scan.label_names, scan.texts, coords, cells, edges, variance, components)

@@ -7,6 +7,8 @@ A site is a named place inside the model (see DESIGN.md):
 * ``attn_out.L`` / ``mlp_out.L`` the output of block L's attention / MLP output projection,
   i.e. each sublayer's contribution to the residual stream.
 * ``attn.L`` block L's attention probabilities (read by the attention analyses).
+* ``attn_z.L`` the input of block L's attention output projection: every head's output,
+  concatenated (``[..., heads * head_dim]``); head h is slice ``h * head_dim:(h + 1) * head_dim``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from torch import nn
 
 from .errors import LlmriError
 
-KINDS = ("resid", "mlp", "attn_out", "mlp_out", "attn")
+KINDS = ("resid", "mlp", "attn_out", "mlp_out", "attn", "attn_z")
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,19 @@ def blocks(module: nn.Module, adapter: Adapter) -> nn.ModuleList:
     return _get(base_of(module), adapter.layers)
 
 
+def submodule(module: nn.Module, adapter: Adapter, layer: int, part: str) -> nn.Module:
+    """A block's sublayer by adapter field name: ``"mlp_out"``, ``"attn_out"`` or ``"attn"``."""
+    return _get(blocks(module, adapter)[layer], getattr(adapter, part))
+
+
+def n_heads(module: nn.Module) -> int:
+    cfg = module.config
+    for k in ("num_attention_heads", "n_head", "n_heads"):
+        if getattr(cfg, k, None):
+            return int(getattr(cfg, k))
+    raise LlmriError(f"cannot tell the number of attention heads of {type(module).__name__}")
+
+
 # ---------------------------------------------------------------- site names
 def parse_site(site: str) -> tuple[str, int | None]:
     """``"mlp.3"`` -> ``("mlp", 3)``; ``"mlp"`` -> ``("mlp", None)`` (every layer)."""
@@ -181,7 +196,7 @@ def site_order(site: str) -> tuple[int, int]:
     kind, layer = parse_site(site)
     if kind == "resid":
         return (layer - 1, 3) if layer > 0 else (-1, 3)
-    return layer, {"attn": 0, "attn_out": 1, "mlp": 2, "mlp_out": 2}[kind]
+    return layer, {"attn": 0, "attn_z": 1, "attn_out": 1, "mlp": 2, "mlp_out": 2}[kind]
 
 
 # ---------------------------------------------------------------- hooks
@@ -229,6 +244,8 @@ def _register(module: nn.Module, adapter: Adapter, site: str, fn: HookFn):
         return _get(block, adapter.mlp_out).register_forward_hook(post_hook)
     if kind == "attn_out":
         return _get(block, adapter.attn_out).register_forward_hook(post_hook)
+    if kind == "attn_z":
+        return _get(block, adapter.attn_out).register_forward_pre_hook(pre_hook, with_kwargs=True)
 
     def attn_hook(mod, args, output):  # attention modules return (output, probabilities)
         probs = output[1] if isinstance(output, tuple) and len(output) > 1 else None

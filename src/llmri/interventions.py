@@ -1,0 +1,392 @@
+"""Interventions: ablate, patch and read sites through the one hook mechanism in ``sites``.
+
+Every intervention is a context manager; inside it any call of ``model.module`` runs modified,
+and every hook is removed on exit, even after an exception.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .capture import pad_batch, plan_batches, tokenize
+from .errors import LlmriError
+from .model import Model, as_model
+from .sites import _linear_dims, expand_sites, hooks, layer_count, n_heads, parse_site, submodule
+
+MODES = ("zero", "mean", "resample")
+
+
+# ---------------------------------------------------------------- ablation
+def head_dim(model: Model, layer: int) -> int:
+    dims = _linear_dims(submodule(model.module, model.adapter, layer, "attn_out"))
+    if dims is None:
+        raise LlmriError(f"layer {layer}: cannot find the attention output projection's input size")
+    return dims[0] // n_heads(model.module)
+
+
+def _site_values(scan, site: str, mode: str) -> np.ndarray:
+    """Per-document pooled values of ``site`` from a Scan (for mean and resample ablation)."""
+    if scan is None:
+        raise LlmriError(f"{mode} ablation of {site} takes its statistics from a Scan: pass scan=")
+    kind, layer = parse_site(site)
+    if site not in scan.sites:
+        raise LlmriError(f"{mode} ablation of {site} needs a Scan with site {site}; "
+                         f"scan with --sites {kind} (this scan has {', '.join(scan.site_kinds)})")
+    return scan.activations(layer, kind)
+
+
+def _replacer(values: np.ndarray | None, mode: str, idx, rng: np.random.Generator, directions=None):
+    """A hook function replacing ``x[..., idx]`` (or the span of ``directions``) by the ablation value."""
+    mean = None if values is None else torch.tensor(values.mean(0))
+    table = None if values is None else torch.tensor(values)
+    q = None
+    if directions is not None:
+        q, _ = torch.linalg.qr(torch.tensor(np.asarray(directions, dtype=np.float64)).T)  # [d, k], orthonormal
+
+    def value_for(x):
+        if mode == "zero":
+            return torch.zeros(x.shape[-1], dtype=x.dtype, device=x.device)
+        if mode == "mean":
+            return mean.to(x.device, x.dtype)
+        rows = rng.integers(0, len(table), size=x.shape[0] if x.dim() == 3 else 1)
+        v = table[rows].to(x.device, x.dtype)                    # one document per batch row
+        return v[:, None, :] if x.dim() == 3 else v[0]
+
+    def fn(x):
+        v = value_for(x)
+        if q is not None:
+            qq = q.to(x.device, x.dtype)
+            return x - (x @ qq) @ qq.T + (v @ qq) @ qq.T
+        out = x.clone()
+        if idx is None:
+            out[...] = v
+        else:
+            out[..., idx] = v[..., idx]
+        return out
+    return fn
+
+
+@contextlib.contextmanager
+def ablate(model, spec: dict, mode: str = "zero", scan=None, seed: int = 0):
+    """Remove components while the block runs; the model is restored on exit.
+
+    ``spec`` maps sites to what to remove:
+
+    * ``"mlp.L": [neurons]`` MLP neurons of block L;
+    * ``"attn.L": [heads]`` attention heads (their slice of the attention output projection's input);
+    * ``"mlp_out.L": None`` / ``"attn_out.L": None`` a whole sublayer's contribution;
+    * ``"resid.L": directions`` residual directions, an array ``[k, dim]`` (for example
+      ``regions.components(L)``): their span is projected out (zero) or set to its mean.
+
+    ``mode`` is ``zero``, ``mean`` (the Scan's mean over documents) or ``resample`` (the value of
+    a random document of the Scan, drawn per batch row with ``seed``).
+
+    >>> with llmri.ablate(model, {"mlp.3": [12, 40], "attn.5": [2]}):      # doctest: +SKIP
+    ...     out = model.module(**inputs)
+    """
+    model = as_model(model)
+    if mode not in MODES:
+        raise LlmriError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+    if not isinstance(spec, dict) or not spec:
+        raise LlmriError("ablate: spec must be a non-empty dict like {'mlp.3': [12, 40]}")
+    rng = np.random.default_rng(seed)
+    n = model.n_layers
+    fns = {}
+    for key, what in spec.items():
+        kind, layer = parse_site(key)
+        if layer is None or not 0 <= layer < layer_count(kind, n):
+            raise LlmriError(f"ablate: {key!r} needs a layer in 0..{layer_count(kind, n) - 1}, e.g. {kind}.0")
+        directions = None
+        idx = None
+        if kind == "attn":
+            hd = head_dim(model, layer)
+            heads = _indices(key, what, n_heads(model.module))
+            idx = [h * hd + i for h in heads for i in range(hd)]
+            site = f"attn_z.{layer}"
+        elif kind == "resid":
+            directions = np.atleast_2d(np.asarray(what, dtype=np.float64))
+            site = key
+        elif kind in ("mlp_out", "attn_out"):
+            if what not in (None, "all"):
+                raise LlmriError(f"ablate: {key!r} removes the whole sublayer; give None")
+            site = key
+        elif kind in ("mlp", "attn_z"):
+            width = _linear_dims(submodule(model.module, model.adapter, layer,
+                                           "mlp_out" if kind == "mlp" else "attn_out"))[0]
+            idx = None if what in (None, "all") else _indices(key, what, width)
+            site = key
+        else:
+            raise LlmriError(f"ablate: cannot ablate {key!r}")
+        if site in fns:
+            raise LlmriError(f"ablate: {site} is named twice in spec")
+        values = None if mode == "zero" else _site_values(scan, site, mode)
+        fns[site] = _replacer(values, mode, idx, rng, directions)
+    with hooks(model.module, model.adapter, fns):
+        yield
+
+
+def _indices(key: str, what, size: int) -> list[int]:
+    try:
+        idx = [int(i) for i in (what if isinstance(what, (list, tuple, np.ndarray, range)) else [what])]
+    except (TypeError, ValueError):
+        raise LlmriError(f"ablate: {key!r} expects a list of integer indices, got {what!r}") from None
+    bad = [i for i in idx if not 0 <= i < size]
+    if bad:
+        raise LlmriError(f"ablate: {key!r} index {bad[0]} is out of range 0..{size - 1}")
+    return idx
+
+
+# ---------------------------------------------------------------- effect measures
+class _Batches:
+    """A corpus tokenized, length-sorted and padded once, reused by every measured forward pass."""
+
+    def __init__(self, model: Model, texts: list[str], batch_tokens: int):
+        ids, _ = tokenize(model, texts, model.max_length)
+        lengths = np.asarray([len(x) for x in ids])
+        self.batches = [(b, *pad_batch(model, [ids[d] for d in b])) for b in plan_batches(lengths, batch_tokens)]
+        self.n = len(texts)
+
+
+def is_causal_lm(model: Model) -> bool:
+    return model.adapter.causal and hasattr(model.module, "get_output_embeddings") and \
+        model.module.get_output_embeddings() is not None
+
+
+def _lm_loss(model: Model, batches: _Batches) -> float:
+    total, count = 0.0, 0
+    for _, kw, mask in batches.batches:
+        logits = model.module(**kw).logits[:, :-1].float()
+        target = kw["input_ids"][:, 1:]
+        valid = mask[:, 1:] & mask[:, :-1]
+        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                                reduction="none").view(target.shape)
+        total += float(nll[valid].sum())
+        count += int(valid.sum())
+    return total / max(count, 1)
+
+
+def _class_loss(model: Model, batches: _Batches, labels: np.ndarray) -> float:
+    total = 0.0
+    for docs, kw, _ in batches.batches:
+        logits = model.module(**kw).logits.float()
+        total += float(torch.nn.functional.cross_entropy(logits, torch.tensor(labels[docs], device=logits.device),
+                                                         reduction="sum"))
+    return total / batches.n
+
+
+def _representation(model: Model, batches: _Batches) -> np.ndarray:
+    """Mean-pooled last residual stream of every document (corpus order)."""
+    from .capture import pool
+
+    out = [None] * batches.n
+    grabbed = {}
+    last = f"resid.{model.n_layers}"
+    with hooks(model.module, model.adapter, {last: lambda x: grabbed.__setitem__("x", x)}):
+        for docs, kw, mask in batches.batches:
+            model.base(**kw)
+            for d, v in zip(docs, pool(grabbed["x"], mask, "mean").cpu().numpy()):
+                out[d] = v
+    return np.stack(out)
+
+
+def make_measure(model: Model, corpus, measure="auto", batch_tokens: int = 8192) -> tuple[str, Callable[[], float]]:
+    """A function that runs the corpus through the model and returns one number.
+
+    ``loss``: the model's own loss (language-model loss for causal LMs; classification loss for
+    a model with a sequence-classification head, against the corpus labels). ``representation``:
+    mean 1 - cosine similarity of the pooled last residual stream to the unablated one.
+    ``probe``: accuracy of a logistic-regression probe trained on the unablated representation.
+    A callable ``f(model) -> float`` is used as it is. ``auto`` is loss when the model has one,
+    else representation.
+    """
+    texts = corpus.texts
+    batches = _Batches(model, texts, batch_tokens)
+    has_cls = type(model.module).__name__.endswith("ForSequenceClassification")
+    if measure == "auto":
+        measure = "loss" if (is_causal_lm(model) or has_cls) else "representation"
+    if callable(measure):
+        return getattr(measure, "__name__", "custom"), lambda: float(measure(model))
+    if measure == "loss":
+        if is_causal_lm(model):
+            return "language-model loss", lambda: _lm_loss(model, batches)
+        if has_cls:
+            return "classification loss", lambda: _class_loss(model, batches, corpus.labels)
+        raise LlmriError("measure 'loss': this model has no language-model or classification head; "
+                         "use representation, probe or a function")
+    if measure in ("representation", "probe"):
+        with torch.inference_mode():
+            clean = _representation(model, batches)
+        if measure == "representation":
+            unit = clean / np.linalg.norm(clean, axis=1, keepdims=True).clip(1e-12)
+
+            def rep_change():
+                r = _representation(model, batches)
+                return float(np.mean(1 - (r * unit).sum(1) / np.linalg.norm(r, axis=1).clip(1e-12)))
+            return "representation change (1 - cosine)", rep_change
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        if len(set(corpus.labels.tolist())) < 2:
+            raise LlmriError("measure 'probe' needs at least two categories")
+        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(clean, corpus.labels)
+        return "probe accuracy", lambda: float((clf.predict(_representation(model, batches)) == corpus.labels).mean())
+    raise LlmriError(f"measure {measure!r} is not one of auto, loss, representation, probe, or a function")
+
+
+def lesion_map(model, corpus, measure="auto", mode: str = "zero", scan=None, layers=None,
+               heads: bool = True, mlps: bool = True, batch_tokens: int = 8192, seed: int = 0,
+               progress: bool | None = None) -> pd.DataFrame:
+    """Ablate each attention head and each layer's MLP in turn and measure the effect.
+
+    Returns a DataFrame with columns ``component`` (``head`` or ``mlp``), ``layer``, ``head``
+    (-1 for an MLP), ``value`` and ``effect`` (value minus the unablated value); its ``attrs``
+    hold the measure's name and the baseline.
+    """
+    from .corpus import Corpus
+
+    model = as_model(model)
+    if isinstance(corpus, (list, tuple)):
+        corpus = Corpus(list(corpus))
+    name, run = make_measure(model, corpus, measure, batch_tokens)
+    layers = list(range(model.n_layers)) if layers is None else [L % model.n_layers for L in layers]
+    H = n_heads(model.module)
+    jobs = ([("head", L, h, {f"attn.{L}": [h]}) for L in layers for h in range(H)] if heads else []) + \
+           ([("mlp", L, -1, {f"mlp_out.{L}": None}) for L in layers] if mlps else [])
+    rows = []
+    with torch.inference_mode():
+        baseline = run()
+        for comp, L, h, spec in tqdm(jobs, desc="lesions", disable=None if progress is None else not progress):
+            with ablate(model, spec, mode=mode, scan=scan, seed=seed):
+                value = run()
+            rows.append({"component": comp, "layer": L, "head": h, "value": value, "effect": value - baseline})
+    df = pd.DataFrame(rows)
+    df.attrs.update(measure=name, baseline=baseline, mode=mode)
+    return df
+
+
+# ---------------------------------------------------------------- patching
+def run_with_cache(model, text: str, sites=("resid",)) -> tuple[object, dict[str, torch.Tensor]]:
+    """Run one text and keep every token's activation at ``sites``: (output, {site: [tokens, dim]})."""
+    model = as_model(model)
+    names = expand_sites(sites, model.n_layers)
+    if any(parse_site(s)[0] == "attn" for s in names):
+        raise LlmriError("patching reads tensors: use attn_z, attn_out, mlp, mlp_out or resid, not attn")
+    cache: dict[str, torch.Tensor] = {}
+    inputs = _encode(model, text)
+
+    def keep(site):
+        return lambda x: cache.__setitem__(site, x[0].detach().clone())
+
+    with torch.inference_mode(), hooks(model.module, model.adapter, {s: keep(s) for s in names}):
+        out = _forward(model, inputs)
+    return out, cache
+
+
+@contextlib.contextmanager
+def patching(model, cache: dict[str, torch.Tensor], positions=None):
+    """Inside the block, every site in ``cache`` has its activation at ``positions`` (None = all)
+    replaced by the cached one."""
+    model = as_model(model)
+
+    def put(site):
+        def fn(x):
+            src = cache[site].to(x.device, x.dtype)
+            if x.shape[-2] != src.shape[0]:
+                raise LlmriError(f"patching {site}: the run has {x.shape[-2]} tokens, the cache {src.shape[0]}")
+            out = x.clone()
+            pos = slice(None) if positions is None else list(positions)
+            out[:, pos] = src[pos]
+            return out
+        return fn
+
+    with hooks(model.module, model.adapter, {s: put(s) for s in cache}):
+        yield
+
+
+def _encode(model: Model, text: str) -> dict:
+    if not isinstance(text, str) or not text.strip():
+        raise LlmriError("patch: clean and corrupted must be non-empty strings")
+    ids = model.tokenizer(text, truncation=True, max_length=model.max_length)["input_ids"]
+    return pad_batch(model, [ids])[0]
+
+
+def _forward(model: Model, inputs: dict):
+    return (model.module if is_causal_lm(model) else model.base)(**inputs)
+
+
+def default_metric(model: Model, clean_output) -> Callable:
+    """Causal LMs: log-probability of the clean run's top next token at the last position.
+    Others: cosine similarity of the first token's last hidden state to the clean run's."""
+    if is_causal_lm(model):
+        target = int(clean_output.logits[0, -1].argmax())
+
+        def logprob(out):
+            return float(torch.log_softmax(out.logits[0, -1].float(), -1)[target])
+        return logprob
+    ref = clean_output.last_hidden_state[0, 0].float()
+
+    def cosine(out):
+        return float(torch.nn.functional.cosine_similarity(out.last_hidden_state[0, 0].float(), ref, dim=0))
+    return cosine
+
+
+@dataclass
+class PatchResult:
+    """Activation patching scores: how much of the clean metric each (site, position) restores."""
+
+    scores: pd.DataFrame        # kind, layer, position, token, metric, restored
+    tokens: list[str]
+    clean_metric: float
+    corrupted_metric: float
+
+    def matrix(self, kind: str = "resid") -> np.ndarray:
+        """``restored`` as ``[layers, positions]`` for one site kind (causal tracing)."""
+        df = self.scores[self.scores["kind"] == kind]
+        if df.empty:
+            raise LlmriError(f"no patching scores for site {kind!r}; kinds: {sorted(set(self.scores['kind']))}")
+        return df.pivot(index="layer", columns="position", values="restored").to_numpy()
+
+
+def patch(model, clean: str, corrupted: str, metric: Callable | None = None, sites=("resid",),
+          positions=None, progress: bool | None = None) -> PatchResult:
+    """Causal tracing: run ``corrupted``, restore one site at one position from the ``clean`` run,
+    and report the share of the clean metric that comes back,
+    ``(m_patched - m_corrupted) / (m_clean - m_corrupted)``.
+
+    ``metric(output) -> float`` reads the model's output (logits for causal LMs, the base model's
+    output for encoders); by default :func:`default_metric`. Works for encoders and decoders.
+    """
+    model = as_model(model)
+    clean_out, cache = run_with_cache(model, clean, sites)
+    corrupted_in = _encode(model, corrupted)
+    T = corrupted_in["input_ids"].shape[1]
+    first = next(iter(cache.values()))
+    if first.shape[0] != T:
+        raise LlmriError(f"patch: clean has {first.shape[0]} tokens and corrupted {T}; "
+                         "they must have the same number of tokens")
+    metric = metric or default_metric(model, clean_out)
+    with torch.inference_mode():
+        m_clean = float(metric(clean_out))
+        m_corr = float(metric(_forward(model, corrupted_in)))
+    if abs(m_clean - m_corr) < 1e-9:
+        raise LlmriError("patch: the metric is the same on the clean and the corrupted input; nothing to restore")
+    positions = list(range(T)) if positions is None else [p % T for p in positions]
+    tokens = model.tokenizer.convert_ids_to_tokens(corrupted_in["input_ids"][0].tolist())
+    rows = []
+    jobs = [(s, p) for s in cache for p in positions]
+    with torch.inference_mode():
+        for site, p in tqdm(jobs, desc="patching", disable=None if progress is None else not progress):
+            with patching(model, {site: cache[site]}, positions=[p]):
+                m = float(metric(_forward(model, corrupted_in)))
+            kind, layer = parse_site(site)
+            rows.append({"kind": kind, "layer": layer, "position": p, "token": tokens[p], "metric": m,
+                         "restored": (m - m_corr) / (m_clean - m_corr)})
+    return PatchResult(pd.DataFrame(rows), tokens, m_clean, m_corr)
