@@ -217,6 +217,119 @@ def neurons_cmd(scan_dir, category, top, site, csv_out):
         click.echo(f"\nranking: {csv_out}")
 
 
+def _ints(value: str, flag: str) -> list[int]:
+    try:
+        return [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise LlmriError(f"{flag} {value!r}: expected comma-separated integers") from None
+
+
+@cli.command("probe")
+@click.argument("scan_dir")
+@click.option("--site", default="resid", show_default=True, help="Which captured site to probe.")
+@click.option("--cv", type=int, default=5, show_default=True, help="Cross-validation folds.")
+@click.option("--control/--no-control", default=True, show_default=True, help="Also run the control task.")
+@click.option("--classifier", type=click.Choice(["logistic", "mlp"]), default="logistic", show_default=True)
+@click.option("--top-k", default="1,5,10,50", show_default=True,
+              help="Neuron counts for the top-k probe at the best layer.")
+@click.option("--out", default=None, help="Folder for probe.html, figures and tables (default: SCAN_DIR-probe).")
+@click.option("--seed", type=int, default=0, show_default=True)
+def probe_cmd(scan_dir, site, cv, control, classifier, top_k, out, seed):
+    """Probe every layer of the Scan in SCAN_DIR for its categories."""
+    from .probe import probe, probe_neurons
+    from .report import build_page
+    from .store import Scan
+    from .viz import probe_figure, probe_plot
+
+    scan = Scan.open(scan_dir)
+    ks = _ints(top_k, "--top-k")
+    df = probe(scan, site=site, cv=cv, control=control, model=classifier, seed=seed)
+    best = int(df.loc[df["accuracy"].idxmax(), "layer"])
+    dim = scan.activations(best, site).shape[1]
+    ranking, curve = probe_neurons(scan, best, site=site, top_k=[k for k in ks if k <= dim] or [dim], cv=cv, seed=seed)
+    click.echo(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    click.echo(f"\nbest layer {best}: accuracy with only the top-k neurons (ranked by probe weight)")
+    click.echo(curve.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    out = Path(out) if out else Path(scan_dir).resolve().parent / f"{Path(scan_dir).resolve().name}-probe"
+    path = build_page(out, "probe", f"llmri probe: {scan.model_name}",
+                      [f"{scan.n_docs} documents, categories {', '.join(scan.label_names)}; site {site}, "
+                       f"{cv}-fold cross-validation, {classifier} probe."],
+                      [(probe_figure(df), probe_plot(df), "probe")],
+                      [("Probe per layer", df, "probe"), (f"Top-k neurons at layer {best}", curve, "probe_top_k"),
+                       (f"Neuron ranking at layer {best} (first 50)", ranking.head(50), "probe_neurons")])
+    click.echo(f"\nprobe: {path}")
+
+
+@cli.command("ablate")
+@click.argument("corpus")
+@click.option("--model", "model_name", default="default", show_default=True)
+@click.option("--out", required=True, help="Folder for lesion.html, figures and tables.")
+@click.option("--measure", type=click.Choice(["auto", "loss", "representation", "probe"]), default="auto",
+              show_default=True, help="auto: the model's loss when it has one, else representation change.")
+@click.option("--mode", type=click.Choice(["zero", "mean", "resample"]), default="zero", show_default=True)
+@click.option("--scan", "scan_dir", default=None, help="Scan with attn_z and mlp_out sites, for mean/resample.")
+@click.option("--layers", default=None, help="Comma-separated layers (default: all).")
+@click.option("--text-column", default=None)
+@click.option("--label-column", default=None)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--download", is_flag=True)
+def ablate_cmd(corpus, model_name, out, measure, mode, scan_dir, layers, text_column, label_column, device, download):
+    """Lesion map: ablate every attention head and every MLP in turn over CORPUS."""
+    from .corpus import Corpus
+    from .interventions import lesion_map
+    from .model import load_model
+    from .report import build_page
+    from .store import Scan
+    from .viz import lesion_figure, lesion_plot
+
+    docs = Corpus.from_path(corpus, text_column=text_column, label_column=label_column)
+    scan = Scan.open(scan_dir) if scan_dir else None
+    model = load_model(model_name, device=device, download=download)
+    df = lesion_map(model, docs, measure=measure, mode=mode, scan=scan,
+                    layers=_ints(layers, "--layers") if layers else None, progress=True)
+    top = df.reindex(df["effect"].abs().sort_values(ascending=False).index).head(10)
+    click.echo(f"{df.attrs['measure']}: baseline {df.attrs['baseline']:.4g}; largest effects:")
+    click.echo(top.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    path = build_page(out, "lesion", f"llmri lesion map: {model.name}",
+                      [f"{len(docs)} documents; {mode} ablation of each head and each layer's MLP in turn; "
+                       f"measure: {df.attrs['measure']} (baseline {df.attrs['baseline']:.4g})."],
+                      [(lesion_figure(df), lesion_plot(df), "lesion")], [("Effects", df, "lesion")])
+    click.echo(f"lesion map: {path}")
+
+
+@cli.command("patch")
+@click.option("--model", "model_name", default="default", show_default=True)
+@click.option("--clean", required=True, help="The clean input text.")
+@click.option("--corrupted", required=True, help="The corrupted input (same number of tokens).")
+@click.option("--out", required=True, help="Folder for patch.html, figures and tables.")
+@click.option("--sites", default="resid,attn_out,mlp_out", show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--download", is_flag=True)
+def patch_cmd(model_name, clean, corrupted, out, sites, device, download):
+    """Activation patching (causal tracing) from a clean into a corrupted run."""
+    from .interventions import patch
+    from .model import load_model
+    from .report import build_page
+    from .sites import parse_site
+    from .viz import patch_figure, patch_plot
+
+    model = load_model(model_name, device=device, dtype="float32", download=download)
+    kinds = [s.strip() for s in sites.split(",") if s.strip()]
+    for k in kinds:
+        parse_site(k)
+    res = patch(model, clean, corrupted, sites=kinds, progress=True)
+    click.echo(f"metric: clean {res.clean_metric:.4g}, corrupted {res.corrupted_metric:.4g}")
+    best = res.scores.sort_values("restored", ascending=False).head(5)
+    click.echo(best.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    path = build_page(out, "patch", f"llmri activation patching: {model.name}",
+                      [f"clean: {clean}", f"corrupted: {corrupted}",
+                       f"metric: clean {res.clean_metric:.4g}, corrupted {res.corrupted_metric:.4g}; each cell "
+                       "restores one site at one position from the clean run."],
+                      [(patch_figure(res, k), patch_plot(res, k), f"patch_{k}") for k in kinds],
+                      [("Scores", res.scores, "patch")])
+    click.echo(f"patching: {path}")
+
+
 def main(argv=None) -> None:
     try:
         cli.main(args=argv, prog_name="llmri", standalone_mode=False)

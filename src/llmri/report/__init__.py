@@ -15,7 +15,8 @@ from ..nrag import nrag
 from ..probe import evaluate_reduction
 from ..regions import regions as make_regions
 from ..store import Scan, atomic_write_bytes, atomic_write_text
-from ..viz import (attention_layer_plot, category_colors, difference_figure, difference_plot, draw_nrag,
+from ..viz import (lesion_figure, lesion_plot, patch_figure, patch_plot, probe_figure, probe_plot,
+                   attention_layer_plot, category_colors, difference_figure, difference_plot, draw_nrag,
                    evaluation_figure, evaluation_plot, head_stats_figure, head_view_html, heatmap_figure,
                    heatmap_plot, nrag_figure, rollout_plot, save_figure, script_json, token_highlight_html)
 
@@ -88,6 +89,35 @@ def build_attention_page(att, out, position=None, model_name: str = "") -> Path:
     return path
 
 
+def build_page(out, name: str, title: str, intro: list[str], figures: list[tuple], tables: list[tuple]) -> Path:
+    """A one-topic HTML page in the report's format: ``out/{name}.html``, static figures and CSVs.
+
+    ``figures`` holds (plotly figure, matplotlib figure, file stem); ``tables`` holds
+    (heading, DataFrame, CSV file stem).
+    """
+    import matplotlib
+    import plotly.offline
+
+    matplotlib.use("Agg")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise LlmriError(f"{out}: exists and is not a folder")
+    figs = _Figures(out)
+    blocks, files = [], []
+    for interactive, static, stem in figures:
+        blocks.append(figs.interactive(interactive))
+        files += figs.static(static, stem)
+    for _, df, stem in tables:
+        atomic_write_text(out / f"{_safe(stem)}.csv", df.to_csv(index=False))
+        files.append(f"{_safe(stem)}.csv")
+    page = _environment().get_template("page.html.j2").render(
+        plotly_js=Markup(plotly.offline.get_plotlyjs()), title=title, intro=intro, figures=blocks,
+        tables=[(h, _table(df)) for h, df, _ in tables], files=files)
+    path = out / f"{name}.html"
+    atomic_write_bytes(path, page.encode("utf-8"))
+    return path
+
+
 def build_report(scan, out, reducer="pca", n_components: int = 2, grid: int = 10, categories=None,
                  n_permutations: int = 200, seed: int = 0, site: str = "resid", progress: bool | None = None,
                  model=None, attention_text: str | None = None, top_neurons: int = 10) -> Path:
@@ -154,6 +184,14 @@ def build_report(scan, out, reducer="pca", n_components: int = 2, grid: int = 10
         evaluation = evaluate_reduction(scan, rm, seed=seed)
         sections["static"] += figs.static(evaluation_plot(evaluation), "evaluation")
 
+    probe_sec = None
+    if len(present) >= 2 and min(rm.category_mask([c]).sum() for c in present) >= 2:
+        from ..probe import probe
+
+        probes = probe(scan, site=site, seed=seed)
+        sections["static"] += figs.static(probe_plot(probes), "probe")
+        atomic_write_text(out / "probe.csv", probes.to_csv(index=False))
+        probe_sec = {"figure": figs.interactive(probe_figure(probes)), "table": _table(probes)}
     heads = _heads_section(scan, present, figs) if "attn" in scan.site_kinds else None
     neuron_sec = _neurons_section(scan, present, figs, top_neurons) if "mlp" in scan.site_kinds else None
     attn_view = None
@@ -182,7 +220,7 @@ def build_report(scan, out, reducer="pca", n_components: int = 2, grid: int = 10
         profile=_table(profile),
         evaluation=None if evaluation is None else figs.interactive(evaluation_figure(evaluation)),
         evaluation_table=None if evaluation is None else _table(evaluation),
-        n_components=n_components, heads=heads, neurons=neuron_sec, attention=attn_view,
+        n_components=n_components, probe=probe_sec, heads=heads, neurons=neuron_sec, attention=attn_view,
         attention_text=attention_text)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     for name, df in [("metrics", metrics), ("layer_profile", profile)] + \

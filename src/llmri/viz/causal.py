@@ -1,0 +1,119 @@
+"""Figures of probes, lesion maps and activation patching."""
+
+from __future__ import annotations
+
+import html
+
+import numpy as np
+import pandas as pd
+
+
+def _lesion_matrix(df: pd.DataFrame):
+    heads = df[df["component"] == "head"]
+    layers = sorted(set(df["layer"]))
+    H = int(heads["head"].max()) + 1 if len(heads) else 0
+    m = np.full((len(layers), H + 1), np.nan)
+    row = {L: i for i, L in enumerate(layers)}
+    for r in df.itertuples():
+        m[row[r.layer], H if r.component == "mlp" else r.head] = r.effect
+    labels = [f"head {h}" for h in range(H)] + ["MLP"]
+    return m, layers, labels
+
+
+def lesion_plot(df: pd.DataFrame):
+    """Lesion map: effect of ablating each head (and each layer's MLP), layers x heads."""
+    import matplotlib.pyplot as plt
+
+    m, layers, labels = _lesion_matrix(df)
+    lim = np.nanmax(np.abs(m)) or 1
+    fig, ax = plt.subplots(figsize=(1.2 + 0.55 * len(labels), 1.2 + 0.45 * len(layers)))
+    im = ax.imshow(m, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+    ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=8)
+    ax.set_yticks(range(len(layers)), [f"layer {L}" for L in layers], fontsize=8)
+    fig.colorbar(im, ax=ax, label=f"effect on {df.attrs.get('measure', 'measure')}")
+    ax.set_title(f"Lesion map ({df.attrs.get('mode', 'zero')} ablation)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def lesion_figure(df: pd.DataFrame):
+    import plotly.graph_objects as go
+
+    m, layers, labels = _lesion_matrix(df)
+    lim = float(np.nanmax(np.abs(m))) or 1
+    fig = go.Figure(go.Heatmap(z=m, x=labels, y=[f"layer {L}" for L in layers], zmin=-lim, zmax=lim,
+                               colorscale="RdBu", reversescale=True, colorbar=dict(title="effect"),
+                               hovertemplate="%{y}, %{x}: %{z:.4g}<extra></extra>"))
+    fig.update_layout(title=f"Lesion map: effect on {html.escape(df.attrs.get('measure', 'measure'))} "
+                            f"({df.attrs.get('mode', 'zero')} ablation; baseline {df.attrs.get('baseline', 0):.4g})",
+                      height=160 + 32 * len(layers), margin=dict(l=80, r=20, t=60, b=60),
+                      yaxis=dict(autorange="reversed"))
+    return fig
+
+
+def patch_plot(result, kind: str = "resid"):
+    """Causal tracing: share of the clean metric restored by patching each layer and position."""
+    import matplotlib.pyplot as plt
+
+    m = result.matrix(kind)
+    fig, ax = plt.subplots(figsize=(1.5 + 0.45 * m.shape[1], 1.2 + 0.4 * m.shape[0]))
+    im = ax.imshow(m, cmap="Purples", vmin=min(0.0, np.nanmin(m)), vmax=max(1.0, np.nanmax(m)), aspect="auto")
+    ax.set_xticks(range(m.shape[1]), result.tokens, rotation=90, fontsize=8)
+    ax.set_yticks(range(m.shape[0]), [f"{kind}.{L}" for L in sorted(set(
+        result.scores[result.scores["kind"] == kind]["layer"]))], fontsize=8)
+    fig.colorbar(im, ax=ax, label="share of clean metric restored")
+    ax.set_title(f"Activation patching of {kind}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def patch_figure(result, kind: str = "resid"):
+    import plotly.graph_objects as go
+
+    m = result.matrix(kind)
+    layers = sorted(set(result.scores[result.scores["kind"] == kind]["layer"]))
+    fig = go.Figure(go.Heatmap(z=m, x=[f"{i}: {t}" for i, t in enumerate(result.tokens)],
+                               y=[f"{kind}.{L}" for L in layers], colorscale="Purples",
+                               colorbar=dict(title="restored"),
+                               hovertemplate="%{y} at %{x}: %{z:.3f}<extra></extra>"))
+    fig.update_layout(title=f"Activation patching of {kind}: share of the clean metric restored",
+                      height=160 + 30 * len(layers), margin=dict(l=90, r=20, t=60, b=90),
+                      yaxis=dict(autorange="reversed"))
+    return fig
+
+
+def probe_plot(df: pd.DataFrame):
+    """Probe accuracy across layers with 95% intervals, and the control task."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    x = df["layer"].astype(int)
+    ax.plot(x, df["accuracy"], marker="o", color="#1f77b4", label="probe accuracy")
+    ax.fill_between(x, df["accuracy_low"], df["accuracy_high"], color="#1f77b4", alpha=0.15)
+    if "control_accuracy" in df:
+        ax.plot(x, df["control_accuracy"], marker="s", color="#7f7f7f", ls="--", label="control task")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("accuracy (cross-validated)")
+    ax.legend(loc="lower right")
+    ax.set_title("What each layer knows: linear probe across layers")
+    return fig
+
+
+def probe_figure(df: pd.DataFrame):
+    import plotly.graph_objects as go
+
+    x = df["layer"].astype(int).tolist()
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=x + x[::-1], y=df["accuracy_high"].tolist() + df["accuracy_low"].tolist()[::-1],
+                             fill="toself", fillcolor="rgba(31,119,180,0.15)", line=dict(width=0),
+                             hoverinfo="skip", showlegend=False))
+    fig.add_trace(go.Scatter(x=x, y=df["accuracy"], mode="lines+markers", name="probe accuracy",
+                             line=dict(color="rgb(31,119,180)")))
+    if "control_accuracy" in df:
+        fig.add_trace(go.Scatter(x=x, y=df["control_accuracy"], mode="lines+markers", name="control task",
+                                 line=dict(color="gray", dash="dash")))
+    fig.update_layout(title="Probe accuracy across layers (95% intervals over folds) and the control task",
+                      xaxis_title="layer", yaxis_title="accuracy", yaxis_range=[0, 1.02], height=380,
+                      margin=dict(l=60, r=20, t=60, b=50))
+    return fig
