@@ -108,3 +108,39 @@ def test_report_command(tmp_path):
     assert_one_line_error(proc, "unknown category 'nope'")
     proc = run("report", "missing", cwd=tmp_path)
     assert_one_line_error(proc, "missing: no such scan folder")
+
+
+def test_probe_ablate_patch_commands(tmp_path):
+    """The three commands on a synthetic scan and a tiny model saved to a local folder."""
+    import numpy as np
+
+    from conftest import make_module, make_tokenizer
+    from llmri.store import scan_from_arrays
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 20)
+    acts = {f"resid.{L}": rng.normal(size=(40, 6)) for L in range(3)}
+    acts["resid.1"][:, 0] += 3 * y
+    scan_from_arrays(tmp_path / "s", acts, y, ["u", "v"], [f"t{i}" for i in range(40)])
+    proc = run("probe", "s", "--top-k", "1,2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "best layer 1" in proc.stdout and (tmp_path / "s-probe" / "probe.html").is_file()
+    assert (tmp_path / "s-probe" / "probe.png").stat().st_size > 10_000
+
+    make_module("gpt2").save_pretrained(tmp_path / "tiny")
+    make_tokenizer("gpt2").save_pretrained(tmp_path / "tiny")
+    (tmp_path / "c.csv").write_text("text,label\nthe star shines,a\nthe ball runs,b\nthe moon was slow,a\n")
+    proc = run("ablate", "c.csv", "--model", "tiny", "--out", "les", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "language-model loss: baseline" in proc.stdout
+    lines = (tmp_path / "les" / "lesion.csv").read_text().splitlines()
+    assert lines[0] == "component,layer,head,value,effect" and len(lines) == 1 + 3 * 4 + 3
+    assert_one_line_error(run("ablate", "c.csv", "--model", "tiny", "--out", "x", "--mode", "mean", cwd=tmp_path),
+                          "takes its statistics from a Scan")
+
+    proc = run("patch", "--model", "tiny", "--clean", "the star shines over the galaxy",
+               "--corrupted", "the ball kicks over the pitch", "--out", "pat", "--sites", "resid,mlp_out", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "pat" / "patch.html").is_file() and (tmp_path / "pat" / "patch_mlp_out.png").is_file()
+    assert_one_line_error(run("patch", "--model", "tiny", "--clean", "the star", "--corrupted", "the big ball",
+                              "--out", "p2", cwd=tmp_path), "same number of tokens")

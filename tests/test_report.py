@@ -111,6 +111,7 @@ def test_report_has_attention_and_neuron_sections(browser, report):
     assert page.locator("#attention .llmri-headview").count() == 1
     assert page.locator("#attention .hv-layer option").count() == 3
     assert page.locator("#neurons h3").count() == 3 and page.locator("#neurons img").count() == 3
+    assert page.locator("#probe .figure .main-svg").count() >= 1 and page.locator("#probe table tr").count() == 5
     assert page.evaluate("Array.from(document.querySelectorAll('#neurons img')).every(i => i.naturalWidth > 100)")
     assert errors == []
     page.close()

@@ -1,0 +1,51 @@
+"""lesion_map over every head and MLP of the default model on a small corpus, against the same
+number of plain forward passes over the same batches (measured in the same run).
+
+Run: python benchmarks/lesion.py [--docs 48] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch
+
+import llmri
+from llmri.interventions import _Batches
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--docs", type=int, default=48)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--measure", default="auto")
+    args = ap.parse_args()
+    model = llmri.load_model("default", device=args.device)
+    demo = llmri.demo_corpus()
+    corpus = demo.subset(range(0, len(demo), max(1, len(demo) // args.docs)))
+    batches = _Batches(model, corpus.texts, 8192)
+    n_jobs = model.n_layers * llmri.sites.n_heads(model.module) + model.n_layers
+    with torch.inference_mode():
+        for _, kw, _ in batches.batches:  # warm-up
+            model.base(**kw)
+        t = time.perf_counter()
+        for _ in range(n_jobs + 1):        # +1: the unablated baseline
+            for _, kw, _ in batches.batches:
+                model.base(**kw)
+        plain = time.perf_counter() - t
+    t = time.perf_counter()
+    df = llmri.lesion_map(model, corpus, measure=args.measure, progress=False)
+    lesion = time.perf_counter() - t
+    print(f"{len(corpus)} documents, {len(df)} lesions ({model.n_layers} layers x "
+          f"{llmri.sites.n_heads(model.module)} heads + {model.n_layers} MLPs), measure: {df.attrs['measure']}")
+    print(f"plain forward passes ({n_jobs + 1} x corpus): {plain:.2f} s")
+    print(f"lesion_map:                            {lesion:.2f} s  (includes tokenization and the measure)")
+    print(f"lesion_map / plain forward passes = {lesion / plain:.3f}")
+
+
+if __name__ == "__main__":
+    main()
