@@ -166,3 +166,25 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(llmri.LlmriError, match="not empty"):
         llmri.scan(model, corpus, tmp_path / "mine")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("kind", ["bert", "gpt2", "llama"])
+@pytest.mark.parametrize("sites", [("mlp", "mlp_out"), ("attn_z", "attn_out"), ("attn", "attn_z", "attn_out"),
+                                   ("mlp_out", "resid")])
+def test_stopping_early_never_skips_a_wanted_site(kind, sites, tmp_path):
+    """Inside a block, hooks fire in a family-specific order: a scan limited to one layer must
+    still see every site of it, and equal the full scan there."""
+    model = make_model(kind)
+    corpus = llmri.Corpus(TEXTS[:5])
+    full = llmri.scan(model, corpus, tmp_path / "full", sites=sites)
+    one = llmri.scan(model, corpus, tmp_path / "one", sites=sites, layers=[1])
+    for site in one.sites:
+        kind_, layer = llmri.parse_site(site)
+        np.testing.assert_array_equal(one.activations(layer, kind_), full.activations(layer, kind_))
+
+
+def test_roberta_length_limit():
+    model = make_model("roberta")
+    assert model.max_length == 64  # the tokenizer's limit; positions would allow 70 - 2
+    model.tokenizer.model_max_length = int(1e30)
+    assert model.max_length == 68

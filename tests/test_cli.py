@@ -142,5 +142,9 @@ def test_probe_ablate_patch_commands(tmp_path):
                "--corrupted", "the ball kicks over the pitch", "--out", "pat", "--sites", "resid,mlp_out", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "pat" / "patch.html").is_file() and (tmp_path / "pat" / "patch_mlp_out.png").is_file()
+    proc = run("patch", "--model", "tiny", "--clean", "the star shines", "--corrupted", "the moon shines",
+               "--out", "p1", "--sites", "resid.2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "p1" / "patch_resid.png").is_file()
     assert_one_line_error(run("patch", "--model", "tiny", "--clean", "the star", "--corrupted", "the big ball",
                               "--out", "p2", cwd=tmp_path), "same number of tokens")

@@ -215,3 +215,17 @@ def test_lesion_map_on_an_encoder_uses_representation_change():
     assert probe.attrs["baseline"] == 1.0 and len(probe) == 1
     with pytest.raises(llmri.LlmriError, match="no language-model or classification head"):
         llmri.lesion_map(model, llmri.Corpus(TEXTS), measure="loss")
+
+
+def test_patch_decoder_without_lm_head():
+    from conftest import make_module, make_tokenizer
+
+    model = llmri.Model.from_module(make_module("gpt2").transformer, make_tokenizer("gpt2"))
+    res = llmri.patch(model, "the star shines", "the moon shines")
+    last = res.scores[(res.scores["kind"] == "resid") & (res.scores["layer"] == model.n_layers)]
+    assert last.set_index("position").loc[len(res.tokens) - 1, "restored"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_lesion_map_rejects_missing_layers():
+    with pytest.raises(llmri.LlmriError, match="layer 7 is out of range: the model has layers 0..2"):
+        llmri.lesion_map(make_model("gpt2"), llmri.Corpus(TEXTS), layers=[7])

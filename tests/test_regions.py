@@ -173,6 +173,14 @@ def test_metrics_are_always_defined():
     assert m["degree_skew"] == 0 and m["degree_kurtosis"] == 0 and np.isfinite(m["assortativity"])
 
 
+def test_layer_profile_strength_uses_absolute_weights():
+    g = hand_graph()
+    g.edges["c", "d"]["weight"] = -3  # a negative (Spearman) weight
+    prof = llmri.layer_profile(g).set_index("layer")
+    assert prof.loc[1, "mean_strength"] == pytest.approx(7.0)
+    assert prof["mean_strength"].mul(prof["nodes"]).sum() / 5 == pytest.approx(llmri.graph_metrics(g)["strength_mean"])
+
+
 def test_layer_profile(tmp_path):
     s = synthetic_scan(tmp_path / "s")
     rm = llmri.regions(s, grid=3)

@@ -159,6 +159,29 @@ def test_independent_workers_write_disjoint_shards(corpus, tmp_path):
     assert done is not None and files(out) == files(tmp_path / "ref")
 
 
+def test_workers_leave_each_others_temp_files_alone(corpus, tmp_path):
+    model = make_model("gpt2")
+    out = tmp_path / "w"
+    llmri.scan(model, corpus, out, worker=(0, 2), **SETTINGS)
+    busy = out / ".shard-00001.safetensors.x1y2.tmp"  # as if worker 1 were writing shard 1 right now
+    busy.write_bytes(b"partial")
+    llmri.scan(model, corpus, out, worker=(0, 2), **SETTINGS)  # worker 0 started again meanwhile
+    assert busy.read_bytes() == b"partial"
+    llmri.scan(model, corpus, out, **SETTINGS)  # a plain run: no other writer, stale files go
+    assert not busy.exists()
+
+
+def test_foreign_manifest_is_never_touched(corpus, tmp_path):
+    out = tmp_path / "theirs"
+    out.mkdir()
+    (out / "manifest.json").write_text('{"name": "my web app"}')
+    for overwrite in (False, True):
+        with pytest.raises(llmri.LlmriError, match="not an llmri scan manifest"):
+            llmri.scan(make_model("gpt2"), corpus, out, overwrite=overwrite, **SETTINGS)
+    assert (out / "manifest.json").read_text() == '{"name": "my web app"}'
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json"]
+
+
 def test_open_errors(tmp_path):
     with pytest.raises(llmri.LlmriError, match="no such scan folder"):
         llmri.Scan.open(tmp_path / "nope")

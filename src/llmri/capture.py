@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from .corpus import Corpus
 from .errors import LlmriError
 from .model import Model, as_model
-from .sites import eager_attention, expand_sites, hooks, parse_site, site_order
+from .sites import block_of, eager_attention, expand_sites, hooks, parse_site
 from .store import (CORPUS_FILE, FORMAT_VERSION, MANIFEST, Scan, atomic_write_json,
                     complete_shards, read_manifest, shard_name, write_corpus, write_shard)
 
@@ -31,7 +31,7 @@ TOKEN_SHARD_BYTES = 256 * 2**20  # bound on token-level activations held in memo
 
 
 class _StopForward(Exception):
-    """Raised by the deepest capture hook: the rest of the forward pass is not needed."""
+    """Raised at the output of the deepest block needed: the rest of the forward pass is not."""
 
 
 def pool(x: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
@@ -181,6 +181,7 @@ def scan(model, corpus, out, sites=("resid",), pool: str = "mean", layers=None,
     One pooled vector per document, site and layer; ``token_sites`` (for example
     ``("resid.6",)``) additionally keeps every token's vector. A rerun with the same model,
     corpus and settings continues an interrupted scan, or returns the finished one at once.
+    ``device`` and ``dtype`` apply when ``model`` is a name or folder; a loaded Model runs where it is.
 
     >>> import llmri                                              # doctest: +SKIP
     >>> s = llmri.scan("default", llmri.demo_corpus(), "runs/demo")
@@ -252,8 +253,9 @@ def scan(model, corpus, out, sites=("resid",), pool: str = "mean", layers=None,
                               n_tokens=int(lengths.sum())),
                     complete=False)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(".*.tmp"):  # left by a killed writer; never a whole file
-        stale.unlink(missing_ok=True)
+    if worker is None:  # temp files left by a killed writer (other workers may still be writing theirs)
+        for stale in out.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
     if not (out / CORPUS_FILE).is_file():
         write_corpus(out, corpus)
     done = set(complete_shards(out, len(shards)))
@@ -278,7 +280,10 @@ def scan(model, corpus, out, sites=("resid",), pool: str = "mean", layers=None,
 def _run(model: Model, ids, lengths, batches, shards, todo, pooled, tokened, how, out, bar):
     dev = model.device
     wanted = list(dict.fromkeys(pooled + tokened))
-    deepest = max(wanted, key=site_order)
+    # Stop at the output of the deepest block that holds a wanted site: inside a block, hooks
+    # fire in an order that differs between families, so never stop in the middle of one.
+    last_block = max(block_of(s) for s in wanted)
+    stop_at = f"resid.{last_block + 1}"
     attn = {s for s in pooled if parse_site(s)[0] == "attn"}
     special_ids = torch.tensor(sorted(set(getattr(model.tokenizer, "all_special_ids", []) or [])),
                                dtype=torch.long)
@@ -295,13 +300,19 @@ def _run(model: Model, ids, lengths, batches, shards, todo, pooled, tokened, how
                 state["pooled"][site].append(pool(x, mask, how).cpu())
             if site in tokened:
                 state["tokens"][site].append(x[mask].float().cpu())
-            if site == deepest:
+            if site == stop_at:
                 raise _StopForward
             return None
         return fn
 
+    def stop(x):
+        raise _StopForward
+
+    fns = {s: make_hook(s) for s in wanted}
+    fns.setdefault(stop_at, stop)
+
     probs_needed = eager_attention(model.module) if attn else contextlib.nullcontext()
-    with probs_needed, hooks(model.module, model.adapter, {s: make_hook(s) for s in wanted}), \
+    with probs_needed, hooks(model.module, model.adapter, fns), \
             torch.inference_mode():
         for s in todo:
             state["pooled"] = {site: [] for site in pooled}

@@ -314,10 +314,9 @@ def patch_cmd(model_name, clean, corrupted, out, sites, device, download):
     from .viz import patch_figure, patch_plot
 
     model = load_model(model_name, device=device, dtype="float32", download=download)
-    kinds = [s.strip() for s in sites.split(",") if s.strip()]
-    for k in kinds:
-        parse_site(k)
-    res = patch(model, clean, corrupted, sites=kinds, progress=True)
+    specs = [s.strip() for s in sites.split(",") if s.strip()]
+    kinds = list(dict.fromkeys(parse_site(k)[0] for k in specs))
+    res = patch(model, clean, corrupted, sites=specs, progress=True)
     click.echo(f"metric: clean {res.clean_metric:.4g}, corrupted {res.corrupted_metric:.4g}")
     best = res.scores.sort_values("restored", ascending=False).head(5)
     click.echo(best.to_string(index=False, float_format=lambda v: f"{v:.3f}"))

@@ -256,7 +256,11 @@ def lesion_map(model, corpus, measure="auto", mode: str = "zero", scan=None, lay
     if isinstance(corpus, (list, tuple)):
         corpus = Corpus(list(corpus))
     name, run = make_measure(model, corpus, measure, batch_tokens)
-    layers = list(range(model.n_layers)) if layers is None else [L % model.n_layers for L in layers]
+    n = model.n_layers
+    for L in layers or []:
+        if not -n <= L < n:
+            raise LlmriError(f"layer {L} is out of range: the model has layers 0..{n - 1}")
+    layers = list(range(n)) if layers is None else [L % n for L in layers]
     H = n_heads(model.module)
     jobs = ([("head", L, h, {f"attn.{L}": [h]}) for L in layers for h in range(H)] if heads else []) + \
            ([("mlp", L, -1, {f"mlp_out.{L}": None}) for L in layers] if mlps else [])
@@ -324,17 +328,19 @@ def _forward(model: Model, inputs: dict):
 
 def default_metric(model: Model, clean_output) -> Callable:
     """Causal LMs: log-probability of the clean run's top next token at the last position.
-    Others: cosine similarity of the first token's last hidden state to the clean run's."""
+    Others: cosine similarity of the last hidden state to the clean run's, at the first token
+    for encoders and at the last token for decoders without an LM head."""
     if is_causal_lm(model):
         target = int(clean_output.logits[0, -1].argmax())
 
         def logprob(out):
             return float(torch.log_softmax(out.logits[0, -1].float(), -1)[target])
         return logprob
-    ref = clean_output.last_hidden_state[0, 0].float()
+    pos = -1 if model.adapter.causal else 0
+    ref = clean_output.last_hidden_state[0, pos].float()
 
     def cosine(out):
-        return float(torch.nn.functional.cosine_similarity(out.last_hidden_state[0, 0].float(), ref, dim=0))
+        return float(torch.nn.functional.cosine_similarity(out.last_hidden_state[0, pos].float(), ref, dim=0))
     return cosine
 
 

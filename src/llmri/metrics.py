@@ -52,7 +52,7 @@ def projection_stats(adjacency: np.ndarray) -> tuple[float, float]:
         return 0.0, 0.0
     A = adjacency.astype(np.float64)
     deg = A.sum(1)
-    triangles = np.einsum("ij,jk,ki->i", A, A, A) / 2.0
+    triangles = ((A @ A) * A).sum(1) / 2.0
     with np.errstate(invalid="ignore", divide="ignore"):
         local = np.where(deg > 1, 2.0 * triangles / (deg * (deg - 1)), 0.0)
     dist = shortest_path(csr_matrix(A), method="D", unweighted=True, directed=False)
@@ -85,6 +85,12 @@ def _projections(g: nx.DiGraph) -> dict[str, tuple[float, float]]:
     return out
 
 
+def _strength(g: nx.DiGraph, v) -> float:
+    """Sum of the absolute weights of a node's in- and out-edges."""
+    return float(sum(abs(d["weight"]) for *_, d in g.in_edges(v, data=True)) +
+                 sum(abs(d["weight"]) for *_, d in g.out_edges(v, data=True)))
+
+
 def graph_metrics(g: nx.DiGraph) -> dict[str, float]:
     """The LLM-MRI metrics of an NRAG, every one defined.
 
@@ -96,8 +102,7 @@ def graph_metrics(g: nx.DiGraph) -> dict[str, float]:
         return {k: 0.0 for k in METRICS}
     nodes = list(g.nodes)
     deg = np.array([g.degree(v) for v in nodes], dtype=np.float64)
-    strength = np.array([sum(abs(d["weight"]) for *_, d in g.in_edges(v, data=True)) +
-                         sum(abs(d["weight"]) for *_, d in g.out_edges(v, data=True)) for v in nodes])
+    strength = np.array([_strength(g, v) for v in nodes])
     pos = _layer_position(g)
     layer_pos = np.array([pos[g.nodes[v]["layer"]] for v in nodes], dtype=np.float64)
     out = {"n_nodes": float(n), "n_edges": float(g.number_of_edges()), "density": float(nx.density(g))}
@@ -129,7 +134,7 @@ def layer_profile(g: nx.DiGraph) -> pd.DataFrame:
         row = {"layer": L, "nodes": len(nodes), "edges_out": len(out_edges),
                "weight_out": float(np.sum(np.abs(out_edges))) if out_edges else 0.0,
                "mean_degree": float(np.mean([g.degree(v) for v in nodes])) if nodes else 0.0,
-               "mean_strength": float(np.mean([g.degree(v, weight="weight") for v in nodes])) if nodes else 0.0}
+               "mean_strength": float(np.mean([_strength(g, v) for v in nodes])) if nodes else 0.0}
         if g.graph.get("mode") == "grid":
             counts = np.array([g.nodes[v]["count"] for v in nodes], dtype=np.float64)
             p = counts / counts.sum() if counts.sum() else counts

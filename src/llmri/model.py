@@ -73,13 +73,13 @@ class Model:
     def max_length(self) -> int:
         """The longest input the model takes, in tokens."""
         cfg = self.module.config
+        # RoBERTa's positions start after the padding index, so two position slots are never used.
+        offset = 2 if self.adapter.family in ("roberta", "xlm-roberta") else 0
         limits = [getattr(cfg, k, None) for k in ("max_position_embeddings", "n_positions")]
-        limits = [x for x in limits if isinstance(x, int) and x > 0]
+        limits = [x - offset for x in limits if isinstance(x, int) and x > offset]
         tok_limit = getattr(self.tokenizer, "model_max_length", None)
         if isinstance(tok_limit, int) and 0 < tok_limit < 1_000_000:
             limits.append(tok_limit)
-        if self.adapter.family in ("roberta", "xlm-roberta") and limits:
-            limits = [min(limits) - 2 if min(limits) > 2 else min(limits)]
         return min(limits) if limits else 512
 
     @property

@@ -191,12 +191,10 @@ def expand_sites(specs, n_layers: int, layers=None) -> list[str]:
     return out
 
 
-def site_order(site: str) -> tuple[int, int]:
-    """Position of a site along the forward pass (for stopping the pass early)."""
+def block_of(site: str) -> int:
+    """The block a site belongs to (``resid.0`` is before block 0: -1; ``resid.{L+1}`` is block L)."""
     kind, layer = parse_site(site)
-    if kind == "resid":
-        return (layer - 1, 3) if layer > 0 else (-1, 3)
-    return layer, {"attn": 0, "attn_z": 1, "attn_out": 1, "mlp": 2, "mlp_out": 2}[kind]
+    return layer - 1 if kind == "resid" else layer
 
 
 # ---------------------------------------------------------------- hooks

@@ -84,9 +84,12 @@ def read_manifest(folder) -> dict | None:
     if not p.is_file():
         return None
     try:
-        return json.loads(p.read_text(encoding="utf-8"))
+        obj = json.loads(p.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise LlmriError(f"{p}: the manifest is not valid JSON") from None
+    if not isinstance(obj, dict) or not {"format_version", "plan", "model", "corpus"} <= set(obj):
+        raise LlmriError(f"{p}: not an llmri scan manifest; choose another folder")
+    return obj
 
 
 def complete_shards(folder, n_shards: int) -> list[int]:
