@@ -131,17 +131,18 @@ def head_stats(scan) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def compare_heads(scan, category, stats=ATTN_STATS) -> pd.DataFrame:
+def compare_heads(scan, category, stats=ATTN_STATS, table: pd.DataFrame | None = None) -> pd.DataFrame:
     """Which heads attend differently for ``category`` than for the other documents.
 
     For every layer, head and statistic: means, Cohen's d (pooled SD), a two-sided Mann-Whitney U
-    test, and Benjamini-Hochberg q-values over all the tests. Sorted by p-value.
+    test, and Benjamini-Hochberg q-values over all the tests. Sorted by p-value. ``table`` is
+    ``head_stats(scan)`` when the caller already has it.
     """
     from scipy.stats import false_discovery_control, mannwhitneyu
 
     from .neurons import cohens_d
 
-    df = head_stats(scan)
+    df = head_stats(scan) if table is None else table
     if category not in scan.label_names:
         raise LlmriError(f"unknown category {category!r}; categories: {scan.label_names}")
     for s in stats:
@@ -165,9 +166,10 @@ def compare_heads(scan, category, stats=ATTN_STATS) -> pd.DataFrame:
     return out.sort_values(["p_value", "layer", "head"], ignore_index=True)
 
 
-def stat_matrix(scan, stat: str, category=None) -> np.ndarray:
-    """Mean of one statistic per layer and head ``[layers, heads]`` (optionally one category)."""
-    df = head_stats(scan)
+def stat_matrix(table: pd.DataFrame, stat: str, category=None) -> np.ndarray:
+    """Mean of one statistic per layer and head ``[layers, heads]`` of a :func:`head_stats`
+    table (optionally one category)."""
+    df = table
     if category is not None:
         df = df[df["category"] == category]
     return df.pivot_table(index="layer", columns="head", values=stat, aggfunc="mean").to_numpy()

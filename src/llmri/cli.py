@@ -28,13 +28,11 @@ def cli(debug: bool) -> None:
     _DEBUG = debug
 
 
-def _layers(value: str | None):
-    if value is None:
-        return None
+def _ints(value: str, flag: str) -> list[int]:
     try:
         return [int(x) for x in value.split(",") if x.strip()]
     except ValueError:
-        raise LlmriError(f"--layers {value!r}: expected comma-separated integers, e.g. 0,3,-1") from None
+        raise LlmriError(f"{flag} {value!r}: expected comma-separated integers, e.g. 0,3,-1") from None
 
 
 def _summary(scan) -> str:
@@ -86,9 +84,11 @@ def _run_scan(corpus, out, model_name, pool, sites, token_sites, layers, batch_t
     from .model import load_model
 
     model = load_model(model_name, device=device, dtype=dtype, download=download)
-    return scan(model, corpus, out, sites=sites, pool=pool, layers=_layers(layers),
-                max_length=max_length, batch_tokens=batch_tokens, token_sites=token_sites,
-                overwrite=overwrite, progress=True)
+    result = scan(model, corpus, out, sites=sites, pool=pool,
+                  layers=_ints(layers, "--layers") if layers is not None else None,
+                  max_length=max_length, batch_tokens=batch_tokens, token_sites=token_sites,
+                  overwrite=overwrite, progress=True)
+    return model, result
 
 
 @cli.command("scan")
@@ -102,7 +102,7 @@ def scan_cmd(corpus, out, text_column, label_column, **kw):
     from .corpus import Corpus
 
     docs = Corpus.from_path(corpus, text_column=text_column, label_column=label_column)
-    click.echo(_summary(_run_scan(docs, out, **kw)))
+    click.echo(_summary(_run_scan(docs, out, **kw)[1]))
 
 
 _REPORT_OPTIONS = [
@@ -154,12 +154,10 @@ def report_cmd(scan_dir, out, **kw):
 def demo_cmd(out, reducer, components, grid, categories, permutations, seed, **kw):
     """Scan the bundled demo corpus with the embedded default model and write the report."""
     from .corpus import demo_corpus
-    from .model import load_model
 
     corpus = demo_corpus()
-    result = _run_scan(corpus, Path(out) / "scan", **kw)
+    model, result = _run_scan(corpus, Path(out) / "scan", **kw)
     click.echo(_summary(result))
-    model = load_model(kw["model_name"], device=kw["device"], dtype=kw["dtype"], download=kw["download"])
     path = _run_report(result, Path(out) / "report", reducer, components, grid, categories, permutations, seed,
                        model=model, attention_text=corpus.texts[0])
     click.echo(f"report: {path}")
@@ -215,13 +213,6 @@ def neurons_cmd(scan_dir, category, top, site, csv_out):
     if csv_out:
         atomic_write_text(csv_out, pd.concat(frames, ignore_index=True).to_csv(index=False))
         click.echo(f"\nranking: {csv_out}")
-
-
-def _ints(value: str, flag: str) -> list[int]:
-    try:
-        return [int(x) for x in value.split(",") if x.strip()]
-    except ValueError:
-        raise LlmriError(f"{flag} {value!r}: expected comma-separated integers") from None
 
 
 @cli.command("probe")

@@ -196,8 +196,10 @@ def _representation(model: Model, batches: _Batches) -> np.ndarray:
     return np.stack(out)
 
 
-def make_measure(model: Model, corpus, measure="auto", batch_tokens: int = 8192) -> tuple[str, Callable[[], float]]:
-    """A function that runs the corpus through the model and returns one number.
+def make_measure(model: Model, corpus, measure="auto",
+                 batch_tokens: int = 8192) -> tuple[str, Callable[[], float], float | None]:
+    """A function that runs the corpus through the model and returns one number, with its
+    unablated value when that is already known (else None).
 
     ``loss``: the model's own loss (language-model loss for causal LMs; classification loss for
     a model with a sequence-classification head, against the corpus labels). ``representation``:
@@ -212,32 +214,34 @@ def make_measure(model: Model, corpus, measure="auto", batch_tokens: int = 8192)
     if measure == "auto":
         measure = "loss" if (is_causal_lm(model) or has_cls) else "representation"
     if callable(measure):
-        return getattr(measure, "__name__", "custom"), lambda: float(measure(model))
+        return getattr(measure, "__name__", "custom"), lambda: float(measure(model)), None
     if measure == "loss":
         if is_causal_lm(model):
-            return "language-model loss", lambda: _lm_loss(model, batches)
+            return "language-model loss", lambda: _lm_loss(model, batches), None
         if has_cls:
-            return "classification loss", lambda: _class_loss(model, batches, corpus.labels)
+            return "classification loss", lambda: _class_loss(model, batches, corpus.labels), None
         raise LlmriError("measure 'loss': this model has no language-model or classification head; "
                          "use representation, probe or a function")
     if measure in ("representation", "probe"):
         with torch.inference_mode():
             clean = _representation(model, batches)
         if measure == "representation":
+            name = "representation change (1 - cosine)"
             unit = clean / np.linalg.norm(clean, axis=1, keepdims=True).clip(1e-12)
 
-            def rep_change():
-                r = _representation(model, batches)
+            def score(r):
                 return float(np.mean(1 - (r * unit).sum(1) / np.linalg.norm(r, axis=1).clip(1e-12)))
-            return "representation change (1 - cosine)", rep_change
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
+        else:
+            from .probe import make_classifier
 
-        if len(set(corpus.labels.tolist())) < 2:
-            raise LlmriError("measure 'probe' needs at least two categories")
-        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(clean, corpus.labels)
-        return "probe accuracy", lambda: float((clf.predict(_representation(model, batches)) == corpus.labels).mean())
+            if len(set(corpus.labels.tolist())) < 2:
+                raise LlmriError("measure 'probe' needs at least two categories")
+            name = "probe accuracy"
+            clf = make_classifier("logistic").fit(clean, corpus.labels)
+
+            def score(r):
+                return float((clf.predict(r) == corpus.labels).mean())
+        return name, lambda: score(_representation(model, batches)), score(clean)
     raise LlmriError(f"measure {measure!r} is not one of auto, loss, representation, probe, or a function")
 
 
@@ -255,7 +259,7 @@ def lesion_map(model, corpus, measure="auto", mode: str = "zero", scan=None, lay
     model = as_model(model)
     if isinstance(corpus, (list, tuple)):
         corpus = Corpus(list(corpus))
-    name, run = make_measure(model, corpus, measure, batch_tokens)
+    name, run, known = make_measure(model, corpus, measure, batch_tokens)
     n = model.n_layers
     for L in layers or []:
         if not -n <= L < n:
@@ -266,7 +270,7 @@ def lesion_map(model, corpus, measure="auto", mode: str = "zero", scan=None, lay
            ([("mlp", L, -1, {f"mlp_out.{L}": None}) for L in layers] if mlps else [])
     rows = []
     with torch.inference_mode():
-        baseline = run()
+        baseline = run() if known is None else known
         for comp, L, h, spec in tqdm(jobs, desc="lesions", disable=None if progress is None else not progress):
             with ablate(model, spec, mode=mode, scan=scan, seed=seed):
                 value = run()

@@ -264,15 +264,12 @@ class Scan:
         lengths = self.lengths
         parts = []
         handles: dict[int, object] = {}
-        try:
+        with contextlib.ExitStack() as stack:
             for d in docs:
                 s, start = self._token_where[d]
                 if s not in handles:
-                    handles[s] = self._shard(s).__enter__()
+                    handles[s] = stack.enter_context(self._shard(s))
                 parts.append(handles[s].get_slice(tensor)[start:start + int(lengths[d])])
-        finally:
-            for h in handles.values():
-                h.__exit__(None, None, None)
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
     def token_ids(self, doc: int | None = None) -> np.ndarray:

@@ -15,8 +15,7 @@ from ..nrag import nrag
 from ..probe import evaluate_reduction
 from ..regions import regions as make_regions
 from ..store import Scan, atomic_write_bytes, atomic_write_text
-from ..viz import (lesion_figure, lesion_plot, patch_figure, patch_plot, probe_figure, probe_plot,
-                   attention_layer_plot, category_colors, difference_figure, difference_plot, draw_nrag,
+from ..viz import (probe_figure, probe_plot, attention_layer_plot, category_colors, difference_figure, difference_plot, draw_nrag,
                    evaluation_figure, evaluation_plot, head_stats_figure, head_view_html, heatmap_figure,
                    heatmap_plot, nrag_figure, rollout_plot, save_figure, script_json, token_highlight_html)
 
@@ -47,6 +46,17 @@ class _Figures:
         return paths
 
 
+def _output_folder(out) -> Path:
+    """The folder a page goes to (static figures are drawn off-screen)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise LlmriError(f"{out}: exists and is not a folder")
+    return out
+
+
 def _table(df: pd.DataFrame) -> Markup:
     return Markup(df.to_html(index=False, escape=True, border=0, classes="table",
                              float_format=lambda v: f"{v:.4g}"))
@@ -73,12 +83,7 @@ def _attention_parts(att, figs: "_Figures", position=None, prefix: str = "") -> 
 
 def build_attention_page(att, out, position=None, model_name: str = "") -> Path:
     """Write ``out/attention.html`` (head view, rollout, flow) and PNG/SVG figures of one text."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise LlmriError(f"{out}: exists and is not a folder")
+    out = _output_folder(out)
     figs = _Figures(out)
     parts = _attention_parts(att, figs, position)
     page = _environment().get_template("attention.html.j2").render(
@@ -95,13 +100,9 @@ def build_page(out, name: str, title: str, intro: list[str], figures: list[tuple
     ``figures`` holds (plotly figure, matplotlib figure, file stem); ``tables`` holds
     (heading, DataFrame, CSV file stem).
     """
-    import matplotlib
     import plotly.offline
 
-    matplotlib.use("Agg")
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise LlmriError(f"{out}: exists and is not a folder")
+    out = _output_folder(out)
     figs = _Figures(out)
     blocks, files = [], []
     for interactive, static, stem in figures:
@@ -127,14 +128,8 @@ def build_report(scan, out, reducer="pca", n_components: int = 2, grid: int = 10
     with ``model`` and ``attention_text`` the report also holds a head view of that text.
     Returns the path of the HTML file.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-
     scan = scan if isinstance(scan, Scan) else Scan.open(scan)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise LlmriError(f"{out}: exists and is not a folder")
+    out = _output_folder(out)
     rm = make_regions(scan, reducer=reducer, n_components=n_components, grid=grid, seed=seed, site=site,
                       progress=progress)
     cats = rm.label_names if not categories else [rm.label_names[i] for i in rm.category_ids(list(categories))]
@@ -233,18 +228,19 @@ def build_report(scan, out, reducer="pca", n_components: int = 2, grid: int = 10
 
 
 def _heads_section(scan, present, figs: _Figures) -> dict:
-    from ..attention import compare_heads, stat_matrix
+    from ..attention import compare_heads, head_stats, stat_matrix
 
+    table = head_stats(scan)
     figures = []
     for stat, what in (("entropy", "entropy of attention (nats)"), ("previous", "attention to the previous token"),
                        ("first", "attention to the first token")):
-        mats = {c: stat_matrix(scan, stat, c) for c in present}
+        mats = {c: stat_matrix(table, stat, c) for c in present}
         figures.append(figs.interactive(head_stats_figure(mats, f"Mean {what}, per layer and head")))
     tables = []
     for c in present:
         if len(present) < 2 and len(scan.label_names) < 2:
             break
-        df = compare_heads(scan, c).head(12)
+        df = compare_heads(scan, c, table=table).head(12)
         tables.append((c, _table(df)))
     return {"figures": figures, "tables": tables}
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import html
 import itertools
-import math
 
 import numpy as np
 
-from .style import script_json
+from .style import grid_shape, script_json
 
 _ids = itertools.count(1)
 
@@ -38,8 +37,7 @@ def attention_layer_plot(att, layer: int):
     import matplotlib.pyplot as plt
 
     H = att.n_heads
-    cols = min(H, 4)
-    rows = math.ceil(H / cols)
+    rows, cols = grid_shape(H)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
     for h, ax in enumerate(axes.flat):
         if h >= H:

@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from ..regions import RegionMap
-from .style import snippet
-
-
-def _grid_shape(n: int) -> tuple[int, int]:
-    cols = min(n, 4)
-    return math.ceil(n / cols), cols
+from .style import grid_shape, snippet
 
 
 def _matrices(rm: RegionMap, categories, normalize: bool):
@@ -29,7 +22,7 @@ def heatmap_plot(rm: RegionMap, categories=None, cmap: str = "viridis"):
     import matplotlib.pyplot as plt
 
     mats = _matrices(rm, categories, normalize=False)
-    rows, cols = _grid_shape(len(mats))
+    rows, cols = grid_shape(len(mats))
     fig, axes = plt.subplots(rows, cols, figsize=(3.1 * cols, 3.0 * rows), squeeze=False)
     vmax = max(m.max() for m in mats.values()) or 1
     for ax, (L, m) in zip(axes.flat, mats.items()):
@@ -48,7 +41,7 @@ def difference_plot(rm: RegionMap, a, b):
     import matplotlib.pyplot as plt
 
     ma, mb = _matrices(rm, [a], True), _matrices(rm, [b], True)
-    rows, cols = _grid_shape(len(ma))
+    rows, cols = grid_shape(len(ma))
     fig, axes = plt.subplots(rows, cols, figsize=(3.1 * cols, 3.0 * rows), squeeze=False)
     lim = max(np.abs(ma[L] - mb[L]).max() for L in ma) or 1
     for ax, L in zip(axes.flat, ma):
@@ -88,7 +81,7 @@ def _hover(rm: RegionMap, L: int, categories, max_docs: int = 8) -> np.ndarray:
 def _subplots(rm: RegionMap, title: str):
     from plotly.subplots import make_subplots
 
-    rows, cols = _grid_shape(len(rm.layers))
+    rows, cols = grid_shape(len(rm.layers))
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=[f"layer {L}" for L in rm.layers],
                         horizontal_spacing=0.04, vertical_spacing=0.08)
     fig.update_layout(title=title, height=260 * rows + 80, margin=dict(l=20, r=20, t=70, b=20),

@@ -16,6 +16,12 @@ PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8
            "#e377c2", "#7f7f7f", "#bcbd22"]
 
 
+def grid_shape(n: int, max_cols: int = 4) -> tuple[int, int]:
+    """Rows and columns of a small-multiples grid for ``n`` panels."""
+    cols = min(n, max_cols)
+    return -(-n // cols), cols
+
+
 def category_colors(names) -> dict[str, str]:
     return {n: PALETTE[i % len(PALETTE)] for i, n in enumerate(names)}
 
