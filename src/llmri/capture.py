@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -188,6 +189,51 @@ def scan(model, corpus, out, sites=("resid",), pool: str = "mean", layers=None,
     >>> s.activations(6).shape
     (96, 384)
     """
+    corpus, out = check_scan_args(corpus, out, pool, batch_tokens)
+    model = as_model(model, device=device, dtype=dtype)
+    plan = plan_scan(model, corpus, out, sites=sites, pool=pool, layers=layers, max_length=max_length,
+                     batch_tokens=batch_tokens, token_sites=token_sites, shard_tokens=shard_tokens,
+                     overwrite=overwrite, clean=worker is None)
+    if plan.cached:
+        return Scan.open(out)  # answered from the cache
+    todo = [s for s in plan.todo if worker is None or s % worker[1] == worker[0]]
+    capture_shards(model, plan, todo, progress)
+    return finish_scan(plan)
+
+
+# ---------------------------------------------------------------- the scan in three steps
+# plan_scan (once), capture_shards (any worker, any subset of shards), finish_scan (once, at the
+# end): llmri.distributed runs the same three steps on Ray.
+class TokenIds:
+    """Token ids of every document packed in one int64 array: ``ids[d]`` is document d's list."""
+
+    def __init__(self, ids: list[list[int]]):
+        self.offsets = np.concatenate([[0], np.cumsum([len(x) for x in ids])]).astype(np.int64)
+        self.flat = np.fromiter((t for x in ids for t in x), dtype=np.int64, count=int(self.offsets[-1]))
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, d: int) -> list[int]:
+        return self.flat[self.offsets[d]:self.offsets[d + 1]].tolist()
+
+
+@dataclass
+class ScanPlan:
+    """What a scan will write: its manifest, the token ids, batches and shards, the shards to do."""
+
+    out: Path
+    manifest: dict
+    ids: TokenIds
+    lengths: np.ndarray
+    batches: list[list[int]]
+    shards: list[list[int]]
+    todo: list[int]
+    cached: bool = False
+
+
+def check_scan_args(corpus, out, pool: str, batch_tokens: int) -> tuple[Corpus, Path]:
+    """The checks that need no model: the corpus (read when a path), the output folder, pool, batch_tokens."""
     if pool not in POOLS:
         raise LlmriError(f"pool {pool!r} is not one of {', '.join(POOLS)}")
     if not isinstance(batch_tokens, int) or batch_tokens < 1:
@@ -199,7 +245,16 @@ def scan(model, corpus, out, sites=("resid",), pool: str = "mean", layers=None,
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise LlmriError(f"{out}: exists and is not a folder; choose another output folder")
-    model = as_model(model, device=device, dtype=dtype)
+    return corpus, out
+
+
+def plan_scan(model: Model, corpus: Corpus, out: Path, sites=("resid",), pool: str = "mean", layers=None,
+              max_length: int | None = None, batch_tokens: int = DEFAULT_BATCH_TOKENS, token_sites=(),
+              shard_tokens: int | None = None, overwrite: bool = False, clean: bool = True) -> ScanPlan:
+    """Tokenize, plan batches and shards, prepare ``out`` (corpus file, manifest) for the shards.
+
+    ``clean`` removes temporary files of a killed writer (not while other workers may be writing).
+    """
     n_layers = model.n_layers
     pooled = expand_sites(sites, n_layers, layers)
     tokened = expand_sites(token_sites or (), n_layers, layers)
@@ -233,7 +288,7 @@ def scan(model, corpus, out, sites=("resid",), pool: str = "mean", layers=None,
     old = read_manifest(out) if out.exists() else None
     if old is not None and old.get("key") == key and len(
             complete_shards(out, old["plan"]["n_shards"])) == old["plan"]["n_shards"]:
-        return Scan.open(out)  # answered from the cache
+        return ScanPlan(out, old, TokenIds([]), np.zeros(0, np.int64), [], [], [], cached=True)
     if old is not None and old.get("key") != key:
         if not overwrite:
             raise LlmriError(f"{out}: holds a different scan ({_differences(old, head)}); "
@@ -253,28 +308,37 @@ def scan(model, corpus, out, sites=("resid",), pool: str = "mean", layers=None,
                               n_tokens=int(lengths.sum())),
                     complete=False)
     out.mkdir(parents=True, exist_ok=True)
-    if worker is None:  # temp files left by a killed writer (other workers may still be writing theirs)
+    if clean:  # temp files left by a killed writer (other workers may still be writing theirs)
         for stale in out.glob(".*.tmp"):
             stale.unlink(missing_ok=True)
     if not (out / CORPUS_FILE).is_file():
         write_corpus(out, corpus)
     done = set(complete_shards(out, len(shards)))
     atomic_write_json(out / MANIFEST, dict(manifest, complete=len(done) == len(shards)))
+    todo = [s for s in range(len(shards)) if s not in done]
+    return ScanPlan(out, manifest, TokenIds(ids), lengths, batches, shards, todo)
 
-    todo = [s for s in range(len(shards)) if s not in done
-            and (worker is None or s % worker[1] == worker[0])]
-    bar = tqdm(total=sum(len(batches[b]) for s in todo for b in shards[s]), unit="doc",
+
+def capture_shards(model: Model, plan: ScanPlan, todo: list[int], progress: bool | None = None) -> None:
+    """Capture shards ``todo`` of ``plan`` with ``model``, each written atomically when done."""
+    m = plan.manifest
+    bar = tqdm(total=sum(len(plan.batches[b]) for s in todo for b in plan.shards[s]), unit="doc",
                desc="scanning", disable=None if progress is None else not progress,
                file=sys.stderr, dynamic_ncols=True)
-    if truncated:
-        bar.set_postfix(truncated=truncated)
+    if m["plan"]["truncated"]:
+        bar.set_postfix(truncated=m["plan"]["truncated"])
     with bar:
-        _run(model, ids, lengths, batches, shards, todo, pooled, tokened, pool, out, bar)
-    done = set(complete_shards(out, len(shards)))
-    atomic_write_json(out / MANIFEST, dict(manifest, complete=len(done) == len(shards)))
-    if len(done) < len(shards):  # another worker still owes shards
+        _run(model, plan.ids, plan.lengths, plan.batches, plan.shards, todo, m["sites"], m["token_sites"],
+             m["settings"]["pool"], plan.out, bar)
+
+
+def finish_scan(plan: ScanPlan) -> Scan | None:
+    """Record in the manifest whether every shard is on disk; the Scan when it is, else None."""
+    done = set(complete_shards(plan.out, len(plan.shards)))
+    atomic_write_json(plan.out / MANIFEST, dict(plan.manifest, complete=len(done) == len(plan.shards)))
+    if len(done) < len(plan.shards):  # another worker still owes shards
         return None
-    return Scan.open(out)
+    return Scan.open(plan.out)
 
 
 def _run(model: Model, ids, lengths, batches, shards, todo, pooled, tokened, how, out, bar):
