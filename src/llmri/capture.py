@@ -176,19 +176,29 @@ def scan(model, corpus, out, sites=("resid",), pool: str = "mean", layers=None,
          max_length: int | None = None, batch_tokens: int = DEFAULT_BATCH_TOKENS,
          token_sites=(), shard_tokens: int | None = None, device: str = "auto",
          dtype: str = "auto", overwrite: bool = False, worker: tuple[int, int] | None = None,
-         progress: bool | None = None) -> Scan:
+         progress: bool | None = None, engine: str = "local", workers: int = 1,
+         resources: dict | None = None) -> Scan:
     """Run each document of ``corpus`` through ``model`` once and store a Scan in ``out``.
 
     One pooled vector per document, site and layer; ``token_sites`` (for example
     ``("resid.6",)``) additionally keeps every token's vector. A rerun with the same model,
     corpus and settings continues an interrupted scan, or returns the finished one at once.
     ``device`` and ``dtype`` apply when ``model`` is a name or folder; a loaded Model runs where it is.
+    ``engine="ray"`` runs it on ``workers`` Ray actors needing ``resources`` each (e.g. ``{"GPU": 1}``),
+    writing the same files (see :mod:`llmri.distributed`).
 
     >>> import llmri                                              # doctest: +SKIP
     >>> s = llmri.scan("default", llmri.demo_corpus(), "runs/demo")
     >>> s.activations(6).shape
     (96, 384)
     """
+    if engine_options(engine, workers, resources, worker=worker):
+        from .distributed import scan as scan_on_ray
+
+        return scan_on_ray(model, corpus, out, workers=workers, resources=resources, sites=sites, pool=pool,
+                           layers=layers, max_length=max_length, batch_tokens=batch_tokens,
+                           token_sites=token_sites, shard_tokens=shard_tokens, device=device, dtype=dtype,
+                           overwrite=overwrite, progress=progress)
     corpus, out = check_scan_args(corpus, out, pool, batch_tokens)
     model = as_model(model, device=device, dtype=dtype)
     plan = plan_scan(model, corpus, out, sites=sites, pool=pool, layers=layers, max_length=max_length,
@@ -199,6 +209,20 @@ def scan(model, corpus, out, sites=("resid",), pool: str = "mean", layers=None,
     todo = [s for s in plan.todo if worker is None or s % worker[1] == worker[0]]
     capture_shards(model, plan, todo, progress)
     return finish_scan(plan)
+
+
+ENGINES = ("local", "ray")
+
+
+def engine_options(engine: str, workers: int, resources: dict | None, worker=None) -> bool:
+    """Check ``engine``/``workers``/``resources``; True when the work goes to Ray."""
+    if engine not in ENGINES:
+        raise LlmriError(f"engine {engine!r} is not one of {', '.join(ENGINES)}")
+    if engine == "local" and (workers != 1 or resources):
+        raise LlmriError("workers and resources apply to engine='ray'; pass engine='ray' (pip install 'llmri[ray]')")
+    if engine == "ray" and worker is not None:
+        raise LlmriError("worker: Ray deals the shards out itself; leave worker unset with engine='ray'")
+    return engine == "ray"
 
 
 # ---------------------------------------------------------------- the scan in three steps

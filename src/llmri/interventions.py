@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .capture import pad_batch, plan_batches, tokenize
+from .capture import engine_options, pad_batch, plan_batches, tokenize
 from .errors import LlmriError
 from .model import Model, as_model
 from .sites import _linear_dims, expand_sites, hooks, layer_count, n_heads, parse_site, submodule
@@ -247,35 +247,66 @@ def make_measure(model: Model, corpus, measure="auto",
 
 def lesion_map(model, corpus, measure="auto", mode: str = "zero", scan=None, layers=None,
                heads: bool = True, mlps: bool = True, batch_tokens: int = 8192, seed: int = 0,
-               progress: bool | None = None) -> pd.DataFrame:
+               progress: bool | None = None, engine: str = "local", workers: int = 1,
+               resources: dict | None = None) -> pd.DataFrame:
     """Ablate each attention head and each layer's MLP in turn and measure the effect.
 
     Returns a DataFrame with columns ``component`` (``head`` or ``mlp``), ``layer``, ``head``
     (-1 for an MLP), ``value`` and ``effect`` (value minus the unablated value); its ``attrs``
-    hold the measure's name and the baseline.
+    hold the measure's name and the baseline. ``engine="ray"`` deals the lesions out to
+    ``workers`` Ray actors (same table; see :mod:`llmri.distributed`).
     """
+    if engine_options(engine, workers, resources):
+        from .distributed import lesion_map as lesion_map_on_ray
+
+        return lesion_map_on_ray(model, corpus, measure=measure, mode=mode, scan=scan, layers=layers, heads=heads,
+                                 mlps=mlps, batch_tokens=batch_tokens, seed=seed, workers=workers,
+                                 resources=resources, progress=progress)
+    model = as_model(model)
+    corpus = _as_corpus(corpus)
+    jobs = lesion_jobs(model, layers, heads, mlps)
+    name, baseline, values = lesion_values(model, corpus, jobs, measure, mode, scan, batch_tokens, seed,
+                                           baseline=True, progress=progress)
+    return lesion_table(jobs, values, name, baseline, mode)
+
+
+def _as_corpus(corpus):
     from .corpus import Corpus
 
-    model = as_model(model)
-    if isinstance(corpus, (list, tuple)):
-        corpus = Corpus(list(corpus))
-    name, run, known = make_measure(model, corpus, measure, batch_tokens)
+    return Corpus(list(corpus)) if isinstance(corpus, (list, tuple)) else corpus
+
+
+def lesion_jobs(model: Model, layers=None, heads: bool = True, mlps: bool = True) -> list[tuple]:
+    """The lesions of a lesion map, in table order: ``(component, layer, head, ablate spec)``."""
     n = model.n_layers
     for L in layers or []:
         if not -n <= L < n:
             raise LlmriError(f"layer {L} is out of range: the model has layers 0..{n - 1}")
     layers = list(range(n)) if layers is None else [L % n for L in layers]
     H = n_heads(model.module)
-    jobs = ([("head", L, h, {f"attn.{L}": [h]}) for L in layers for h in range(H)] if heads else []) + \
+    return ([("head", L, h, {f"attn.{L}": [h]}) for L in layers for h in range(H)] if heads else []) + \
            ([("mlp", L, -1, {f"mlp_out.{L}": None}) for L in layers] if mlps else [])
-    rows = []
+
+
+def lesion_values(model: Model, corpus, jobs: list[tuple], measure="auto", mode: str = "zero", scan=None,
+                  batch_tokens: int = 8192, seed: int = 0, baseline: bool = True,
+                  progress: bool | None = None) -> tuple[str, float | None, list[float]]:
+    """Run the lesions ``jobs`` (any subset of :func:`lesion_jobs`): the measure's name, the unablated
+    value (None when ``baseline`` is False and it would cost a pass) and one value per job."""
+    name, run, known = make_measure(model, corpus, measure, batch_tokens)
+    values = []
     with torch.inference_mode():
-        baseline = run() if known is None else known
-        for comp, L, h, spec in tqdm(jobs, desc="lesions", disable=None if progress is None else not progress):
+        base = known if known is not None or not baseline else run()
+        for _, _, _, spec in tqdm(jobs, desc="lesions", disable=None if progress is None else not progress):
             with ablate(model, spec, mode=mode, scan=scan, seed=seed):
-                value = run()
-            rows.append({"component": comp, "layer": L, "head": h, "value": value, "effect": value - baseline})
-    df = pd.DataFrame(rows)
+                values.append(run())
+    return name, base, values
+
+
+def lesion_table(jobs: list[tuple], values: list[float], name: str, baseline: float, mode: str) -> pd.DataFrame:
+    """The lesion map DataFrame of ``jobs`` and their measured ``values``."""
+    df = pd.DataFrame([{"component": comp, "layer": L, "head": h, "value": v, "effect": v - baseline}
+                       for (comp, L, h, _), v in zip(jobs, values)])
     df.attrs.update(measure=name, baseline=baseline, mode=mode)
     return df
 
