@@ -91,18 +91,74 @@ def _run_scan(corpus, out, model_name, pool, sites, token_sites, layers, batch_t
     return model, result
 
 
+_RAY_OPTIONS = [
+    click.option("--ray", "ray_mode", type=click.Choice(["auto", "local"]), default=None,
+                 help="Run on Ray (pip install 'llmri[ray]'): auto joins the cluster running on this machine "
+                      "(ray start --head), local starts one here. Without it Ray is never imported."),
+    click.option("--workers", type=int, default=None, help="Ray workers, each holding one copy of the model [2]."),
+    click.option("--gpus-per-worker", type=float, default=None, help="GPUs each Ray worker needs [0]."),
+]
+
+
+def _ray_options(f):
+    for opt in reversed(_RAY_OPTIONS):
+        f = opt(f)
+    return f
+
+
+def _check_ray(ray_mode, workers, gpus_per_worker) -> dict | None:
+    """The Ray options checked before Ray or a model starts; None without --ray."""
+    import importlib.util
+
+    from .distributed import check_options
+
+    if ray_mode is None:
+        if workers is not None or gpus_per_worker is not None:
+            raise LlmriError("--workers and --gpus-per-worker need --ray auto or --ray local")
+        return None
+    if gpus_per_worker is not None and gpus_per_worker < 0:
+        raise LlmriError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker}")
+    workers = 2 if workers is None else workers
+    resources = {"GPU": gpus_per_worker} if gpus_per_worker else None
+    check_options(workers, resources, address=ray_mode)
+    if importlib.util.find_spec("ray") is None:
+        raise LlmriError("--ray: Ray is not installed; pip install 'llmri[ray]'")
+    return dict(workers=workers, resources=resources, address=ray_mode)
+
+
+def _model_loader(model_name, device, download, dtype="auto"):
+    """What each Ray worker calls to load its copy of the model (a picklable partial)."""
+    from functools import partial
+
+    from .model import load_model
+
+    return partial(load_model, model_name, device=device, dtype=dtype, download=download)
+
+
 @cli.command("scan")
 @click.argument("corpus")
 @click.option("--out", required=True, help="Folder for the Scan.")
 @click.option("--text-column", default=None, help="Text column of a CSV/TSV/JSONL corpus.")
 @click.option("--label-column", default=None, help="Label column of a CSV/TSV/JSONL corpus.")
 @_scan_options
-def scan_cmd(corpus, out, text_column, label_column, **kw):
+@_ray_options
+def scan_cmd(corpus, out, text_column, label_column, ray_mode, workers, gpus_per_worker, **kw):
     """Scan CORPUS (a folder of label sub-folders, or a CSV/TSV/JSONL file) into --out."""
     from .corpus import Corpus
 
+    ray = _check_ray(ray_mode, workers, gpus_per_worker)
+    layers = _ints(kw["layers"], "--layers") if kw["layers"] is not None else None
     docs = Corpus.from_path(corpus, text_column=text_column, label_column=label_column)
-    click.echo(_summary(_run_scan(docs, out, **kw)[1]))
+    if ray is None:
+        click.echo(_summary(_run_scan(docs, out, **kw)[1]))
+        return
+    from .distributed import scan
+
+    result = scan(_model_loader(kw["model_name"], kw["device"], kw["download"], kw["dtype"]), docs, out,
+                  sites=kw["sites"], pool=kw["pool"], layers=layers, max_length=kw["max_length"],
+                  batch_tokens=kw["batch_tokens"], token_sites=kw["token_sites"], overwrite=kw["overwrite"],
+                  progress=True, **ray)
+    click.echo(_summary(result))
 
 
 _REPORT_OPTIONS = [
@@ -264,7 +320,9 @@ def probe_cmd(scan_dir, site, cv, control, classifier, top_k, out, seed):
 @click.option("--label-column", default=None)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--download", is_flag=True)
-def ablate_cmd(corpus, model_name, out, measure, mode, scan_dir, layers, text_column, label_column, device, download):
+@_ray_options
+def ablate_cmd(corpus, model_name, out, measure, mode, scan_dir, layers, text_column, label_column, device, download,
+               ray_mode, workers, gpus_per_worker):
     """Lesion map: ablate every attention head and every MLP in turn over CORPUS."""
     from .corpus import Corpus
     from .interventions import lesion_map
@@ -273,15 +331,23 @@ def ablate_cmd(corpus, model_name, out, measure, mode, scan_dir, layers, text_co
     from .store import Scan
     from .viz import lesion_figure, lesion_plot
 
+    ray = _check_ray(ray_mode, workers, gpus_per_worker)
+    layers = _ints(layers, "--layers") if layers else None
     docs = Corpus.from_path(corpus, text_column=text_column, label_column=label_column)
     scan = Scan.open(scan_dir) if scan_dir else None
-    model = load_model(model_name, device=device, download=download)
-    df = lesion_map(model, docs, measure=measure, mode=mode, scan=scan,
-                    layers=_ints(layers, "--layers") if layers else None, progress=True)
+    if ray is None:
+        model = load_model(model_name, device=device, download=download)
+        df = lesion_map(model, docs, measure=measure, mode=mode, scan=scan, layers=layers, progress=True)
+        model_name = model.name
+    else:
+        from .distributed import lesion_map as lesion_map_on_ray
+
+        df = lesion_map_on_ray(_model_loader(model_name, device, download), docs, measure=measure, mode=mode,
+                               scan=scan, layers=layers, progress=True, **ray)
     top = df.reindex(df["effect"].abs().sort_values(ascending=False).index).head(10)
     click.echo(f"{df.attrs['measure']}: baseline {df.attrs['baseline']:.4g}; largest effects:")
     click.echo(top.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    path = build_page(out, "lesion", f"llmri lesion map: {model.name}",
+    path = build_page(out, "lesion", f"llmri lesion map: {model_name}",
                       [f"{len(docs)} documents; {mode} ablation of each head and each layer's MLP in turn; "
                        f"measure: {df.attrs['measure']} (baseline {df.attrs['baseline']:.4g})."],
                       [(lesion_figure(df), lesion_plot(df), "lesion")], [("Effects", df, "lesion")])

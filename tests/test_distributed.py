@@ -1,0 +1,172 @@
+"""Capture and lesion maps on a local Ray cluster write exactly what the local path writes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import llmri
+import llmri.cli
+from conftest import LABELS, TEXTS, make_model
+
+ray = pytest.importorskip("ray")
+
+TESTS = Path(__file__).resolve().parent
+SRC = Path(llmri.__file__).resolve().parents[1]
+# Several shards (4 on this corpus), every site kind, token-level records.
+SCAN = dict(sites=("resid", "mlp", "attn"), token_sites=("resid.2",), batch_tokens=32, shard_tokens=20)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """One local two-CPU cluster for the module; its workers import this llmri and these tests."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(SRC), str(TESTS)])}})
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny-llama")
+    m = make_model("llama")
+    m.module.save_pretrained(d)
+    m.tokenizer.save_pretrained(d)
+    return d
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Each Ray worker runs torch on one thread (its one CPU); CPU float sums can differ between
+    thread counts, so the local reference runs on one thread too."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def local_scan(model_dir, out):
+    with one_thread():
+        return llmri.scan(str(model_dir), llmri.Corpus(TEXTS, LABELS), out, **SCAN)
+
+
+def files(folder) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir())}
+
+
+class FailOnce:
+    """Loads the model; the second forward pass in any worker fails once (the first worker to get
+    there makes ``flag`` and then raises, or exits like a killed process)."""
+
+    def __init__(self, folder, flag, exit: bool):
+        self.folder, self.flag, self.exit = str(folder), str(flag), exit
+
+    def __call__(self):
+        model = llmri.load_model(self.folder)
+        forward, calls = model.base.forward, []
+
+        def flaky(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 2 and not os.path.exists(self.flag):
+                Path(self.flag).touch()
+                if self.exit:
+                    os._exit(1)
+                raise RuntimeError("injected failure")
+            return forward(*args, **kwargs)
+
+        model.base.forward = flaky
+        return model
+
+
+def test_scan_on_ray_is_byte_identical_to_a_local_scan(cluster, model_dir, tmp_path):
+    ref = local_scan(model_dir, tmp_path / "local")
+    assert ref.manifest["plan"]["n_shards"] == 4
+    dist = llmri.scan(str(model_dir), llmri.Corpus(TEXTS, LABELS), tmp_path / "ray", engine="ray", workers=2, **SCAN)
+    assert files(tmp_path / "ray") == files(tmp_path / "local")
+    assert dist.activations(2, "mlp").shape == (len(TEXTS), 64)
+    # a repeat is answered from the finished Scan
+    again = llmri.distributed.scan(str(model_dir), llmri.Corpus(TEXTS, LABELS), tmp_path / "ray", workers=1, **SCAN)
+    assert again.manifest == dist.manifest
+
+
+def test_a_killed_worker_is_restarted_and_the_scan_ends_identical(cluster, model_dir, tmp_path):
+    flag = tmp_path / "killed"
+    llmri.distributed.scan(FailOnce(model_dir, flag, exit=True), llmri.Corpus(TEXTS, LABELS), tmp_path / "ray",
+                           workers=2, retries=1, **SCAN)
+    assert flag.exists()  # a worker did die mid-run
+    local_scan(model_dir, tmp_path / "local")
+    assert files(tmp_path / "ray") == files(tmp_path / "local")
+
+
+def test_a_failed_shard_leaves_an_incomplete_scan_that_a_rerun_finishes(cluster, model_dir, tmp_path):
+    corpus = llmri.Corpus(TEXTS, LABELS)
+    with pytest.raises(llmri.LlmriError, match=r"1 shard\(s\) failed .*injected failure.*3/4 shards .*rerun"):
+        llmri.distributed.scan(FailOnce(model_dir, tmp_path / "flag", exit=False), corpus, tmp_path / "ray",
+                               workers=2, retries=0, **SCAN)
+    assert json.loads((tmp_path / "ray" / "manifest.json").read_text())["complete"] is False
+    with pytest.raises(llmri.LlmriError, match="incomplete"):
+        llmri.Scan.open(tmp_path / "ray")
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "ray").glob("shard-*")}
+    assert len(before) == 3
+    llmri.distributed.scan(str(model_dir), corpus, tmp_path / "ray", workers=2, **SCAN)
+    after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "ray").glob("shard-*")}
+    assert {k: after[k] for k in before} == before  # finished shards were not captured again
+    local_scan(model_dir, tmp_path / "local")
+    assert files(tmp_path / "ray") == files(tmp_path / "local")
+
+
+def test_scan_command_on_ray_writes_the_local_scan(cluster, model_dir, tmp_path):
+    csv = tmp_path / "c.csv"
+    csv.write_text("text,label\n" + "".join(f"{t},{lab}\n" for t, lab in zip(TEXTS, LABELS)))
+    args = ["scan", str(csv), "--model", str(model_dir), "--sites", "resid,attn_out", "--token-sites", "mlp.1"]
+    with one_thread():
+        r = CliRunner().invoke(llmri.cli.cli, args + ["--out", str(tmp_path / "local")], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(llmri.cli.cli, args + ["--out", str(tmp_path / "ray"), "--ray", "local", "--workers", "2"],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "10 documents" in r.output
+    assert files(tmp_path / "ray") == files(tmp_path / "local")
+
+
+def test_lesion_map_on_ray_equals_the_local_one(cluster, model_dir):
+    corpus = llmri.Corpus(TEXTS, LABELS)
+    with one_thread():
+        ref = llmri.lesion_map(llmri.load_model(str(model_dir)), corpus, measure="loss")
+    df = llmri.lesion_map(str(model_dir), corpus, measure="loss", engine="ray", workers=2)
+    assert len(df) == 3 * 4 + 3
+    assert df.equals(ref) and df.attrs == ref.attrs
+    assert df["effect"].abs().max() > 0
+
+
+def test_nothing_imports_ray_without_the_ray_engine(tmp_path):
+    code = f"""
+import sys
+sys.path[:0] = [{str(SRC)!r}, {str(TESTS)!r}]
+import llmri
+from conftest import LABELS, TEXTS, make_model
+from click.testing import CliRunner
+from llmri.cli import cli
+m = make_model("gpt2")
+llmri.scan(m, llmri.Corpus(TEXTS, LABELS), {str(tmp_path / 'a')!r})
+llmri.lesion_map(m, llmri.Corpus(TEXTS, LABELS), layers=[0])
+m.module.save_pretrained({str(tmp_path / 'm')!r}); m.tokenizer.save_pretrained({str(tmp_path / 'm')!r})
+open({str(tmp_path / 'c.csv')!r}, "w").write("text,label\\n" + "".join(f"{{t}},{{l}}\\n" for t, l in zip(TEXTS, LABELS)))
+r = CliRunner().invoke(cli, ["scan", {str(tmp_path / 'c.csv')!r}, "--model", {str(tmp_path / 'm')!r},
+                             "--out", {str(tmp_path / 'b')!r}])
+assert r.exit_code == 0, r.output
+print("ray" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "False"
