@@ -94,9 +94,6 @@ def test_scan_on_ray_is_byte_identical_to_a_local_scan(cluster, model_dir, tmp_p
     dist = llmri.scan(str(model_dir), llmri.Corpus(TEXTS, LABELS), tmp_path / "ray", engine="ray", workers=2, **SCAN)
     assert files(tmp_path / "ray") == files(tmp_path / "local")
     assert dist.activations(2, "mlp").shape == (len(TEXTS), 64)
-    # a repeat is answered from the finished Scan
-    again = llmri.distributed.scan(str(model_dir), llmri.Corpus(TEXTS, LABELS), tmp_path / "ray", workers=1, **SCAN)
-    assert again.manifest == dist.manifest
 
 
 def test_a_killed_worker_is_restarted_and_the_scan_ends_identical(cluster, model_dir, tmp_path):
@@ -170,3 +167,51 @@ print("ray" in sys.modules)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--workers", "2"], "--workers and --gpus-per-worker need --ray auto or --ray local"),
+    (["--ray", "local", "--workers", "0"], "workers must be a positive integer, got 0"),
+    (["--ray", "local", "--gpus-per-worker", "-1"], "--gpus-per-worker must be >= 0, got -1.0"),
+    (["--ray", "cluster"], "'cluster' is not one of 'auto', 'local'"),
+])
+@pytest.mark.parametrize("command", ["scan", "ablate"])
+def test_ray_options_are_checked_before_anything_starts(tmp_path, command, args, message):
+    csv = tmp_path / "c.csv"
+    csv.write_text("text,label\na star,x\n")
+    # the model does not exist: the options must be refused before it is looked for
+    r = CliRunner().invoke(llmri.cli.cli, [command, str(csv), "--model", str(tmp_path / "no-model"),
+                                           "--out", str(tmp_path / "out")] + args)
+    assert r.exit_code != 0
+    assert message in r.output or message in str(r.exception)
+    assert "no-model" not in (r.output + str(r.exception))
+    assert not (tmp_path / "out").exists()
+
+
+def test_python_options_are_checked(tmp_path):
+    corpus = llmri.Corpus(TEXTS, LABELS)
+    with pytest.raises(llmri.LlmriError, match="engine 'spark' is not one of local, ray"):
+        llmri.scan("x", corpus, tmp_path / "a", engine="spark")
+    with pytest.raises(llmri.LlmriError, match="workers and resources apply to engine='ray'"):
+        llmri.scan("x", corpus, tmp_path / "a", workers=2)
+    with pytest.raises(llmri.LlmriError, match="workers and resources apply to engine='ray'"):
+        llmri.lesion_map("x", corpus, resources={"GPU": 1})
+    with pytest.raises(llmri.LlmriError, match="give the model's name or folder"):
+        llmri.scan(make_model("gpt2"), corpus, tmp_path / "a", engine="ray")
+    with pytest.raises(llmri.LlmriError, match="resources: 'GPU': -1"):
+        llmri.distributed.scan("x", corpus, tmp_path / "a", resources={"GPU": -1})
+    assert not (tmp_path / "a").exists()
+
+
+def test_ray_auto_without_a_cluster_says_how_to_start_one(tmp_path):
+    csv = tmp_path / "c.csv"
+    csv.write_text("text,label\na star,x\n")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_TMPDIR=str(tmp_path / "ray-tmp"), PYTHONPATH=str(SRC))  # no cluster recorded there
+    out = subprocess.run([sys.executable, "-m", "llmri", "scan", str(csv), "--out", str(tmp_path / "out"),
+                          "--ray", "auto"], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [
+        "llmri: error: --ray auto: no Ray cluster is running on this machine; start one with `ray start --head` "
+        "(and `ray start --address=HEAD:6379` on the other machines), or use --ray local"]
+    assert not (tmp_path / "out").exists()
