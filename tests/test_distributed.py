@@ -198,6 +198,8 @@ def test_python_options_are_checked(tmp_path):
         llmri.lesion_map("x", corpus, resources={"GPU": 1})
     with pytest.raises(llmri.LlmriError, match="give the model's name or folder"):
         llmri.scan(make_model("gpt2"), corpus, tmp_path / "a", engine="ray")
+    with pytest.raises(llmri.LlmriError, match="s3://bucket/scan: object-store URLs are not supported"):
+        llmri.scan("x", corpus, "s3://bucket/scan", engine="ray")
     with pytest.raises(llmri.LlmriError, match="resources: 'GPU': -1"):
         llmri.distributed.scan("x", corpus, tmp_path / "a", resources={"GPU": -1})
     assert not (tmp_path / "a").exists()

@@ -10,6 +10,7 @@
 from .attention import Attention, attention, compare_heads, head_stats
 from .capture import ATTN_STATS, POOLS, scan
 from .corpus import Corpus, demo_corpus
+from . import distributed  # Ray is imported only when one of its functions runs
 from .errors import LlmriError
 from .metrics import compare_categories, graph_metrics, layer_profile
 from .neurons import NeuronCard, cohens_d, neuron_card, neurons

@@ -266,6 +266,9 @@ def check_scan_args(corpus, out, pool: str, batch_tokens: int) -> tuple[Corpus, 
         corpus = Corpus.from_path(corpus)
     if not isinstance(corpus, Corpus):
         raise LlmriError(f"corpus: expected an llmri.Corpus or a path, got {type(corpus).__name__}")
+    if "://" in str(out):
+        raise LlmriError(f"{out}: object-store URLs are not supported; write to a local or shared POSIX folder "
+                         "(shards are made whole by an atomic rename, which object stores lack)")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise LlmriError(f"{out}: exists and is not a folder; choose another output folder")
