@@ -87,10 +87,14 @@ def connect(address: str | None = None):
                              "`ray start --head` (and `ray start --address=HEAD:6379` on the other "
                              "machines), or use --ray local") from None
         return ray
-    # Workers of a cluster started here import the same llmri as this process.
-    src = str(Path(__file__).resolve().parents[1])
-    path = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)
-    ray.init(address=address, runtime_env={"env_vars": {"PYTHONPATH": path}}, **kw)
+    if address in (None, "local"):  # workers of a cluster started here import the same llmri as this process
+        src = str(Path(__file__).resolve().parents[1])
+        path = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)
+        kw["runtime_env"] = {"env_vars": {"PYTHONPATH": path}}
+    try:
+        ray.init(address=address, **kw)
+    except ConnectionError as e:
+        raise LlmriError(f"address {address}: cannot reach the Ray cluster ({str(e).splitlines()[0]})") from None
     return ray
 
 
