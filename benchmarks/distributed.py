@@ -84,7 +84,8 @@ def main() -> None:
 
     n_tokens = llmri.Scan.open(done).manifest["plan"]["n_tokens"]
     print(f"{args.docs} documents, {n_tokens} tokens, model {args.model}, sites resid+mlp; "
-          f"{os.cpu_count()} cores, Ray cluster of {cpus} CPUs (started in {t_init:.1f} s), best of {args.repeats}")
+          f"{os.cpu_count()} cores, Ray cluster of {cpus} CPUs (started in {t_init:.1f} s), best of {args.repeats}; "
+          f"load average at the end {os.getloadavg()[0]:.1f}")
     print(f"  local, {threads} threads      {t_local_all:7.1f} s")
     print(f"  local, 1 thread        {t_local_1:7.1f} s")
     print(f"  Ray, 1 worker          {t_ray_1:7.1f} s")
