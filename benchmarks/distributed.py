@@ -49,9 +49,10 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=300)
     ap.add_argument("--model", default="default")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--shard-tokens", type=int, default=8192, help="the unit of work of a Ray worker")
     args = ap.parse_args()
     corpus = mixed_corpus(args.docs)
-    sites = dict(sites=("resid", "mlp"))
+    sites = dict(sites=("resid", "mlp"), shard_tokens=args.shard_tokens)
     tmp = Path(tempfile.mkdtemp(prefix="llmri-bench-distributed-"))
     runs = iter(range(10**6))
 
@@ -83,7 +84,8 @@ def main() -> None:
     ray.shutdown()
 
     n_tokens = llmri.Scan.open(done).manifest["plan"]["n_tokens"]
-    print(f"{args.docs} documents, {n_tokens} tokens, model {args.model}, sites resid+mlp; "
+    n_shards = llmri.Scan.open(done).manifest["plan"]["n_shards"]
+    print(f"{args.docs} documents, {n_tokens} tokens in {n_shards} shards, model {args.model}, sites resid+mlp; "
           f"{os.cpu_count()} cores, Ray cluster of {cpus} CPUs (started in {t_init:.1f} s), best of {args.repeats}; "
           f"load average at the end {os.getloadavg()[0]:.1f}")
     print(f"  local, {threads} threads      {t_local_all:7.1f} s")

@@ -125,7 +125,8 @@ def test_a_failed_shard_leaves_an_incomplete_scan_that_a_rerun_finishes(cluster,
 def test_scan_command_on_ray_writes_the_local_scan(cluster, model_dir, tmp_path):
     csv = tmp_path / "c.csv"
     csv.write_text("text,label\n" + "".join(f"{t},{lab}\n" for t, lab in zip(TEXTS, LABELS)))
-    args = ["scan", str(csv), "--model", str(model_dir), "--sites", "resid,attn_out", "--token-sites", "mlp.1"]
+    args = ["scan", str(csv), "--model", str(model_dir), "--sites", "resid,attn_out", "--token-sites", "mlp.1",
+            "--batch-tokens", "32", "--shard-tokens", "30"]
     with one_thread():
         r = CliRunner().invoke(llmri.cli.cli, args + ["--out", str(tmp_path / "local")], catch_exceptions=False)
     assert r.exit_code == 0, r.output
@@ -133,6 +134,7 @@ def test_scan_command_on_ray_writes_the_local_scan(cluster, model_dir, tmp_path)
                            catch_exceptions=False)
     assert r.exit_code == 0, r.output
     assert "10 documents" in r.output
+    assert llmri.Scan.open(tmp_path / "ray").manifest["plan"]["n_shards"] >= 2
     assert files(tmp_path / "ray") == files(tmp_path / "local")
 
 

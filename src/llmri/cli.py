@@ -79,7 +79,7 @@ def _scan_options(f=None, sites="resid", token_sites=""):
 
 
 def _run_scan(corpus, out, model_name, pool, sites, token_sites, layers, batch_tokens, max_length,
-              device, dtype, download, overwrite):
+              device, dtype, download, overwrite, shard_tokens=None):
     from .capture import scan
     from .model import load_model
 
@@ -87,7 +87,7 @@ def _run_scan(corpus, out, model_name, pool, sites, token_sites, layers, batch_t
     result = scan(model, corpus, out, sites=sites, pool=pool,
                   layers=_ints(layers, "--layers") if layers is not None else None,
                   max_length=max_length, batch_tokens=batch_tokens, token_sites=token_sites,
-                  overwrite=overwrite, progress=True)
+                  shard_tokens=shard_tokens, overwrite=overwrite, progress=True)
     return model, result
 
 
@@ -141,6 +141,8 @@ def _model_loader(model_name, device, download, dtype="auto"):
 @click.option("--text-column", default=None, help="Text column of a CSV/TSV/JSONL corpus.")
 @click.option("--label-column", default=None, help="Label column of a CSV/TSV/JSONL corpus.")
 @_scan_options
+@click.option("--shard-tokens", type=int, default=None,
+              help="Real tokens per shard, the unit of work of --ray workers (default: 65536 pooled only).")
 @_ray_options
 def scan_cmd(corpus, out, text_column, label_column, ray_mode, workers, gpus_per_worker, **kw):
     """Scan CORPUS (a folder of label sub-folders, or a CSV/TSV/JSONL file) into --out."""
@@ -156,8 +158,8 @@ def scan_cmd(corpus, out, text_column, label_column, ray_mode, workers, gpus_per
 
     result = scan(_model_loader(kw["model_name"], kw["device"], kw["download"], kw["dtype"]), docs, out,
                   sites=kw["sites"], pool=kw["pool"], layers=layers, max_length=kw["max_length"],
-                  batch_tokens=kw["batch_tokens"], token_sites=kw["token_sites"], overwrite=kw["overwrite"],
-                  progress=True, **ray)
+                  batch_tokens=kw["batch_tokens"], token_sites=kw["token_sites"], shard_tokens=kw["shard_tokens"],
+                  overwrite=kw["overwrite"], progress=True, **ray)
     click.echo(_summary(result))
 
 

@@ -20,6 +20,7 @@ argument); the Scan format itself never pickles anything.
 from __future__ import annotations
 
 import os
+import sys
 from numbers import Number
 from pathlib import Path
 
@@ -155,11 +156,11 @@ def _start(ray, model, device, dtype, workers: int, opts: dict, retries: int) ->
     return [actor.options(**opts).remote(model, device, dtype) for _ in range(workers)]
 
 
-def _each(ray, actors, calls, bar=None):
+def _each(ray, actors, calls, done=None):
     """Run ``calls`` (functions ``actor -> ObjectRef``) on whichever actor is free (Ray's ActorPool).
 
     Returns the results in completion order and the errors of the calls that failed after Ray's
-    retries; one failure does not stop the others.
+    retries; one failure does not stop the others. ``done(result)`` is called as each finishes.
     """
     from ray.util import ActorPool
 
@@ -173,8 +174,8 @@ def _each(ray, actors, calls, bar=None):
         except ray.exceptions.RayError as e:
             errors.append(e)
             continue
-        if bar is not None:
-            bar.update(1)
+        if done is not None:
+            done(results[-1])
     return results, errors
 
 
@@ -230,7 +231,10 @@ def scan(model, corpus, out, workers: int = 2, resources: dict | None = None, ad
         bar = tqdm(total=len(calls), unit="shard", desc=f"scanning on {workers} workers",
                    disable=None if progress is None else not progress, dynamic_ncols=True)
         with bar:
-            _, errors = _each(ray, actors, calls, bar)
+            if len(calls) < workers:
+                bar.write(f"note: {len(calls)} shard(s) to capture for {workers} workers; a smaller shard_tokens "
+                          "(--shard-tokens) spreads the work", file=sys.stderr)
+            _, errors = _each(ray, actors, calls, lambda shard: bar.update(1))
         result = finish_scan(plan)
     finally:
         for a in actors:
@@ -256,6 +260,8 @@ def lesion_map(model, corpus, measure="auto", mode: str = "zero", scan=None, lay
 
     >>> df = llmri.distributed.lesion_map("default-decoder", corpus, workers=4)    # doctest: +SKIP
     """
+    from tqdm.auto import tqdm
+
     from .interventions import MODES, _as_corpus, lesion_table
 
     if mode not in MODES:
@@ -278,7 +284,11 @@ def lesion_map(model, corpus, measure="auto", mode: str = "zero", scan=None, lay
             return lambda a: a.lesions.options(retry_exceptions=True).remote(
                 corpus, [jobs[j] for j in parts[k]], options, k)
 
-        results, errors = _each(ray, actors, [call(k) for k in range(len(parts))])
+        bar = tqdm(total=len(jobs), unit="lesion", desc=f"lesions on {workers} workers",
+                   disable=None if progress is None else not progress, dynamic_ncols=True)
+        with bar:
+            results, errors = _each(ray, actors, [call(k) for k in range(len(parts))],
+                                    lambda r: bar.update(len(parts[r[0]])))
     finally:
         for a in actors:
             ray.kill(a)
