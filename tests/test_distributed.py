@@ -88,6 +88,32 @@ class FailOnce:
         return model
 
 
+def ray_cluster_running() -> bool:
+    """Whether a Ray cluster runs on this machine (Ray's ``auto`` finds one by its GCS process)."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            if b"gcs_server" in cmdline.read_bytes():
+                return True
+    return False
+
+
+# First in the module: the module's own cluster starts with the first test that needs it.
+def test_ray_auto_without_a_cluster_says_how_to_start_one(tmp_path):
+    if ray_cluster_running():
+        pytest.skip("a Ray cluster is running on this machine: --ray auto would join it")
+    csv = tmp_path / "c.csv"
+    csv.write_text("text,label\na star,x\n")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_TMPDIR=str(tmp_path / "ray-tmp"), PYTHONPATH=str(SRC))  # no cluster recorded there
+    out = subprocess.run([sys.executable, "-m", "llmri", "scan", str(csv), "--out", str(tmp_path / "out"),
+                          "--ray", "auto"], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines() == [
+        "llmri: error: --ray auto: no Ray cluster is running on this machine; start one with `ray start --head` "
+        "(and `ray start --address=HEAD:6379` on the other machines), or use --ray local"]
+    assert not (tmp_path / "out").exists()
+
+
 def test_scan_on_ray_is_byte_identical_to_a_local_scan(cluster, model_dir, tmp_path):
     ref = local_scan(model_dir, tmp_path / "local")
     assert ref.manifest["plan"]["n_shards"] == 4
@@ -205,17 +231,3 @@ def test_python_options_are_checked(tmp_path):
     with pytest.raises(llmri.LlmriError, match="resources: 'GPU': -1"):
         llmri.distributed.scan("x", corpus, tmp_path / "a", resources={"GPU": -1})
     assert not (tmp_path / "a").exists()
-
-
-def test_ray_auto_without_a_cluster_says_how_to_start_one(tmp_path):
-    csv = tmp_path / "c.csv"
-    csv.write_text("text,label\na star,x\n")
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(RAY_TMPDIR=str(tmp_path / "ray-tmp"), PYTHONPATH=str(SRC))  # no cluster recorded there
-    out = subprocess.run([sys.executable, "-m", "llmri", "scan", str(csv), "--out", str(tmp_path / "out"),
-                          "--ray", "auto"], capture_output=True, text=True, env=env, timeout=300)
-    assert out.returncode == 1
-    assert out.stderr.strip().splitlines() == [
-        "llmri: error: --ray auto: no Ray cluster is running on this machine; start one with `ray start --head` "
-        "(and `ray start --address=HEAD:6379` on the other machines), or use --ray local"]
-    assert not (tmp_path / "out").exists()
