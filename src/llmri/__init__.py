@@ -14,7 +14,7 @@ from .errors import LlmriError
 from .metrics import compare_categories, graph_metrics, layer_profile
 from .neurons import NeuronCard, cohens_d, neuron_card, neurons
 from .nrag import nrag
-from .generate import generate
+from .generate import generate, steer_sweep
 from .interventions import (PatchResult, ablate, lesion_map, patch, patching, run_with_cache, steer,
                             steering_vector)
 from .probe import evaluate_reduction, probe, probe_neurons, probe_tokens
@@ -24,7 +24,7 @@ from .sites import ADAPTERS, Adapter, expand_sites, hooks, parse_site
 from .store import Scan, scan_from_arrays
 
 __version__ = "0.1.0"
-__all__ = ["reviews_corpus", "DEFAULT_DECODER", "convert_gguf", "embed", "generate", "steer", "steering_vector", "PatchResult", "ablate", "lesion_map", "patch", "patching", "probe", "probe_neurons", "probe_tokens",
+__all__ = ["reviews_corpus", "DEFAULT_DECODER", "convert_gguf", "embed", "generate", "steer", "steer_sweep", "steering_vector", "PatchResult", "ablate", "lesion_map", "patch", "patching", "probe", "probe_neurons", "probe_tokens",
            "run_with_cache", "ATTN_STATS", "Attention", "NeuronCard", "attention", "cohens_d", "compare_heads", "head_stats",
            "neuron_card", "neurons", "ADAPTERS", "Adapter", "Corpus", "DEFAULT_MODEL", "LlmriError", "Model", "POOLS",
            "RegionMap", "Scan", "compare_categories", "demo_corpus", "evaluate_reduction",
