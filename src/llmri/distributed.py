@@ -194,7 +194,7 @@ def _reraise(e: Exception) -> None:
 
 # ---------------------------------------------------------------- capture
 def scan(model, corpus, out, workers: int = 2, resources: dict | None = None, address: str | None = None,
-         retries: int = 2, sites=("resid",), pool: str = "mean", layers=None, max_length: int | None = None,
+         retries: int = 2, sites=("resid",), pool: str = "auto", layers=None, max_length: int | None = None,
          batch_tokens: int | None = None, token_sites=(), shard_tokens: int | None = None,
          device: str = "auto", dtype: str = "auto", overwrite: bool = False, progress: bool | None = None):
     """:func:`llmri.scan` on Ray: ``workers`` actors, each needing ``resources`` (e.g. ``{"GPU": 1}``).
