@@ -190,6 +190,11 @@ open({str(tmp_path / 'c.csv')!r}, "w").write("text,label\\n" + "".join(f"{{t}},{
 r = CliRunner().invoke(cli, ["scan", {str(tmp_path / 'c.csv')!r}, "--model", {str(tmp_path / 'm')!r},
                              "--out", {str(tmp_path / 'b')!r}])
 assert r.exit_code == 0, r.output
+r = CliRunner().invoke(cli, ["ablate", {str(tmp_path / 'c.csv')!r}, "--model", {str(tmp_path / 'm')!r},
+                             "--layers", "0", "--out", {str(tmp_path / 'les')!r}])
+assert r.exit_code == 0, r.output
+for name in cli.commands:
+    assert CliRunner().invoke(cli, [name, "--help"]).exit_code == 0
 print("ray" in sys.modules)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

@@ -277,7 +277,7 @@ def lesion_map(model, corpus, measure="auto", mode: str = "zero", scan=None, lay
     try:
         jobs = _get(ray, actors[0].lesion_jobs.remote(layers, heads, mlps))
         parts = [list(range(len(jobs)))[i::workers] for i in range(workers)]
-        parts = [p for p in parts if p]
+        parts = [p for k, p in enumerate(parts) if p or k == 0]  # part 0 also measures the baseline
         options = dict(measure=measure, mode=mode, scan=scan_dir, batch_tokens=batch_tokens, seed=seed)
 
         def call(k):
