@@ -17,6 +17,7 @@ already paid for. API keys come only from an environment variable and are never 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -68,6 +69,7 @@ class Backend:
         self.cache_dir = cache_dir
         self.price_per_mtok = tuple(float(x) for x in price_per_mtok)
         self._lock = threading.Lock()
+        self._local = threading.local()
         self.reset_stats()
 
     # --- what subclasses provide ---
@@ -88,6 +90,21 @@ class Backend:
     # --- cache and accounting ---
     def reset_stats(self) -> None:
         self.stats = dict(calls=0, cache_hits=0, prompt_tokens=0, completion_tokens=0, cost=0.0)
+
+    @contextlib.contextmanager
+    def meter(self):
+        """Count the tokens and cost of the calls made by this thread inside the block.
+
+        >>> with backend.meter() as used:                                  # doctest: +SKIP
+        ...     backend.chat(messages)
+        >>> used["prompt_tokens"]
+        """
+        used = dict(prompt_tokens=0, completion_tokens=0, cost=0.0)
+        self._local.meter = used
+        try:
+            yield used
+        finally:
+            self._local.meter = None
 
     def set_cache(self, folder) -> None:
         """Cache calls under ``folder`` (used by :func:`llmri.explain` when none was given)."""
@@ -110,11 +127,16 @@ class Backend:
         else:
             with self._lock:
                 self.stats["cache_hits"] += 1
+        p, c = int(hit.get("prompt_tokens", 0)), int(hit.get("completion_tokens", 0))
+        use = dict(prompt_tokens=p, completion_tokens=c,
+                   cost=(p * self.price_per_mtok[0] + c * self.price_per_mtok[1]) / 1e6)
         with self._lock:
-            p, c = int(hit.get("prompt_tokens", 0)), int(hit.get("completion_tokens", 0))
-            self.stats["prompt_tokens"] += p
-            self.stats["completion_tokens"] += c
-            self.stats["cost"] += (p * self.price_per_mtok[0] + c * self.price_per_mtok[1]) / 1e6
+            for k, v in use.items():
+                self.stats[k] += v
+        meter = getattr(self._local, "meter", None)
+        if meter is not None:
+            for k, v in use.items():
+                meter[k] += v
         return hit
 
     def chat(self, messages: list[dict], max_tokens: int = 64, temperature: float = 0.0, seed: int = 0) -> str:

@@ -130,10 +130,10 @@ def explain_units(acts: np.ndarray, offsets, tokens, units, explainer: Explainer
     usage: dict[int, dict] = {}
 
     def work(u):
-        before = dict(be.stats)
-        text = explainer.explain_unit(examples[u])
-        s = explainer.score_unit(text, examples[u], scorers)
-        return u, text, s, {k: be.stats[k] - before[k] for k in ("prompt_tokens", "completion_tokens", "cost")}
+        with be.meter() as used:
+            text = explainer.explain_unit(examples[u])
+            s = explainer.score_unit(text, examples[u], scorers)
+        return u, text, s, used
 
     bar = tqdm(total=len(live) * (2 if baseline and len(live) > 1 else 1), unit="unit", desc="explaining",
                disable=None if progress is None else not progress, file=sys.stderr, dynamic_ncols=True)
