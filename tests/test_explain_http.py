@@ -177,7 +177,7 @@ def explainer(backend, **kw):
 def test_oracle_server_scores_the_right_explanation_perfectly(server, tmp_path, logprobs):
     acts, offsets, tokens = planted()
     be = OpenAICompatible(server.url, "oracle", concurrency=2, completion_logprobs=logprobs, price_per_mtok=(1.0, 2.0))
-    res = explain_units(acts, offsets, tokens, [0, 1, 2], explainer(be), out=tmp_path / "out")
+    res = explain_units(acts, offsets, tokens, [0, 1, 2], explainer(be), out=tmp_path / "out", page=False)
     t = res.table.set_index("unit")
     assert t.loc[0, "explanation"] == "digits"
     assert t.loc[1, "explanation"] == "the word sun" and t.loc[2, "explanation"] == "the word the"
@@ -200,10 +200,10 @@ def test_oracle_server_scores_the_right_explanation_perfectly(server, tmp_path, 
 def test_rerun_makes_no_http_call_and_an_interrupted_run_resumes(server, tmp_path):
     acts, offsets, tokens = planted()
     be = OpenAICompatible(server.url, "oracle", concurrency=1)
-    full = explain_units(acts, offsets, tokens, [0, 1, 2], explainer(be), out=tmp_path / "a")
+    full = explain_units(acts, offsets, tokens, [0, 1, 2], explainer(be), out=tmp_path / "a", page=False)
     total = len(server.requests)
     rerun = explain_units(acts, offsets, tokens, [0, 1, 2], explainer(OpenAICompatible(server.url, "oracle")),
-                          out=tmp_path / "a")
+                          out=tmp_path / "a", page=False)
     assert len(server.requests) == total                      # zero HTTP calls
     assert full.info["stats"]["calls"] == total
     assert rerun.info["stats"]["calls"] == 0
@@ -214,7 +214,7 @@ def test_rerun_makes_no_http_call_and_an_interrupted_run_resumes(server, tmp_pat
     server.fail_after = 7                                     # the server dies after 7 answers
     with pytest.raises(llmri.LlmriError, match="HTTP 500") as e:
         explain_units(acts, offsets, tokens, [0, 1, 2], explainer(OpenAICompatible(server.url, "oracle", max_retries=0)),
-                      out=tmp_path / "b")
+                      out=tmp_path / "b", page=False)
     assert "\n" not in str(e.value)
     assert not (tmp_path / "b" / "explanations.csv").exists()           # nothing half-written
     assert len(list((tmp_path / "b" / "calls").rglob("*.json"))) == 7
@@ -222,7 +222,7 @@ def test_rerun_makes_no_http_call_and_an_interrupted_run_resumes(server, tmp_pat
     server.requests.clear()
     server.fail_after = None
     resumed = explain_units(acts, offsets, tokens, [0, 1, 2], explainer(OpenAICompatible(server.url, "oracle")),
-                            out=tmp_path / "b")
+                            out=tmp_path / "b", page=False)
     assert len(server.requests) == total - 7                  # only what was not paid for yet
     assert resumed.table.equals(full.table)
 
@@ -253,7 +253,7 @@ def test_api_key_only_from_the_environment_and_never_written(server, tmp_path, m
     monkeypatch.setenv("LLMRI_TEST_KEY", SECRET)
     caplog.set_level(logging.DEBUG)
     be = OpenAICompatible(server.url, "oracle", api_key_env="LLMRI_TEST_KEY")
-    explain_units(acts[:, :2], offsets, tokens, [0, 1], explainer(be), out=tmp_path / "out")
+    explain_units(acts[:, :2], offsets, tokens, [0, 1], explainer(be), out=tmp_path / "out", page=False)
     assert server.requests and all(r["auth"] == f"Bearer {SECRET}" for r in server.requests)
     for f in (tmp_path / "out").rglob("*"):
         if f.is_file():
@@ -263,7 +263,7 @@ def test_api_key_only_from_the_environment_and_never_written(server, tmp_path, m
     assert SECRET not in repr(be) and SECRET not in json.dumps(be._identity())
 
 
-def test_cli_explain_against_the_server(server, tmp_path):
+def test_cli_explain_against_the_server(server, tmp_path, capsys):
     """``llmri explain`` on a scan of a tiny model saved to a folder, backend openai."""
     from conftest import LABELS, TEXTS, make_model
 
@@ -278,22 +278,30 @@ def test_cli_explain_against_the_server(server, tmp_path):
         return subprocess.run([sys.executable, "-m", "llmri", "explain", str(tmp_path / "scan"), *args],
                               capture_output=True, text=True, timeout=300)
 
+    def run_here(*args):                      # the same entry point in this process (start-up is slow)
+        from llmri.cli import main
+
+        with pytest.raises(SystemExit) as e:
+            main(["explain", str(tmp_path / "scan"), *args])
+        out, err = capsys.readouterr()
+        return e.value.code, out, err
+
     common = ["--backend", "openai", "--base-url", server.url, "--model-name", "oracle", "--out", str(tmp_path / "ex")]
     p = run("--site", "mlp.1", "--neurons", "0,5", *common)
     assert p.returncode == 0, p.stderr
     assert "explanations:" in p.stdout and (tmp_path / "ex" / "explanations.csv").is_file()
     n = len(server.requests)
     assert n > 0
-    p = run("--site", "mlp.1", "--neurons", "0,5", *common)
-    assert p.returncode == 0 and len(server.requests) == n and "0 calls" in p.stdout
+    code, out, _ = run_here("--site", "mlp.1", "--neurons", "0,5", *common)
+    assert code == 0 and len(server.requests) == n and "0 calls" in out
     for args, pattern in [(("--site", "resid.1", "--neurons", "0"), "'resid.1' has no token-level records"),
                           (("--site", "mlp.1", "--neurons", "x"), "units 'x': expected top:K"),
                           (("--site", "mlp.1", "--neurons", "0", "--scorers", "vibes"), "--scorers 'vibes'"),
                           (("--site", "mlp.1", "--neurons", "999"), "neuron 999 is out of range")]:
-        p = run(*args, *common)
-        lines = p.stderr.strip().splitlines()
-        assert p.returncode == 1 and "Traceback" not in p.stderr and pattern in lines[-1], p.stderr
+        code, _, err = run_here(*args, *common)
+        lines = err.strip().splitlines()
+        assert code == 1 and "Traceback" not in err and pattern in lines[-1], err
     server.close()
-    p = run("--site", "mlp.1", "--neurons", "1,2", *common[:-1], str(tmp_path / "ex2"))
-    assert p.returncode == 1 and "cannot connect to the server" in p.stderr.strip().splitlines()[-1]
+    code, _, err = run_here("--site", "mlp.1", "--neurons", "1,2", *common[:-1], str(tmp_path / "ex2"))
+    assert code == 1 and "cannot connect to the server" in err.strip().splitlines()[-1]
     assert not (tmp_path / "ex2" / "explanations.csv").exists()

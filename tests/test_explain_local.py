@@ -65,10 +65,16 @@ def test_value_logprobs_equal_a_direct_forward_pass(template, tmp_path):
     with torch.no_grad():
         logits = model.module(input_ids=torch.tensor([ids])).logits[0]
     cand = [tok.convert_tokens_to_ids(v) for v in VALUES]
-    ref = torch.log_softmax(logits, -1)[[first + 1, first + 2]][:, cand].numpy()   # after "moon", after "sun"
+    ref_at = lambda i: torch.log_softmax(logits[i], -1)[cand].numpy()
+    ref = np.stack([ref_at(first + 1), ref_at(first + 2)])        # after "moon", after "sun"
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
     p = torch.softmax(logits[[first + 1, first + 2]][:, cand], -1).numpy()
     np.testing.assert_allclose(expected_value(got), p @ np.arange(11), rtol=1e-4)
+    # the same messages again: the prompt's key/value cache is reused, the numbers do not change
+    again = lm.value_logprobs(MESSAGES, ["planet", " moon sun", " comet"], VALUES)
+    np.testing.assert_allclose(again[0], ref_at(first), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(again[1], ref[1], rtol=1e-4, atol=1e-5)
+    assert lm.stats["calls"] == 2
 
 
 def test_chat_is_greedy_decoding(tmp_path):
@@ -141,6 +147,11 @@ def test_explain_end_to_end_on_a_scan(tmp_path):
     assert all(len(r["held_out_windows"][0]["simulated"]) == len(r["held_out_windows"][0]["tokens"]) for r in recs)
     first = res.info["stats"]
     assert first["calls"] > 0     # (repeated documents give repeated prompts: cache hits within a run)
-    again = llmri.explain(scan, "mlp.1", "top:3", explainer=ex, tokenizer=model.tokenizer, out=tmp_path / "out")
+    page = (tmp_path / "out" / "explain.html").read_text()
+    for u, text in zip(t["unit"], t["explanation"]):
+        assert f"id='unit-{u}'" in page
+    assert page.count("simulated: ") == sum(len(r["held_out_windows"]) for r in recs)
+    again = llmri.explain(scan, "mlp.1", "top:3", explainer=ex, tokenizer=model.tokenizer, out=tmp_path / "out",
+                          page=False)
     assert again.info["stats"]["calls"] == 0 and again.info["stats"]["cache_hits"] == first["calls"] + first["cache_hits"]
     __import__("pandas").testing.assert_frame_equal(again.table, t)

@@ -177,6 +177,7 @@ class LocalLM(Backend):
             raise LlmriError(f"chat must be None (auto), True or False, got {chat!r}")
         self._spec = model
         self._model = None
+        self._prefix = (None, None, None)        # (prefix ids, their key/value cache, last logits)
         self._chat_mode = chat
         self.device, self.dtype = device, dtype
 
@@ -254,22 +255,39 @@ class LocalLM(Backend):
         return out
 
     def _value_logprobs(self, messages, pieces, candidates) -> dict:
+        import copy
+
         import torch
 
         m = self.model
         tok = m.tokenizer
-        ids = self._prefix_ids(messages)
-        query = []
+        prefix = self._prefix_ids(messages)
+        ids, query = list(prefix), []
         for i, piece in enumerate(pieces):
             ids += tok(piece, add_special_tokens=False)["input_ids"]
             if i < len(pieces) - 1:
                 query.append(len(ids) - 1)           # logits here predict the token after the piece
         self._check_length(len(ids))
         cand = self.candidate_ids(candidates)
-        x = torch.tensor([ids], device=m.device)
+        dev = m.device
         with torch.inference_mode():
-            logits = m.module(input_ids=x, attention_mask=torch.ones_like(x)).logits[0, query].float()
-        lp = torch.log_softmax(logits, -1).cpu().numpy()
+            # The messages (system prompt, explanation) are shared by every window of a unit: their
+            # key/value cache is computed once and reused for each window's pieces.
+            if self._prefix[0] != prefix:
+                x = torch.tensor([prefix], device=dev)
+                out = m.module(input_ids=x, attention_mask=torch.ones_like(x), use_cache=True)
+                self._prefix = (prefix, out.past_key_values, out.logits[0, -1:].float())
+            _, cache, last = self._prefix
+            suffix = torch.tensor([ids[len(prefix):]], device=dev)
+            if suffix.shape[1]:
+                mask = torch.ones((1, len(ids)), dtype=torch.long, device=dev)
+                logits = m.module(input_ids=suffix, attention_mask=mask, past_key_values=copy.deepcopy(cache),
+                                  use_cache=True).logits[0].float()
+                logits = torch.cat([last, logits])   # row r predicts token len(prefix) + r
+            else:
+                logits = last
+            rows_at = [q - len(prefix) + 1 for q in query]
+            lp = torch.log_softmax(logits[rows_at], -1).cpu().numpy()
         rows = [[(float(lp[r, c]) if c is not None else None) for c in cand] for r in range(len(query))]
         return dict(logprobs=rows, prompt_tokens=len(ids), completion_tokens=0)
 

@@ -83,9 +83,44 @@ class ExplainResult:
         atomic_write_text(out / "explanations.csv", self.table.to_csv(index=False))
         atomic_write_text(out / "explanations.json", self.table.to_json(orient="records", indent=1))
         atomic_write_text(out / "explanations.jsonl",
-                          "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.records))
+                          "".join(json.dumps(_no_nan(r), ensure_ascii=False) + "\n" for r in self.records))
         atomic_write_json(out / "explain.json", self.info)
         return out
+
+    def page(self, out, top: int = 50) -> Path:
+        """``out/explain.html``: the table sorted by simulation score, the score distributions
+        against the random-explanation baseline, and the ``top`` best units' held-out windows
+        with true and simulated activations side by side."""
+        from ..report import build_page
+        from ..viz import explain_score_figure, explain_score_plot, explanation_html
+
+        key = "simulation_score" if "simulation_score" in self.table else "unit"
+        view = self.table.sort_values(key, ascending=key == "unit", na_position="last", kind="stable")
+        order = {int(u): i for i, u in enumerate(view["unit"])}
+        recs = sorted((r for r in self.records if "held_out_windows" in r), key=lambda r: order[int(r["unit"])])[:top]
+        info = self.info
+        intro = [f"{len(self.table)} {info.get('unit_kind', 'unit')}s of {info.get('site', '?')}"
+                 f"{' in ' + info['scan'] if info.get('scan') else ''}; explainer and simulator: "
+                 f"{info.get('backend')} {info.get('model')}; prompt style {info.get('style')}; scorers "
+                 f"{', '.join(info.get('scorers', []))}. Baselines score each unit with another unit's explanation.",
+                 "Simulation: Pearson r of simulated and true activations pooled over held-out tokens (Bills et al. "
+                 "2023). Detection and fuzzing: balanced accuracy, chance 0.5 (delphi)."]
+        return build_page(out, "explain", "llmri explanations", intro,
+                          [(explain_score_plot(self.table), explain_score_figure(self.table), "explain_scores")],
+                          [("Explanations", view, "explanations_by_score")],
+                          [(f"Held-out windows, true (red) and simulated (blue), best {len(recs)} units",
+                            "\n".join(explanation_html(r) for r in recs))])
+
+
+def _no_nan(obj):
+    """JSON has no NaN: missing scores become null."""
+    if isinstance(obj, dict):
+        return {k: _no_nan(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_no_nan(v) for v in obj]
+    if isinstance(obj, float) and obj != obj:
+        return None
+    return obj
 
 
 def _window_record(w, max_activation, simulated=None) -> dict:
@@ -105,7 +140,8 @@ def _derangement(n: int, seed: int) -> np.ndarray:
 
 
 def explain_units(acts: np.ndarray, offsets, tokens, units, explainer: Explainer, scorers=SCORERS,
-                  baseline: bool = True, progress: bool | None = None, out=None, meta: dict | None = None) -> ExplainResult:
+                  baseline: bool = True, progress: bool | None = None, out=None, page: bool = True,
+                  meta: dict | None = None) -> ExplainResult:
     """Explain and score units from their token activations ``acts`` ``[n_tokens, len(units)]``
     (corpus order, documents at ``offsets``); ``tokens(doc)`` gives a document's token strings.
 
@@ -181,6 +217,8 @@ def explain_units(acts: np.ndarray, offsets, tokens, units, explainer: Explainer
     res = ExplainResult(table, records, info)
     if out is not None:
         res.save(out)
+        if page:
+            res.page(out)
     return res
 
 
@@ -223,13 +261,14 @@ def _token_strings(scan, tokenizer):
 
 
 def explain(scan, site: str, units, explainer: Explainer, scorers=SCORERS, encoder=None, baseline: bool = True,
-            tokenizer=None, out=None, progress: bool | None = None) -> ExplainResult:
+            tokenizer=None, out=None, page: bool = True, progress: bool | None = None) -> ExplainResult:
     """Explain and score units of a Scan with token-level records.
 
     Units are the neurons of ``site`` (e.g. ``"mlp.10"``), or, with ``encoder`` (an SAE: a
     callable or an object with ``encode`` mapping ``[n_tokens, d]`` to ``[n_tokens, n_features]``),
     its features. ``units`` is a list of indices or ``"top:K"`` (the K with the largest maximum).
-    With ``out``, the tables are written there and every backend call is cached in ``out/calls``.
+    With ``out``, the tables (and with ``page`` the HTML page ``explain.html``) are written there
+    and every backend call is cached in ``out/calls``.
 
     >>> ex = llmri.Explainer(backend=llmri.LocalLM("default-decoder"))              # doctest: +SKIP
     >>> res = llmri.explain(scan, "mlp.10", [12, 40], explainer=ex, out="runs/explain")
@@ -256,7 +295,7 @@ def explain(scan, site: str, units, explainer: Explainer, scorers=SCORERS, encod
     tokens = _token_strings(scan, tokenizer)
     meta = dict(scan=str(scan.folder), site=site, unit_kind="feature" if encoder is not None else "neuron")
     return explain_units(acts, scan.token_offsets, tokens, units, explainer, scorers=scorers, baseline=baseline,
-                         progress=progress, out=out, meta=meta)
+                         progress=progress, out=out, page=page, meta=meta)
 
 
 def parse_units(spec: str):

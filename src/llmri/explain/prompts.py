@@ -121,14 +121,19 @@ def clean_explanation(text: str) -> str:
     return t[:300] or "nothing in particular"
 
 
-def simulation_prompt(explanation: str, window: Window) -> tuple[list[dict], list[str]]:
+def simulation_prompt(explanation: str, window: Window, listed: bool = True) -> tuple[list[dict], list[str]]:
     """Messages and assistant pieces for the "all at once" simulator of one held-out window:
-    a distribution over ``VALUES`` is read after each token's ``token<TAB>`` piece."""
+    a distribution over ``VALUES`` is read after each token's ``token<TAB>`` piece.
+
+    ``listed=True`` also lists the tokens in the user message and asks for the numbers (for
+    backends that answer in text); without it the messages depend on the explanation only, so
+    a local model reuses their computation across windows."""
     user = (_SIMULATE_SHOT + "\nNeuron 2\nExplanation of neuron 2 behavior: " + PREFIX + " "
-            + explanation.strip().rstrip(".") + ".\n"
-            "Write the activations of neuron 2 on the text below, one token<tab>activation line per "
-            "token, replacing each unknown by a number from 0 to 10.\n<start>\n"
-            + "".join(f"{show_token(t)}\tunknown\n" for t in window.tokens) + "<end>")
+            + explanation.strip().rstrip(".") + ".\n")
+    if listed:
+        user += ("Write the activations of neuron 2 on the text below, one token<tab>activation line per "
+                 "token, replacing each unknown by a number from 0 to 10.\n<start>\n"
+                 + "".join(f"{show_token(t)}\tunknown\n" for t in window.tokens) + "<end>")
     pieces = ["Activations:\n<start>\n"]
     for t in window.tokens:
         pieces[-1] += f"{show_token(t)}\t"

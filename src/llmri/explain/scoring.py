@@ -115,7 +115,7 @@ def simulate(backend, explanation: str, windows, max_tokens_per_token: int = 6) 
     over "0".."10" at each token, else the parsed reply. Returns them and the missing count."""
     preds, missing = [], 0
     for w in windows:
-        messages, pieces = simulation_prompt(explanation, w)
+        messages, pieces = simulation_prompt(explanation, w, listed=not backend.has_logprobs)
         if backend.has_logprobs:
             preds.append(expected_value(backend.value_logprobs(messages, pieces, VALUES)))
         else:
