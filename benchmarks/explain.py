@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 
 import llmri  # noqa: E402
-from llmri.explain import Explainer, LocalLM, explain_units  # noqa: E402
+from llmri.explain import Explainer, LocalLM, explain_units, score  # noqa: E402
 
 
 def decoder():
@@ -47,6 +47,7 @@ def digit_corpus(n: int, seed: int = 0) -> llmri.Corpus:
 
 
 def run(label, fn):
+    print(f"[{label}] ...", flush=True)
     t = time.perf_counter()
     res = fn()
     return res, time.perf_counter() - t
@@ -54,7 +55,7 @@ def run(label, fn):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--neurons", type=int, default=8)
+    ap.add_argument("--neurons", type=int, default=4)
     ap.add_argument("--layer", type=int, default=15)
     ap.add_argument("--docs", type=int, default=96)
     ap.add_argument("--scorers", default="simulation")
@@ -69,7 +70,8 @@ def main() -> None:
         d = Path(d)
         scan = llmri.scan(model, corpus, d / "scan", sites=("resid",), layers=[args.layer],
                           token_sites=(site,), progress=False)
-        ex = Explainer(LocalLM(model), window=16, n_explain=6, n_quantiles=4, per_quantile=2, n_non_activating=4)
+        ex = Explainer(LocalLM(model), window=12, n_explain=5, n_quantiles=3, per_quantile=2, n_non_activating=3,
+                       max_new_tokens=32)
         first, t1 = run("first", lambda: llmri.explain(scan, site, f"top:{args.neurons}", explainer=ex,
                                                       scorers=scorers, tokenizer=model.tokenizer, out=d / "ex"))
         again, t2 = run("rerun", lambda: llmri.explain(scan, site, f"top:{args.neurons}", explainer=ex,
@@ -100,6 +102,13 @@ def main() -> None:
         print(f"  planted units ({tp:.0f} s): unit 0 fires on digits, unit 1 on 'and'/'more'")
         for r in planted.table.itertuples():
             print(f"    {r.unit:5d}  r={r.simulation_score:+.3f}  base={r.simulation_baseline:+.3f}  {r.explanation[:70]}")
+        # the simulator alone: hand-written right and wrong explanations of the planted units
+        given = {0: ("numbers and digits", "the words and and more"), 1: ("the words and and more", "numbers and digits")}
+        exs = {u: ex.examples(acts[:, u], pscan.token_offsets, toks, u) for u in (0, 1)}
+        for u, (right, wrong) in given.items():
+            a = score(ex.backend, right, exs[u], scorers=scorers)["simulation_score"]
+            b = score(ex.backend, wrong, exs[u], scorers=scorers)["simulation_score"]
+            print(f"    unit {u}: right explanation r={a:+.3f} ({right!r}), wrong r={b:+.3f} ({wrong!r})")
 
 
 if __name__ == "__main__":

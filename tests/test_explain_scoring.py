@@ -192,6 +192,20 @@ def test_unit_activations_neurons_and_features(token_scan):
                                sae.encode(ref)[:, [0, 7]], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(unit_activations(token_scan, "mlp.1", None, encoder=sae.encode),
                                sae.encode(ref), rtol=1e-5, atol=1e-6)
+    torch = pytest.importorskip("torch")
+
+    class TorchSAE(torch.nn.Module):                      # an nn.Module takes and returns tensors
+        def __init__(self):
+            super().__init__()
+            self.W = torch.nn.Parameter(torch.from_numpy(sae.W))
+            self.b = torch.nn.Parameter(torch.from_numpy(sae.b))
+
+        def encode(self, x):
+            assert isinstance(x, torch.Tensor)
+            return torch.relu(x @ self.W + self.b)
+
+    np.testing.assert_allclose(unit_activations(token_scan, "mlp.1", [3], encoder=TorchSAE()),
+                               sae.encode(ref)[:, [3]], rtol=1e-5, atol=1e-5)
     with pytest.raises(llmri.LlmriError, match="feature 12 is out of range"):
         unit_activations(token_scan, "mlp.1", [12], encoder=sae)
     with pytest.raises(llmri.LlmriError, match="'resid.1' has no token-level records"):

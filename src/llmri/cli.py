@@ -386,15 +386,12 @@ def explain_cmd(scan_dir, site, neuron_spec, sae, feature_spec, backend, model_n
 
 
 def _load_sae(path):
-    """An SAE from the SAE module (issue 9) as an encoder with ``encode``."""
+    """An SAE folder (llmri/SAELens or sparsify layout) as an encoder with ``encode``."""
     try:
-        from . import sae as sae_module
+        from .sae import SAE
     except ImportError:
-        raise LlmriError("--sae needs llmri's SAE module, which this installation lacks") from None
-    loader = getattr(sae_module, "load_sae", None) or getattr(sae_module, "load", None)
-    if loader is None:
-        raise LlmriError("--sae: llmri.sae has no load_sae()")
-    return loader(path)
+        raise LlmriError("--sae needs llmri's SAE module (llmri.sae), which this installation lacks") from None
+    return SAE.load(path)
 
 
 def main(argv=None) -> None:

@@ -141,7 +141,15 @@ def _encode(encoder, x: np.ndarray) -> np.ndarray:
     fn = getattr(encoder, "encode", None) or encoder
     if not callable(fn):
         raise LlmriError(f"encoder: expected a callable or an object with encode(), got {type(encoder).__name__}")
-    out = fn(x)
+    if hasattr(encoder, "parameters"):                  # a torch module (e.g. llmri's SAE) takes tensors
+        import torch
+
+        with torch.inference_mode():
+            p = next(encoder.parameters(), None)
+            t = torch.from_numpy(np.ascontiguousarray(x))
+            out = fn(t.to(p.device) if p is not None else t)
+    else:
+        out = fn(x)
     if hasattr(out, "detach"):                          # a torch tensor
         out = out.detach().float().cpu().numpy()
     out = np.asarray(out, dtype=np.float32)
