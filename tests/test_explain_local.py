@@ -151,6 +151,9 @@ def test_explain_end_to_end_on_a_scan(tmp_path):
     for u, text in zip(t["unit"], t["explanation"]):
         assert f"id='unit-{u}'" in page
     assert page.count("simulated: ") == sum(len(r["held_out_windows"]) for r in recs)
+    loaded = llmri.ExplainResult.load(tmp_path / "out")
+    assert list(loaded.table["explanation"]) == list(t["explanation"]) and len(loaded.records) == 3
+    np.testing.assert_allclose(loaded.table["simulation_score"], t["simulation_score"])
     again = llmri.explain(scan, "mlp.1", "top:3", explainer=ex, tokenizer=model.tokenizer, out=tmp_path / "out",
                           page=False)
     assert again.info["stats"]["calls"] == 0 and again.info["stats"]["cache_hits"] == first["calls"] + first["cache_hits"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import llmri
-from llmri.explain.examples import Window, scale, unit_activations, unit_examples, window_bounds
+from llmri.explain.examples import Window, scale, top_units, unit_activations, unit_examples, window_bounds
 from llmri.explain.explainer import _derangement, parse_units
 from llmri.explain.prompts import clean_explanation, fuzz_marks, simulation_prompt
 from llmri.explain.scoring import (balanced_accuracy, detection_items, expected_value, fuzzing_items,
@@ -210,5 +210,11 @@ def test_unit_activations_neurons_and_features(token_scan):
         unit_activations(token_scan, "mlp.1", [12], encoder=sae)
     with pytest.raises(llmri.LlmriError, match="'resid.1' has no token-level records"):
         unit_activations(token_scan, "resid.1", [0])
+    with pytest.raises(llmri.LlmriError, match="'resid.1' has no token-level records"):
+        top_units(token_scan, "resid.1", 3)
+    peak = ref.max(0)
+    assert top_units(token_scan, "mlp.1", 4) == sorted(np.argsort(-peak, kind="stable")[:4].tolist())
+    fpeak = sae.encode(ref).max(0)
+    assert top_units(token_scan, "mlp.1", 3, encoder=sae) == sorted(np.argsort(-fpeak, kind="stable")[:3].tolist())
     with pytest.raises(llmri.LlmriError, match="encoder: expected an output of shape"):
         unit_activations(token_scan, "mlp.1", [0], encoder=lambda x: x[:3])

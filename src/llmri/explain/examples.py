@@ -158,6 +158,15 @@ def _encode(encoder, x: np.ndarray) -> np.ndarray:
     return out
 
 
+def _check_token_site(scan, site: str) -> None:
+    if not scan.token_sites:
+        raise LlmriError(f"{scan.folder}: this scan has no token-level records; "
+                         f"rescan with --token-sites {site}")
+    if site not in scan.token_sites:
+        raise LlmriError(f"site {site!r} has no token-level records in {scan.folder}; "
+                         f"token sites: {', '.join(scan.token_sites)}")
+
+
 def unit_activations(scan, site: str, units=None, encoder=None) -> np.ndarray:
     """Per-token activations ``[n_tokens, len(units)]`` of the scan's token records at ``site``,
     in corpus order (rows follow ``scan.token_offsets``), read shard by shard.
@@ -168,13 +177,8 @@ def unit_activations(scan, site: str, units=None, encoder=None) -> np.ndarray:
     """
     from ..sites import parse_site
 
+    _check_token_site(scan, site)
     kind, layer = parse_site(site)
-    if not scan.token_sites:
-        raise LlmriError(f"{scan.folder}: this scan has no token-level records; "
-                         f"rescan with --token-sites {site}")
-    if site not in scan.token_sites:
-        raise LlmriError(f"site {site!r} has no token-level records in {scan.folder}; "
-                         f"token sites: {', '.join(scan.token_sites)}")
     offsets = scan.token_offsets
     out = None
     for doc, ntok, _, block in scan.iter_token_shards(layer, kind):
@@ -197,7 +201,17 @@ def unit_activations(scan, site: str, units=None, encoder=None) -> np.ndarray:
 
 
 def top_units(scan, site: str, k: int, encoder=None) -> list[int]:
-    """The ``k`` units with the largest maximum activation over every token (ties by index)."""
-    acts = unit_activations(scan, site, None, encoder)
-    peak = acts.max(0)
+    """The ``k`` units with the largest maximum activation over every token (ties by the lower
+    index), read shard by shard without holding every unit's activations."""
+    from ..sites import parse_site
+
+    _check_token_site(scan, site)
+    kind, layer = parse_site(site)
+    peak = None
+    for _, _, _, block in scan.iter_token_shards(layer, kind):
+        x = np.asarray(block, dtype=np.float32)
+        if encoder is not None:
+            x = _encode(encoder, x)
+        m = x.max(0)
+        peak = m if peak is None else np.maximum(peak, m)
     return sorted(np.argsort(-peak, kind="stable")[:k].tolist())

@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import LlmriError
 from ..store import atomic_write_json, atomic_write_text
 from .backends import Backend
-from .examples import UnitExamples, unit_activations, unit_examples
+from .examples import UnitExamples, top_units, unit_activations, unit_examples
 from .prompts import clean_explanation, explanation_prompt
 from .scoring import SCORERS, score
 
@@ -73,6 +73,22 @@ class ExplainResult:
     table: object
     records: list[dict] = field(default_factory=list)
     info: dict = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, out) -> "ExplainResult":
+        """Read what :meth:`save` wrote (for neuron cards, feature dashboards and notebooks).
+
+        >>> res = llmri.ExplainResult.load("runs/explain")                     # doctest: +SKIP
+        >>> res.table.set_index("unit").loc[12, "explanation"]
+        """
+        import pandas as pd
+
+        out = Path(out)
+        if not (out / "explanations.csv").is_file():
+            raise LlmriError(f"{out}: no explanations.csv; run llmri explain with --out {out}")
+        records = [json.loads(x) for x in (out / "explanations.jsonl").read_text(encoding="utf-8").splitlines() if x]
+        info = json.loads((out / "explain.json").read_text(encoding="utf-8"))
+        return cls(pd.read_csv(out / "explanations.csv", keep_default_na=True), records, info)
 
     def save(self, out) -> Path:
         """Write ``explanations.csv``, ``explanations.json`` (table), ``explanations.jsonl``
@@ -283,15 +299,11 @@ def explain(scan, site: str, units, explainer: Explainer, scorers=SCORERS, encod
     if isinstance(units, str):
         units = parse_units(units)
     if isinstance(units, tuple) and units[0] == "top":
-        full = unit_activations(scan, site, None, encoder)
-        order = np.argsort(-full.max(0), kind="stable")[:units[1]]
-        units = sorted(order.tolist())
-        acts = full[:, units]
-    else:
-        units = [int(u) for u in units]
-        if not units:
-            raise LlmriError("units: none given")
-        acts = unit_activations(scan, site, units, encoder)
+        units = top_units(scan, site, units[1], encoder)
+    units = [int(u) for u in units]
+    if not units:
+        raise LlmriError("units: none given")
+    acts = unit_activations(scan, site, units, encoder)
     tokens = _token_strings(scan, tokenizer)
     meta = dict(scan=str(scan.folder), site=site, unit_kind="feature" if encoder is not None else "neuron")
     return explain_units(acts, scan.token_offsets, tokens, units, explainer, scorers=scorers, baseline=baseline,
