@@ -77,12 +77,14 @@ def test_value_logprobs_equal_a_direct_forward_pass(template, tmp_path):
     assert lm.stats["calls"] == 2
 
 
-def test_chat_is_greedy_decoding(tmp_path):
+@pytest.mark.parametrize("prefill", ["", "the red"])
+def test_chat_is_greedy_decoding(tmp_path, prefill):
     model = tiny_chat_model(seed=3)
     lm = LocalLM(model)
-    text = lm.chat(MESSAGES, max_tokens=4)
+    text = lm.chat(MESSAGES, max_tokens=4, prefill=prefill)
     ids = model.tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=True)
     ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+    ids += [model.tokenizer.convert_tokens_to_ids(w) for w in prefill.split()]
     out = []
     with torch.no_grad():
         for _ in range(4):

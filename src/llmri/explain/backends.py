@@ -81,7 +81,7 @@ class Backend:
     def has_logprobs(self) -> bool:
         return False
 
-    def _chat(self, messages, max_tokens, temperature, seed) -> dict:
+    def _chat(self, messages, max_tokens, temperature, seed, prefill="") -> dict:
         raise NotImplementedError
 
     def _value_logprobs(self, messages, pieces, candidates) -> dict:
@@ -139,10 +139,14 @@ class Backend:
                 meter[k] += v
         return hit
 
-    def chat(self, messages: list[dict], max_tokens: int = 64, temperature: float = 0.0, seed: int = 0) -> str:
-        """The reply to ``messages`` (cached)."""
+    def chat(self, messages: list[dict], max_tokens: int = 64, temperature: float = 0.0, seed: int = 0,
+             prefill: str = "") -> str:
+        """The reply to ``messages`` (cached). ``prefill`` starts the assistant's reply where the
+        backend can (the local one); the returned text is what follows it."""
         payload = dict(messages=messages, max_tokens=int(max_tokens), temperature=float(temperature), seed=int(seed))
-        return self._cached("chat", payload, lambda: self._chat(messages, max_tokens, temperature, seed))["text"]
+        if prefill:
+            payload["prefill"] = prefill
+        return self._cached("chat", payload, lambda: self._chat(messages, max_tokens, temperature, seed, prefill))["text"]
 
     def value_logprobs(self, messages: list[dict], pieces: list[str], candidates) -> np.ndarray:
         """Log-probabilities ``[len(pieces) - 1, len(candidates)]`` of each candidate as the next
@@ -223,11 +227,13 @@ class LocalLM(Backend):
             raise LlmriError(f"a prompt of {n} tokens is longer than {self.model.name}'s limit of "
                              f"{self.model.max_length}; use shorter windows (window=) or fewer examples")
 
-    def _chat(self, messages, max_tokens, temperature, seed) -> dict:
+    def _chat(self, messages, max_tokens, temperature, seed, prefill="") -> dict:
         import torch
 
         m = self.model
         ids = self._prefix_ids(messages)
+        if prefill:
+            ids += m.tokenizer(prefill, add_special_tokens=False)["input_ids"]
         self._check_length(len(ids) + max_tokens)
         x = torch.tensor([ids], device=m.device)
         kw = dict(max_new_tokens=int(max_tokens), pad_token_id=m.tokenizer.pad_token_id)
@@ -370,7 +376,8 @@ class OpenAICompatible(Backend):
         except openai.OpenAIError as e:
             raise LlmriError(f"{self.base_url}: {type(e).__name__} ({_first_line(str(e))})") from None
 
-    def _chat(self, messages, max_tokens, temperature, seed) -> dict:
+    def _chat(self, messages, max_tokens, temperature, seed, prefill="") -> dict:
+        # Chat APIs have no portable way to prefill the reply: the prompt asks for the continuation.
         r = self._call(self.client.chat.completions.create, model=self._model_name, messages=messages,
                        max_tokens=int(max_tokens), temperature=float(temperature), seed=int(seed))
         if not getattr(r, "choices", None):

@@ -13,7 +13,7 @@ from ..errors import LlmriError
 from ..store import atomic_write_json, atomic_write_text
 from .backends import Backend
 from .examples import UnitExamples, top_units, unit_activations, unit_examples
-from .prompts import clean_explanation, explanation_prompt
+from .prompts import EXPLAIN_PREFILL, clean_explanation, explanation_prompt
 from .scoring import SCORERS, score
 
 STYLES = ("bills", "delphi")
@@ -58,7 +58,7 @@ class Explainer:
     def explain_unit(self, ex: UnitExamples) -> str:
         """One sentence explaining the unit from its explanation windows."""
         reply = self.backend.chat(explanation_prompt(ex.explain, ex.max_activation, self.style),
-                                  max_tokens=self.max_new_tokens, seed=self.seed)
+                                  max_tokens=self.max_new_tokens, seed=self.seed, prefill=EXPLAIN_PREFILL[self.style])
         return clean_explanation(reply)
 
     def score_unit(self, explanation: str, ex: UnitExamples, scorers=SCORERS) -> dict:

@@ -30,6 +30,7 @@ from .examples import Window
 VALUES = tuple(str(i) for i in range(11))
 BINARY = ("0", "1")
 PREFIX = "the main thing this neuron does is find"
+EXPLAIN_PREFILL = {"bills": "Explanation of neuron 1 behavior: " + PREFIX, "delphi": "This feature finds"}
 
 _EXPLAIN_SYSTEM = (
     "We are studying neurons in a neural network. Each neuron looks for one particular thing in a "
