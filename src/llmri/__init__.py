@@ -12,6 +12,7 @@ from .capture import ATTN_STATS, POOLS, embed, scan
 from .corpus import Corpus, demo_corpus, reviews_corpus
 from . import distributed  # Ray is imported only when one of its functions runs
 from .errors import LlmriError
+from .explain import ExplainResult, Explainer, LocalLM, OpenAICompatible, explain
 from .metrics import compare_categories, graph_metrics, layer_profile
 from .neurons import NeuronCard, cohens_d, neuron_card, neurons
 from .nrag import nrag
@@ -26,7 +27,7 @@ from .store import Scan, scan_from_arrays
 
 __version__ = "0.1.0"
 __all__ = ["reviews_corpus", "DEFAULT_DECODER", "convert_gguf", "embed", "generate", "steer", "steer_sweep", "steering_vector", "PatchResult", "ablate", "lesion_map", "patch", "patching", "probe", "probe_neurons", "probe_tokens",
-           "run_with_cache", "ATTN_STATS", "Attention", "NeuronCard", "attention", "cohens_d", "compare_heads", "head_stats",
+           "run_with_cache", "ExplainResult", "Explainer", "LocalLM", "OpenAICompatible", "explain", "ATTN_STATS", "Attention", "NeuronCard", "attention", "cohens_d", "compare_heads", "head_stats",
            "neuron_card", "neurons", "ADAPTERS", "Adapter", "Corpus", "DEFAULT_MODEL", "LlmriError", "Model", "POOLS",
            "RegionMap", "Scan", "compare_categories", "demo_corpus", "evaluate_reduction",
            "expand_sites", "graph_metrics", "hooks", "layer_profile", "load_model", "nrag",

@@ -391,6 +391,80 @@ def patch_cmd(model_name, clean, corrupted, out, sites, device, download):
     click.echo(f"patching: {path}")
 
 
+@cli.command("explain")
+@click.argument("scan_dir")
+@click.option("--site", required=True, help="A site with token-level records, e.g. mlp.10.")
+@click.option("--neurons", "neuron_spec", default=None, help="Neurons: top:K, START:END or 3,5,9.")
+@click.option("--sae", default=None, help="An SAE folder: explain its features instead of neurons.")
+@click.option("--features", "feature_spec", default=None, help="SAE features: top:K, START:END or 3,5,9.")
+@click.option("--backend", type=click.Choice(["local", "openai"]), default="local", show_default=True,
+              help="local: a chat model run by llmri; openai: any OpenAI-compatible server.")
+@click.option("--model-name", default=None,
+              help="local: model name or folder (default: default-decoder); openai: the served model.")
+@click.option("--base-url", default=None, help="openai: the server, e.g. http://localhost:8080/v1.")
+@click.option("--api-key-env", default=None, help="openai: environment variable holding the API key.")
+@click.option("--completion-logprobs", is_flag=True,
+              help="openai: read simulator probabilities from /v1/completions (echo + logprobs).")
+@click.option("--scorers", default="simulation,detection,fuzzing", show_default=True)
+@click.option("--style", type=click.Choice(["bills", "delphi"]), default="bills", show_default=True)
+@click.option("--no-baseline", is_flag=True, help="Skip the random-explanation baseline.")
+@click.option("--out", required=True, help="Folder for the tables, the page and the call cache.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def explain_cmd(scan_dir, site, neuron_spec, sae, feature_spec, backend, model_name, base_url, api_key_env,
+                completion_logprobs, scorers, style, no_baseline, out, device, seed):
+    """Explain neurons (or SAE features) of the Scan in SCAN_DIR with a language model and score
+    the explanations by simulation, detection and fuzzing."""
+    from .explain import Explainer, LocalLM, OpenAICompatible, explain, parse_units
+    from .explain.scoring import SCORERS
+    from .sites import parse_site
+    from .store import Scan
+
+    if sae and neuron_spec:
+        raise LlmriError("--neurons and --sae exclude each other; with --sae choose --features")
+    spec = feature_spec if sae else neuron_spec
+    if spec is None:
+        raise LlmriError("--features is required with --sae" if sae else "--neurons is required (e.g. top:50)")
+    units = parse_units(spec)
+    names = [s.strip() for s in scorers.split(",") if s.strip()]
+    bad = [s for s in names if s not in SCORERS]
+    if bad or not names:
+        raise LlmriError(f"--scorers {scorers!r}: choose from {', '.join(SCORERS)}")
+    if parse_site(site)[1] is None:
+        raise LlmriError(f"--site {site!r}: give one layer, e.g. {site}.10")
+    if backend == "openai" and (not base_url or not model_name):
+        raise LlmriError("--backend openai needs --base-url and --model-name")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise LlmriError(f"{out}: exists and is not a folder; choose another output folder")
+    scan = Scan.open(scan_dir)
+    if site not in scan.token_sites:
+        raise LlmriError(f"site {site!r} has no token-level records in {scan_dir}; token sites: "
+                         f"{', '.join(scan.token_sites) or 'none (rescan with --token-sites)'}")
+    encoder = _load_sae(sae) if sae else None
+    if backend == "openai":
+        be = OpenAICompatible(base_url, model_name, api_key_env=api_key_env, completion_logprobs=completion_logprobs)
+    else:
+        be = LocalLM(model_name or "default-decoder", device=device)
+    res = explain(scan, site, units, Explainer(be, style=style, seed=seed), scorers=names, encoder=encoder,
+                  baseline=not no_baseline, out=out, progress=True)
+    cols = [c for c in res.table.columns if c in ("unit", "simulation_score", "simulation_baseline",
+                                                 "detection_balanced_accuracy", "fuzzing_balanced_accuracy", "explanation")]
+    click.echo(res.table[cols].to_string(index=False, max_colwidth=60, float_format=lambda v: f"{v:.3f}"))
+    st = res.info["stats"]
+    click.echo(f"\n{st['calls']} calls ({st['cache_hits']} from the cache), {st['prompt_tokens']} prompt and "
+               f"{st['completion_tokens']} completion tokens")
+    click.echo(f"explanations: {Path(out) / 'explanations.csv'}")
+
+
+def _load_sae(path):
+    """An SAE folder (llmri/SAELens or sparsify layout) as an encoder with ``encode``."""
+    try:
+        from .sae import SAE
+    except ImportError:
+        raise LlmriError("--sae needs llmri's SAE module (llmri.sae), which this installation lacks") from None
+    return SAE.load(path)
+
+
 def _floats(value: str, flag: str) -> list[float]:
     try:
         out = [float(x) for x in value.split(",") if x.strip()]

@@ -125,10 +125,15 @@ def _scan_tokenizer(scan):
     try:
         from transformers import AutoTokenizer
 
-        from .model import DEFAULT_MODEL, embedded_model_dir
+        from .model import DEFAULT_DECODER, DEFAULT_MODEL, convert_gguf, embedded_decoder_gguf, embedded_model_dir
 
         name = scan.model_name
-        path = embedded_model_dir() if name == DEFAULT_MODEL else name
+        if name == DEFAULT_MODEL:
+            path = embedded_model_dir()
+        elif name == DEFAULT_DECODER:
+            path = convert_gguf(embedded_decoder_gguf(), progress=False)
+        else:
+            path = name
         return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except Exception:
         return None

@@ -94,11 +94,13 @@ def build_attention_page(att, out, position=None, model_name: str = "") -> Path:
     return path
 
 
-def build_page(out, name: str, title: str, intro: list[str], figures: list[tuple], tables: list[tuple]) -> Path:
+def build_page(out, name: str, title: str, intro: list[str], figures: list[tuple], tables: list[tuple],
+               html_blocks: list[tuple[str, str]] = ()) -> Path:
     """A one-topic HTML page in the report's format: ``out/{name}.html``, static figures and CSVs.
 
     ``figures`` holds (plotly figure, matplotlib figure, file stem); ``tables`` holds
-    (heading, DataFrame, CSV file stem).
+    (heading, DataFrame, CSV file stem); ``html_blocks`` holds (heading, trusted HTML fragment)
+    shown after the tables.
     """
     import plotly.offline
 
@@ -113,7 +115,8 @@ def build_page(out, name: str, title: str, intro: list[str], figures: list[tuple
         files.append(f"{_safe(stem)}.csv")
     page = _environment().get_template("page.html.j2").render(
         plotly_js=Markup(plotly.offline.get_plotlyjs()), title=title, intro=intro, figures=blocks,
-        tables=[(h, _table(df)) for h, df, _ in tables], files=files)
+        tables=[(h, _table(df)) for h, df, _ in tables], files=files,
+        html_blocks=[(h, Markup(b)) for h, b in html_blocks])
     path = out / f"{name}.html"
     atomic_write_bytes(path, page.encode("utf-8"))
     return path

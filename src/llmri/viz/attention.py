@@ -69,13 +69,14 @@ def rollout_plot(att, position: int | None = None):
     return fig
 
 
-def token_highlight_html(tokens, values, color="214,39,40") -> str:
-    """Tokens as HTML spans shaded by value (escaped; the value is in each span's title)."""
+def token_highlight_html(tokens, values, color="214,39,40", top: float | None = None) -> str:
+    """Tokens as HTML spans shaded by value (escaped; the value is in each span's title), full
+    colour at ``top`` (default: the largest absolute value)."""
     values = np.asarray(values, dtype=float)
-    top = np.abs(values).max() or 1.0
+    top = top or np.abs(values).max() or 1.0
     spans = []
     for t, v in zip(tokens, values):
-        alpha = abs(v) / top
+        alpha = min(abs(v) / top, 1.0)
         spans.append(f'<span class="llmri-tok" title="{v:.4f}" style="background: rgba({color},{alpha:.3f})">'
                      f"{html.escape(str(t))}</span>")
     return " ".join(spans)

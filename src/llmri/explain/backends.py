@@ -1,0 +1,419 @@
+"""Language-model backends of the explain loop, with an on-disk call cache.
+
+Two operations, both cached on disk:
+
+- ``chat(messages)``: a greedy (or sampled, under a seed) reply.
+- ``value_logprobs(messages, pieces, candidates)``: the assistant's reply is prefilled with
+  ``pieces``; after every piece but the last the model's next-token log-probabilities of the
+  ``candidates`` (e.g. "0".."10") are read, all in one forward pass. This is what Bills et al.'s
+  "all at once" simulator needs. :class:`LocalLM` always supports it; :class:`OpenAICompatible`
+  only when the server returns prompt log-probabilities on ``/v1/completions``
+  (``echo=True, logprobs=k``, e.g. vLLM); otherwise scorers fall back to parsed replies.
+
+Every call is keyed by (backend kind, model, operation, prompt, parameters) and stored as one
+JSON file written atomically (``llmri.store``), so a rerun or an interrupted run replays what is
+already paid for. API keys come only from an environment variable and are never stored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import LlmriError
+from ..store import atomic_write_json
+
+log = logging.getLogger("llmri.explain")
+
+
+class CallCache:
+    """One JSON file per call under ``folder/ab/<key>.json``; unreadable files count as misses."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+
+    def _path(self, key: str) -> Path:
+        return self.folder / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> dict | None:
+        p = self._path(key)
+        try:
+            return json.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            log.warning("%s: unreadable cache entry, calling again", p)
+            return None
+
+    def put(self, key: str, value: dict) -> None:
+        atomic_write_json(self._path(key), value)
+
+
+class Backend:
+    """Base class: caching and token accounting around ``_chat`` and ``_value_logprobs``."""
+
+    kind = "backend"
+    concurrency = 1
+
+    def __init__(self, cache_dir=None, price_per_mtok: tuple[float, float] = (0.0, 0.0)):
+        if not (isinstance(price_per_mtok, (tuple, list)) and len(price_per_mtok) == 2
+                and all(isinstance(x, (int, float)) and x >= 0 for x in price_per_mtok)):
+            raise LlmriError(f"price_per_mtok must be (input, output) prices per million tokens, got {price_per_mtok!r}")
+        self.cache_dir = cache_dir
+        self.price_per_mtok = tuple(float(x) for x in price_per_mtok)
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self.reset_stats()
+
+    # --- what subclasses provide ---
+    @property
+    def model_name(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def has_logprobs(self) -> bool:
+        return False
+
+    def _chat(self, messages, max_tokens, temperature, seed, prefill="") -> dict:
+        raise NotImplementedError
+
+    def _value_logprobs(self, messages, pieces, candidates) -> dict:
+        raise NotImplementedError
+
+    # --- cache and accounting ---
+    def reset_stats(self) -> None:
+        self.stats = dict(calls=0, cache_hits=0, prompt_tokens=0, completion_tokens=0, cost=0.0)
+
+    @contextlib.contextmanager
+    def meter(self):
+        """Count the tokens and cost of the calls made by this thread inside the block.
+
+        >>> with backend.meter() as used:                                  # doctest: +SKIP
+        ...     backend.chat(messages)
+        >>> used["prompt_tokens"]
+        """
+        used = dict(prompt_tokens=0, completion_tokens=0, cost=0.0)
+        self._local.meter = used
+        try:
+            yield used
+        finally:
+            self._local.meter = None
+
+    def set_cache(self, folder) -> None:
+        """Cache calls under ``folder`` (used by :func:`llmri.explain` when none was given)."""
+        self.cache_dir = folder
+
+    def _identity(self) -> dict:
+        return {"kind": self.kind, "model": self.model_name}
+
+    def _cached(self, op: str, payload: dict, fn) -> dict:
+        key = hashlib.sha256(json.dumps({"backend": self._identity(), "op": op, "payload": payload},
+                                        sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+        cache = CallCache(self.cache_dir) if self.cache_dir is not None else None
+        hit = cache.get(key) if cache is not None else None
+        if hit is None:
+            hit = fn()
+            if cache is not None:
+                cache.put(key, hit)
+            with self._lock:
+                self.stats["calls"] += 1
+        else:
+            with self._lock:
+                self.stats["cache_hits"] += 1
+        p, c = int(hit.get("prompt_tokens", 0)), int(hit.get("completion_tokens", 0))
+        use = dict(prompt_tokens=p, completion_tokens=c,
+                   cost=(p * self.price_per_mtok[0] + c * self.price_per_mtok[1]) / 1e6)
+        with self._lock:
+            for k, v in use.items():
+                self.stats[k] += v
+        meter = getattr(self._local, "meter", None)
+        if meter is not None:
+            for k, v in use.items():
+                meter[k] += v
+        return hit
+
+    def chat(self, messages: list[dict], max_tokens: int = 64, temperature: float = 0.0, seed: int = 0,
+             prefill: str = "") -> str:
+        """The reply to ``messages`` (cached). ``prefill`` starts the assistant's reply where the
+        backend can (the local one); the returned text is what follows it."""
+        payload = dict(messages=messages, max_tokens=int(max_tokens), temperature=float(temperature), seed=int(seed))
+        if prefill:
+            payload["prefill"] = prefill
+        return self._cached("chat", payload, lambda: self._chat(messages, max_tokens, temperature, seed, prefill))["text"]
+
+    def value_logprobs(self, messages: list[dict], pieces: list[str], candidates) -> np.ndarray:
+        """Log-probabilities ``[len(pieces) - 1, len(candidates)]`` of each candidate as the next
+        token after every piece but the last (``-inf`` where the backend has none)."""
+        if not self.has_logprobs:
+            raise LlmriError(f"backend {self.kind} ({self.model_name}) gives no log-probabilities")
+        payload = dict(messages=messages, pieces=list(pieces), candidates=list(candidates))
+        out = self._cached("value_logprobs", payload,
+                           lambda: self._value_logprobs(messages, list(pieces), list(candidates)))
+        arr = np.array([[(-np.inf if v is None else v) for v in row] for row in out["logprobs"]], dtype=np.float64)
+        return arr.reshape(len(pieces) - 1, len(candidates))
+
+
+# ------------------------------------------------------------------ local
+class LocalLM(Backend):
+    """A local chat model run through llmri (default: ``default-decoder``).
+
+    Log-probabilities come from one forward pass of the prompt. ``chat=None`` uses the
+    tokenizer's chat template when it has one and plain text otherwise; ``chat=True`` requires
+    a template.
+
+    >>> lm = LocalLM("default-decoder")                                   # doctest: +SKIP
+    >>> lm.chat([{"role": "user", "content": "Name a planet."}], max_tokens=8)
+    """
+
+    kind = "local"
+
+    def __init__(self, model="default-decoder", chat: bool | None = None, device: str = "auto",
+                 dtype: str = "auto", cache_dir=None):
+        super().__init__(cache_dir=cache_dir)
+        if chat not in (None, True, False):
+            raise LlmriError(f"chat must be None (auto), True or False, got {chat!r}")
+        self._spec = model
+        self._model = None
+        self._prefix = (None, None, None)        # (prefix ids, their key/value cache, last logits)
+        self._chat_mode = chat
+        self.device, self.dtype = device, dtype
+
+    @property
+    def model(self):
+        if self._model is None:
+            from ..model import as_model
+
+            m = as_model(self._spec, device=self.device, dtype=self.dtype)
+            template = getattr(m.tokenizer, "chat_template", None)
+            if self._chat_mode is True and not template:
+                raise LlmriError(f"model {m.name!r} has no chat template; pass chat=False to prompt it with plain text")
+            if self._chat_mode is None:
+                self._chat_mode = bool(template)
+            self._model = m
+        return self._model
+
+    @property
+    def model_name(self) -> str:
+        return self.model.name
+
+    @property
+    def has_logprobs(self) -> bool:
+        return True
+
+    def _identity(self) -> dict:
+        return {"kind": self.kind, "model": self.model.name, "fingerprint": self.model.fingerprint,
+                "chat": self._chat_mode}
+
+    def _prefix_ids(self, messages) -> list[int]:
+        from .prompts import render_plain
+
+        tok = self.model.tokenizer
+        if self._chat_mode:
+            ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            if isinstance(ids, dict) or hasattr(ids, "keys"):
+                ids = ids["input_ids"]
+            return [int(i) for i in ids]
+        return [int(i) for i in tok(render_plain(messages), add_special_tokens=True)["input_ids"]]
+
+    def _check_length(self, n: int) -> None:
+        if n > self.model.max_length:
+            raise LlmriError(f"a prompt of {n} tokens is longer than {self.model.name}'s limit of "
+                             f"{self.model.max_length}; use shorter windows (window=) or fewer examples")
+
+    def _chat(self, messages, max_tokens, temperature, seed, prefill="") -> dict:
+        import torch
+
+        m = self.model
+        ids = self._prefix_ids(messages)
+        if prefill:
+            ids += m.tokenizer(prefill, add_special_tokens=False)["input_ids"]
+        self._check_length(len(ids) + max_tokens)
+        x = torch.tensor([ids], device=m.device)
+        kw = dict(max_new_tokens=int(max_tokens), pad_token_id=m.tokenizer.pad_token_id)
+        if temperature > 0:
+            torch.manual_seed(seed)
+            kw.update(do_sample=True, temperature=float(temperature))
+        else:
+            kw.update(do_sample=False)
+        with torch.inference_mode():
+            out = m.module.generate(x, attention_mask=torch.ones_like(x), **kw)
+        new = out[0, len(ids):].tolist()
+        eos = m.tokenizer.eos_token_id
+        if eos is not None and eos in new:
+            new = new[:new.index(eos)]
+        text = m.tokenizer.decode(new, skip_special_tokens=True)
+        return dict(text=text, prompt_tokens=len(ids), completion_tokens=len(new))
+
+    def candidate_ids(self, candidates) -> list[int | None]:
+        """The token id of each candidate string, None where it is not a single token."""
+        tok = self.model.tokenizer
+        out = []
+        for c in candidates:
+            ids = tok(c, add_special_tokens=False)["input_ids"]
+            out.append(int(ids[0]) if len(ids) == 1 and ids[0] != tok.unk_token_id else None)
+        return out
+
+    def _value_logprobs(self, messages, pieces, candidates) -> dict:
+        import copy
+
+        import torch
+
+        m = self.model
+        tok = m.tokenizer
+        prefix = self._prefix_ids(messages)
+        ids, query = list(prefix), []
+        for i, piece in enumerate(pieces):
+            ids += tok(piece, add_special_tokens=False)["input_ids"]
+            if i < len(pieces) - 1:
+                query.append(len(ids) - 1)           # logits here predict the token after the piece
+        self._check_length(len(ids))
+        cand = self.candidate_ids(candidates)
+        dev = m.device
+        with torch.inference_mode():
+            # The messages (system prompt, explanation) are shared by every window of a unit: their
+            # key/value cache is computed once and reused for each window's pieces.
+            if self._prefix[0] != prefix:
+                x = torch.tensor([prefix], device=dev)
+                out = m.module(input_ids=x, attention_mask=torch.ones_like(x), use_cache=True)
+                self._prefix = (prefix, out.past_key_values, out.logits[0, -1:].float())
+            _, cache, last = self._prefix
+            suffix = torch.tensor([ids[len(prefix):]], device=dev)
+            if suffix.shape[1]:
+                mask = torch.ones((1, len(ids)), dtype=torch.long, device=dev)
+                logits = m.module(input_ids=suffix, attention_mask=mask, past_key_values=copy.deepcopy(cache),
+                                  use_cache=True).logits[0].float()
+                logits = torch.cat([last, logits])   # row r predicts token len(prefix) + r
+            else:
+                logits = last
+            rows_at = [q - len(prefix) + 1 for q in query]
+            lp = torch.log_softmax(logits[rows_at], -1).cpu().numpy()
+        rows = [[(float(lp[r, c]) if c is not None else None) for c in cand] for r in range(len(query))]
+        return dict(logprobs=rows, prompt_tokens=len(ids), completion_tokens=0)
+
+
+# ------------------------------------------------------------------ HTTP
+class OpenAICompatible(Backend):
+    """Any server that speaks the OpenAI API (vLLM, ``transformers serve``, llama.cpp's server,
+    Ollama, OpenAI), through the official ``openai`` client.
+
+    The API key is read from the environment variable ``api_key_env`` when a call is made; it is
+    never stored in the cache, the results or the logs. ``completion_logprobs=True`` reads
+    simulator distributions from ``/v1/completions`` with ``echo`` (servers that support it);
+    otherwise the scorers parse numbers from chat replies. Retries with exponential backoff and
+    the timeout are the client's; ``concurrency`` calls run at once.
+
+    >>> be = OpenAICompatible("http://localhost:8080/v1", "smollm2")      # doctest: +SKIP
+    """
+
+    kind = "openai-compatible"
+
+    def __init__(self, base_url: str, model: str, api_key_env: str | None = None, timeout: float = 60.0,
+                 max_retries: int = 3, concurrency: int = 4, completion_logprobs: bool = False,
+                 top_logprobs: int = 20, price_per_mtok: tuple[float, float] = (0.0, 0.0), cache_dir=None):
+        super().__init__(cache_dir=cache_dir, price_per_mtok=price_per_mtok)
+        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+            raise LlmriError(f"base_url must start with http:// or https://, got {base_url!r}")
+        if not isinstance(model, str) or not model:
+            raise LlmriError("model: give the model name the server serves")
+        if not (isinstance(timeout, (int, float)) and timeout > 0):
+            raise LlmriError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        for name, v in (("max_retries", max_retries), ("concurrency", concurrency), ("top_logprobs", top_logprobs)):
+            if not isinstance(v, int) or v < (0 if name == "max_retries" else 1):
+                raise LlmriError(f"{name} must be a {'non-negative' if name == 'max_retries' else 'positive'} integer, got {v!r}")
+        self.base_url, self._model_name = base_url.rstrip("/"), model
+        self.api_key_env = api_key_env
+        self.timeout, self.max_retries, self.concurrency = float(timeout), max_retries, concurrency
+        self.completion_logprobs, self.top_logprobs = bool(completion_logprobs), top_logprobs
+        self._client = None
+
+    def __repr__(self) -> str:
+        return f"OpenAICompatible({self.base_url!r}, {self._model_name!r}, api_key_env={self.api_key_env!r})"
+
+    @property
+    def model_name(self) -> str:
+        return self._model_name
+
+    @property
+    def has_logprobs(self) -> bool:
+        return self.completion_logprobs
+
+    @property
+    def client(self):
+        if self._client is None:
+            try:
+                import openai
+            except ImportError:
+                raise LlmriError("the openai backend needs the openai package: pip install 'llmri[explain]'") from None
+            key = "not-needed"
+            if self.api_key_env:
+                key = os.environ.get(self.api_key_env)
+                if not key:
+                    raise LlmriError(f"environment variable {self.api_key_env} is not set (it holds the API key)")
+            self._client = openai.OpenAI(base_url=self.base_url, api_key=key, timeout=self.timeout,
+                                         max_retries=self.max_retries)
+        return self._client
+
+    def _call(self, fn, **kw):
+        import openai
+
+        try:
+            return fn(**kw)
+        except openai.APITimeoutError:
+            raise LlmriError(f"{self.base_url}: no answer within {self.timeout:g} s "
+                             f"(after {self.max_retries} retries)") from None
+        except openai.APIConnectionError:
+            raise LlmriError(f"{self.base_url}: cannot connect to the server") from None
+        except openai.APIStatusError as e:
+            raise LlmriError(f"{self.base_url}: the server answered HTTP {e.status_code} "
+                             f"({_first_line(getattr(e, 'message', '') or str(e))})") from None
+        except openai.OpenAIError as e:
+            raise LlmriError(f"{self.base_url}: {type(e).__name__} ({_first_line(str(e))})") from None
+
+    def _chat(self, messages, max_tokens, temperature, seed, prefill="") -> dict:
+        # Chat APIs have no portable way to prefill the reply: the prompt asks for the continuation.
+        r = self._call(self.client.chat.completions.create, model=self._model_name, messages=messages,
+                       max_tokens=int(max_tokens), temperature=float(temperature), seed=int(seed))
+        if not getattr(r, "choices", None):
+            raise LlmriError(f"{self.base_url}: the reply has no choices")
+        usage = getattr(r, "usage", None)
+        return dict(text=r.choices[0].message.content or "",
+                    prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+                    completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0))
+
+    def _value_logprobs(self, messages, pieces, candidates) -> dict:
+        from .prompts import render_plain
+
+        prefix = render_plain(messages)
+        ends, pos = [], len(prefix)
+        for p in pieces[:-1]:
+            pos += len(p)
+            ends.append(pos)
+        r = self._call(self.client.completions.create, model=self._model_name,
+                       prompt=prefix + "".join(pieces), echo=True, logprobs=self.top_logprobs,
+                       max_tokens=1, temperature=0.0)
+        lp = r.choices[0].logprobs if getattr(r, "choices", None) else None
+        if lp is None or not getattr(lp, "top_logprobs", None) or not getattr(lp, "text_offset", None):
+            raise LlmriError(f"{self.base_url}: the server returned no prompt log-probabilities; "
+                             "use completion_logprobs=False")
+        starts = list(lp.text_offset)
+        rows = []
+        for q in ends:
+            i = int(np.searchsorted(starts, q, side="left"))     # the first token starting at q
+            top = lp.top_logprobs[i] if i < len(starts) and starts[i] == q else None
+            top = dict(top or {})
+            rows.append([float(top[c]) if c in top else None for c in candidates])
+        usage = getattr(r, "usage", None)
+        return dict(logprobs=rows, prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+                    completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0))
+
+
+def _first_line(s: str) -> str:
+    s = str(s).strip()
+    return (s.splitlines()[0] if s else "no detail")[:200]

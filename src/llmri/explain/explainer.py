@@ -1,0 +1,332 @@
+"""The explain-and-score loop: windows -> explanation -> scores, with a random-explanation baseline."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import LlmriError
+from ..store import atomic_write_json, atomic_write_text
+from .backends import Backend
+from .examples import UnitExamples, top_units, unit_activations, unit_examples
+from .prompts import EXPLAIN_PREFILL, clean_explanation, explanation_prompt
+from .scoring import SCORERS, score
+
+STYLES = ("bills", "delphi")
+_SCORE_COLUMNS = {"simulation": "simulation_score", "detection": "detection_balanced_accuracy",
+                  "fuzzing": "fuzzing_balanced_accuracy"}
+
+
+class Explainer:
+    """How units are explained and scored: the backend, the prompt style and the example counts.
+
+    ``window`` tokens per example; ``n_explain`` top windows are shown to the explainer;
+    the held-out set has ``per_quantile`` windows from each of ``n_quantiles`` activation
+    quantiles plus ``n_non_activating`` windows where the unit is silent.
+
+    >>> ex = Explainer(backend=LocalLM("default-decoder"))                 # doctest: +SKIP
+    >>> ex.explain_unit(examples)
+    'numbers and digits'
+    """
+
+    def __init__(self, backend: Backend, style: str = "bills", window: int = 24, n_explain: int = 10,
+                 n_quantiles: int = 5, per_quantile: int = 2, n_non_activating: int = 5,
+                 max_new_tokens: int = 48, batch: int = 5, seed: int = 0):
+        if not isinstance(backend, Backend):
+            raise LlmriError(f"backend: expected llmri.LocalLM or llmri.OpenAICompatible, got {type(backend).__name__}")
+        if style not in STYLES:
+            raise LlmriError(f"style {style!r} is not one of {', '.join(STYLES)}")
+        for name, v in (("window", window), ("n_explain", n_explain), ("n_quantiles", n_quantiles),
+                        ("per_quantile", per_quantile), ("max_new_tokens", max_new_tokens), ("batch", batch)):
+            if not isinstance(v, int) or v < 1:
+                raise LlmriError(f"{name} must be a positive integer, got {v!r}")
+        if not isinstance(n_non_activating, int) or n_non_activating < 0:
+            raise LlmriError(f"n_non_activating must be a non-negative integer, got {n_non_activating!r}")
+        self.backend, self.style, self.window = backend, style, window
+        self.n_explain, self.n_quantiles, self.per_quantile = n_explain, n_quantiles, per_quantile
+        self.n_non_activating, self.max_new_tokens, self.batch, self.seed = n_non_activating, max_new_tokens, batch, seed
+
+    def examples(self, acts: np.ndarray, offsets, tokens, unit: int) -> UnitExamples | None:
+        return unit_examples(acts, offsets, tokens, unit, window=self.window, n_explain=self.n_explain,
+                             n_quantiles=self.n_quantiles, per_quantile=self.per_quantile,
+                             n_non_activating=self.n_non_activating, seed=self.seed)
+
+    def explain_unit(self, ex: UnitExamples) -> str:
+        """One sentence explaining the unit from its explanation windows."""
+        reply = self.backend.chat(explanation_prompt(ex.explain, ex.max_activation, self.style),
+                                  max_tokens=self.max_new_tokens, seed=self.seed, prefill=EXPLAIN_PREFILL[self.style])
+        return clean_explanation(reply)
+
+    def score_unit(self, explanation: str, ex: UnitExamples, scorers=SCORERS) -> dict:
+        return score(self.backend, explanation, ex, scorers=scorers, batch=self.batch, seed=self.seed)
+
+
+@dataclass
+class ExplainResult:
+    """``table``: one row per unit (unit, explanation, scores, baselines, counts, tokens, cost);
+    ``records``: the same plus each unit's windows with true and simulated activations."""
+
+    table: object
+    records: list[dict] = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, out) -> "ExplainResult":
+        """Read what :meth:`save` wrote (for neuron cards, feature dashboards and notebooks).
+
+        >>> res = llmri.ExplainResult.load("runs/explain")                     # doctest: +SKIP
+        >>> res.table.set_index("unit").loc[12, "explanation"]
+        """
+        import pandas as pd
+
+        out = Path(out)
+        if not (out / "explanations.csv").is_file():
+            raise LlmriError(f"{out}: no explanations.csv; run llmri explain with --out {out}")
+        records = [json.loads(x) for x in (out / "explanations.jsonl").read_text(encoding="utf-8").splitlines() if x]
+        info = json.loads((out / "explain.json").read_text(encoding="utf-8"))
+        return cls(pd.read_csv(out / "explanations.csv", keep_default_na=True), records, info)
+
+    def save(self, out) -> Path:
+        """Write ``explanations.csv``, ``explanations.json`` (table), ``explanations.jsonl``
+        (records) and ``explain.json`` (run settings) into ``out``, each atomically."""
+        out = Path(out)
+        if out.exists() and not out.is_dir():
+            raise LlmriError(f"{out}: exists and is not a folder; choose another output folder")
+        atomic_write_text(out / "explanations.csv", self.table.to_csv(index=False))
+        atomic_write_text(out / "explanations.json", self.table.to_json(orient="records", indent=1))
+        atomic_write_text(out / "explanations.jsonl",
+                          "".join(json.dumps(_no_nan(r), ensure_ascii=False) + "\n" for r in self.records))
+        atomic_write_json(out / "explain.json", self.info)
+        return out
+
+    def page(self, out, top: int = 50) -> Path:
+        """``out/explain.html``: the table sorted by simulation score, the score distributions
+        against the random-explanation baseline, and the ``top`` best units' held-out windows
+        with true and simulated activations side by side."""
+        from ..report import build_page
+        from ..viz import explain_score_figure, explain_score_plot, explanation_html
+
+        key = "simulation_score" if "simulation_score" in self.table else "unit"
+        view = self.table.sort_values(key, ascending=key == "unit", na_position="last", kind="stable")
+        order = {int(u): i for i, u in enumerate(view["unit"])}
+        recs = sorted((r for r in self.records if "held_out_windows" in r), key=lambda r: order[int(r["unit"])])[:top]
+        info = self.info
+        intro = [f"{len(self.table)} {info.get('unit_kind', 'unit')}s of {info.get('site', '?')}"
+                 f"{' in ' + info['scan'] if info.get('scan') else ''}; explainer and simulator: "
+                 f"{info.get('backend')} {info.get('model')}; prompt style {info.get('style')}; scorers "
+                 f"{', '.join(info.get('scorers', []))}. Baselines score each unit with another unit's explanation.",
+                 "Simulation: Pearson r of simulated and true activations pooled over held-out tokens (Bills et al. "
+                 "2023). Detection and fuzzing: balanced accuracy, chance 0.5 (delphi)."]
+        return build_page(out, "explain", "llmri explanations", intro,
+                          [(explain_score_plot(self.table), explain_score_figure(self.table), "explain_scores")],
+                          [("Explanations", view, "explanations_by_score")],
+                          [(f"Held-out windows, true (red) and simulated (blue), best {len(recs)} units",
+                            "\n".join(explanation_html(r) for r in recs))])
+
+
+def _no_nan(obj):
+    """JSON has no NaN: missing scores become null."""
+    if isinstance(obj, dict):
+        return {k: _no_nan(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_no_nan(v) for v in obj]
+    if isinstance(obj, float) and obj != obj:
+        return None
+    return obj
+
+
+def _window_record(w, max_activation, simulated=None) -> dict:
+    r = dict(doc=w.doc, start=w.start, tokens=w.tokens, activations=np.round(w.activations, 5).tolist(),
+             scaled=w.scaled(max_activation).tolist())
+    if simulated is not None:
+        r["simulated"] = simulated
+    return r
+
+
+def _derangement(n: int, seed: int) -> np.ndarray:
+    """A seeded permutation without fixed points (each unit gets another unit's explanation)."""
+    if n < 2:
+        return np.zeros(0, dtype=np.int64)
+    perm = np.random.default_rng([seed, 7]).permutation(n)
+    return np.roll(perm, 1)[np.argsort(perm)]            # i -> the unit after i in a random cycle
+
+
+def explain_units(acts: np.ndarray, offsets, tokens, units, explainer: Explainer, scorers=SCORERS,
+                  baseline: bool = True, progress: bool | None = None, out=None, page: bool = True,
+                  meta: dict | None = None) -> ExplainResult:
+    """Explain and score units from their token activations ``acts`` ``[n_tokens, len(units)]``
+    (corpus order, documents at ``offsets``); ``tokens(doc)`` gives a document's token strings.
+
+    This is the source-agnostic core of :func:`explain`: any per-token activation array works.
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    scorers = _check_scorers(scorers)
+    units = [int(u) for u in units]
+    acts = np.asarray(acts, dtype=np.float32)
+    if acts.ndim != 2 or acts.shape[1] != len(units):
+        raise LlmriError(f"activations: expected shape [n_tokens, {len(units)}], got {list(acts.shape)}")
+    be = explainer.backend
+    if out is not None and be.cache_dir is None:
+        be.set_cache(Path(out) / "calls")
+    be.reset_stats()
+    examples = {u: explainer.examples(acts[:, j], offsets, tokens, u) for j, u in enumerate(units)}
+    live = [u for u in units if examples[u] is not None]
+    explanations: dict[int, str] = {}
+    scores: dict[int, dict] = {}
+    usage: dict[int, dict] = {}
+
+    def work(u):
+        with be.meter() as used:
+            text = explainer.explain_unit(examples[u])
+            s = explainer.score_unit(text, examples[u], scorers)
+        return u, text, s, used
+
+    bar = tqdm(total=len(live) * (2 if baseline and len(live) > 1 else 1), unit="unit", desc="explaining",
+               disable=None if progress is None else not progress, file=sys.stderr, dynamic_ncols=True)
+    with bar:
+        for u, text, s, use in _map(work, live, be.concurrency):
+            explanations[u], scores[u], usage[u] = text, s, use
+            bar.update(1)
+        base: dict[int, dict] = {}
+        if baseline and len(live) > 1:
+            perm = _derangement(len(live), explainer.seed)
+
+            def work_base(i):
+                u = live[i]
+                return u, explainer.score_unit(explanations[live[perm[i]]], examples[u], scorers)
+
+            for u, s in _map(work_base, range(len(live)), be.concurrency):
+                base[u] = s
+                bar.update(1)
+
+    rows, records = [], []
+    for u in units:
+        ex = examples[u]
+        row = {"unit": u, "explanation": explanations.get(u, ""), "n_examples": ex.n_examples if ex else 0,
+               "max_activation": float(ex.max_activation) if ex else float(acts[:, units.index(u)].max(initial=0.0))}
+        for name in scorers:
+            col = _SCORE_COLUMNS[name]
+            row[col] = scores.get(u, {}).get(col, np.nan)
+            row[col.replace("_score", "").replace("_balanced_accuracy", "") + "_baseline"] = \
+                base.get(u, {}).get(col, np.nan) if baseline else np.nan
+        row["parse_failures"] = scores.get(u, {}).get("parse_failures", 0)
+        row.update(usage.get(u, {"prompt_tokens": 0, "completion_tokens": 0, "cost": 0.0}))
+        row["status"] = "ok" if ex is not None else "never activates"
+        rows.append(row)
+        rec = dict(row)
+        if ex is not None:
+            sim = scores[u].get("simulated") or [None] * len(ex.held_out)
+            rec["explain_windows"] = [_window_record(w, ex.max_activation) for w in ex.explain]
+            rec["held_out_windows"] = [_window_record(w, ex.max_activation, p) for w, p in zip(ex.held_out, sim)]
+        records.append(rec)
+    table = pd.DataFrame(rows)
+    info = dict(meta or {}, backend=be.kind, model=be.model_name, style=explainer.style, scorers=list(scorers),
+                window=explainer.window, n_explain=explainer.n_explain, n_quantiles=explainer.n_quantiles,
+                per_quantile=explainer.per_quantile, n_non_activating=explainer.n_non_activating,
+                seed=explainer.seed, units=units, stats=dict(be.stats))
+    res = ExplainResult(table, records, info)
+    if out is not None:
+        res.save(out)
+        if page:
+            res.page(out)
+    return res
+
+
+def _map(fn, items, concurrency: int):
+    items = list(items)
+    if concurrency <= 1 or len(items) <= 1:
+        for it in items:
+            yield fn(it)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        yield from pool.map(fn, items)
+
+
+def _check_scorers(scorers) -> tuple[str, ...]:
+    if isinstance(scorers, str):
+        scorers = (scorers,)
+    scorers = tuple(scorers)
+    bad = [s for s in scorers if s not in SCORERS]
+    if bad or not scorers:
+        raise LlmriError(f"scorers: {bad[0] if bad else 'none given'!r} is not one of {', '.join(SCORERS)}")
+    return scorers
+
+
+def _token_strings(scan, tokenizer):
+    if tokenizer is None:
+        from ..neurons import _scan_tokenizer
+
+        tokenizer = _scan_tokenizer(scan)
+    if tokenizer is None:
+        raise LlmriError(f"cannot load the tokenizer of {scan.model_name!r} offline; pass tokenizer=")
+    cache: dict[int, list[str]] = {}
+
+    def tokens(doc: int) -> list[str]:
+        if doc not in cache:
+            cache[doc] = [tokenizer.decode([int(i)]) for i in scan.token_ids(doc).tolist()]
+        return cache[doc]
+    return tokens
+
+
+def explain(scan, site: str, units, explainer: Explainer, scorers=SCORERS, encoder=None, baseline: bool = True,
+            tokenizer=None, out=None, page: bool = True, progress: bool | None = None) -> ExplainResult:
+    """Explain and score units of a Scan with token-level records.
+
+    Units are the neurons of ``site`` (e.g. ``"mlp.10"``), or, with ``encoder`` (an SAE: a
+    callable or an object with ``encode`` mapping ``[n_tokens, d]`` to ``[n_tokens, n_features]``),
+    its features. ``units`` is a list of indices or ``"top:K"`` (the K with the largest maximum).
+    With ``out``, the tables (and with ``page`` the HTML page ``explain.html``) are written there
+    and every backend call is cached in ``out/calls``.
+
+    >>> ex = llmri.Explainer(backend=llmri.LocalLM("default-decoder"))              # doctest: +SKIP
+    >>> res = llmri.explain(scan, "mlp.10", [12, 40], explainer=ex, out="runs/explain")
+    >>> res.table[["unit", "explanation", "simulation_score", "simulation_baseline"]]
+    """
+    from ..store import Scan
+
+    scan = scan if isinstance(scan, Scan) else Scan.open(scan)
+    if not isinstance(explainer, Explainer):
+        raise LlmriError(f"explainer: expected an llmri.Explainer, got {type(explainer).__name__}")
+    scorers = _check_scorers(scorers)
+    if isinstance(units, str):
+        units = parse_units(units)
+    if isinstance(units, tuple) and units[0] == "top":
+        units = top_units(scan, site, units[1], encoder)
+    units = [int(u) for u in units]
+    if not units:
+        raise LlmriError("units: none given")
+    acts = unit_activations(scan, site, units, encoder)
+    tokens = _token_strings(scan, tokenizer)
+    meta = dict(scan=str(scan.folder), site=site, unit_kind="feature" if encoder is not None else "neuron")
+    return explain_units(acts, scan.token_offsets, tokens, units, explainer, scorers=scorers, baseline=baseline,
+                         progress=progress, out=out, page=page, meta=meta)
+
+
+def parse_units(spec: str):
+    """``"top:50"`` -> ("top", 50); ``"0:200"`` -> range; ``"3,5,9"`` -> list."""
+    s = str(spec).strip()
+    try:
+        if s.startswith("top:"):
+            k = int(s[4:])
+            if k < 1:
+                raise ValueError
+            return ("top", k)
+        if ":" in s:
+            a, b = (int(x) for x in s.split(":"))
+            if not 0 <= a < b:
+                raise ValueError
+            return list(range(a, b))
+        out = [int(x) for x in s.split(",") if x.strip()]
+        if not out or min(out) < 0:
+            raise ValueError
+        return out
+    except ValueError:
+        raise LlmriError(f"units {spec!r}: expected top:K, START:END or comma-separated indices, e.g. top:50, 0:200, 3,5,9") from None

@@ -1,0 +1,188 @@
+"""Scores of an explanation: simulation (Bills et al. 2023), detection and fuzzing (delphi).
+
+- Simulation: a simulator predicts the unit's activation on every held-out token from the
+  explanation alone; the score is the Pearson correlation between prediction and truth pooled
+  over all held-out tokens (Bills et al.'s "correlation scoring", their preferred variant over
+  averaging per window). With log-probabilities the prediction is the expected value
+  ``sum_k k * p(k)`` over the probabilities of "0".."10" renormalised among themselves.
+- Detection: given the explanation, does each held-out window (activating or not) show the
+  feature? Fuzzing: are the tokens marked in an activating window the truly active ones, or
+  as many inactive tokens? Both are scored by balanced accuracy (delphi; Paulo et al. 2024).
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from ..errors import LlmriError
+from .examples import UnitExamples
+from .prompts import BINARY, VALUES, binary_prompt, fuzz_marks, marked_text, simulation_prompt
+
+SCORERS = ("simulation", "detection", "fuzzing")
+
+
+# ------------------------------------------------------------------ pure functions
+def expected_value(logprobs: np.ndarray) -> np.ndarray:
+    """Expected value of 0..K-1 under each row's candidate log-probabilities, renormalised over
+    the finite entries; 0 for a row with none."""
+    lp = np.atleast_2d(np.asarray(logprobs, dtype=np.float64))
+    finite = np.isfinite(lp)
+    top = np.where(finite, lp, -np.inf).max(1, keepdims=True)
+    top = np.where(np.isfinite(top), top, 0.0)
+    w = np.where(finite, np.exp(lp - top), 0.0)
+    total = w.sum(1)
+    k = np.arange(lp.shape[1], dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, (w * k).sum(1) / total, 0.0)
+
+
+def pearson(x, y) -> float:
+    """Pearson correlation; 0.0 when either side is constant (an uninformative simulator)."""
+    x = np.asarray(x, dtype=np.float64).ravel()
+    y = np.asarray(y, dtype=np.float64).ravel()
+    if len(x) != len(y):
+        raise LlmriError(f"correlation: {len(x)} predictions for {len(y)} activations")
+    if len(x) < 2:
+        return 0.0
+    xc, yc = x - x.mean(), y - y.mean()
+    den = np.sqrt((xc ** 2).sum() * (yc ** 2).sum())
+    return float((xc * yc).sum() / den) if den > 0 else 0.0
+
+
+def pooled_correlation(true: list, predicted: list) -> float:
+    """Pearson correlation over every token of every window together (Bills et al.)."""
+    if not true:
+        return 0.0
+    return pearson(np.concatenate([np.ravel(p) for p in predicted]), np.concatenate([np.ravel(t) for t in true]))
+
+
+def mean_window_correlation(true: list, predicted: list) -> float:
+    """Pearson correlation per window, averaged (the variant Bills et al. compare against)."""
+    vals = [pearson(p, t) for t, p in zip(true, predicted)]
+    return float(np.mean(vals)) if vals else 0.0
+
+
+def balanced_accuracy(y_true, y_pred) -> float:
+    """(true positive rate + true negative rate) / 2; a class with no examples is left out."""
+    t = np.asarray(y_true, dtype=bool)
+    p = np.asarray(y_pred, dtype=bool)
+    if t.shape != p.shape:
+        raise LlmriError(f"balanced accuracy: {p.size} predictions for {t.size} labels")
+    rates = [float((p[t] == cls).mean()) for cls, t in ((True, t), (False, ~t)) if t.any()]
+    return float(np.mean(rates)) if rates else float("nan")
+
+
+_NUMBER = re.compile(r"(-?\d+(?:\.\d+)?)\s*$")
+
+
+def parse_values(text: str, n: int) -> tuple[np.ndarray, int]:
+    """Activations from a simulator's reply: the number ending each line, in order, clipped to
+    0..10 (lines after ``<end>`` ignored). Returns the values and how many were missing (0s)."""
+    vals = []
+    for line in text.split("<end>")[0].splitlines():
+        m = _NUMBER.search(line.strip())
+        if m and ("\t" in line or " " in line.strip() or line.strip() == m.group(1)):
+            vals.append(float(m.group(1)))
+    vals = vals[:n]
+    missing = n - len(vals)
+    return np.clip(np.asarray(vals + [0.0] * missing, dtype=np.float64), 0, 10), missing
+
+
+_ANSWER = re.compile(r"example\s*(\d+)\s*[:=\-]?\s*\(?\s*([01])\b", re.IGNORECASE)
+
+
+def parse_binary(text: str, n: int) -> tuple[np.ndarray, int]:
+    """1/0 answers from "Example N: 1" lines, or else from a bare list like ``[1, 0, 1]``.
+    Unanswered examples count as 0. Returns the answers and how many were missing."""
+    out = np.full(n, -1, dtype=np.int64)
+    for m in _ANSWER.finditer(text):
+        i = int(m.group(1)) - 1
+        if 0 <= i < n and out[i] < 0:
+            out[i] = int(m.group(2))
+    if (out < 0).all():
+        bits = re.findall(r"(?<![\d.])[01](?![\d.])", text)
+        for i, b in enumerate(bits[:n]):
+            out[i] = int(b)
+    missing = int((out < 0).sum())
+    return np.where(out < 0, 0, out), missing
+
+
+# ------------------------------------------------------------------ scorers
+def simulate(backend, explanation: str, windows, max_tokens_per_token: int = 6) -> tuple[list[np.ndarray], int]:
+    """Simulated activations (0-10) of every window; with log-probabilities, the expected value
+    over "0".."10" at each token, else the parsed reply. Returns them and the missing count."""
+    preds, missing = [], 0
+    for w in windows:
+        messages, pieces = simulation_prompt(explanation, w, listed=not backend.has_logprobs)
+        if backend.has_logprobs:
+            preds.append(expected_value(backend.value_logprobs(messages, pieces, VALUES)))
+        else:
+            reply = backend.chat(messages, max_tokens=16 + max_tokens_per_token * len(w.tokens))
+            vals, miss = parse_values(reply, len(w.tokens))
+            preds.append(vals)
+            missing += miss
+    return preds, missing
+
+
+def _binary_answers(backend, kind: str, explanation: str, texts: list[str], batch: int) -> tuple[np.ndarray, int]:
+    answers, missing = [], 0
+    for s in range(0, len(texts), batch):
+        chunk = texts[s:s + batch]
+        messages, pieces = binary_prompt(kind, explanation, chunk)
+        if backend.has_logprobs:
+            lp = backend.value_logprobs(messages, pieces, BINARY)
+            answers.append(expected_value(lp) > 0.5)
+        else:
+            vals, miss = parse_binary(backend.chat(messages, max_tokens=8 * len(chunk) + 8), len(chunk))
+            answers.append(vals.astype(bool))
+            missing += miss
+    return np.concatenate(answers) if answers else np.zeros(0, bool), missing
+
+
+def _window_text(w) -> str:
+    return "".join(w.tokens).replace("\n", " ").strip()
+
+
+def detection_items(ex: UnitExamples, seed: int = 0) -> tuple[list[str], np.ndarray]:
+    """Held-out windows as plain text with their truth (1 activating, 0 not), in seeded order."""
+    items = [(_window_text(w), 1) for w in ex.activating] + [(_window_text(w), 0) for w in ex.non_activating]
+    order = np.random.default_rng([seed, ex.unit, 1]).permutation(len(items))
+    return [items[i][0] for i in order], np.asarray([items[i][1] for i in order], dtype=bool)
+
+
+def fuzzing_items(ex: UnitExamples, seed: int = 0) -> tuple[list[str], np.ndarray]:
+    """Held-out activating windows with their active tokens marked (truth 1) or as many inactive
+    tokens marked (truth 0): every other window after a seeded shuffle, so both classes appear."""
+    rng = np.random.default_rng([seed, ex.unit, 2])
+    order = rng.permutation(len(ex.activating))
+    texts, truth = [], []
+    for j, i in enumerate(order):
+        w = ex.activating[i]
+        correct = j % 2 == 0
+        texts.append(marked_text(w.tokens, fuzz_marks(w.scaled(ex.max_activation), correct, rng)).strip())
+        truth.append(correct)
+    return texts, np.asarray(truth, dtype=bool)
+
+
+def score(backend, explanation: str, ex: UnitExamples, scorers=SCORERS, batch: int = 5, seed: int = 0) -> dict:
+    """Every requested score of one explanation on one unit's held-out windows.
+
+    Keys: ``simulation_score`` (pooled Pearson r), ``detection_balanced_accuracy``,
+    ``fuzzing_balanced_accuracy``, ``parse_failures``, and ``simulated`` (per held-out window).
+    """
+    out: dict = {"parse_failures": 0}
+    if "simulation" in scorers:
+        held = ex.held_out
+        preds, miss = simulate(backend, explanation, held)
+        out["simulation_score"] = pooled_correlation([w.activations for w in held], preds)
+        out["simulated"] = [p.round(3).tolist() for p in preds]
+        out["parse_failures"] += miss
+    for kind in ("detection", "fuzzing"):
+        if kind in scorers:
+            texts, truth = detection_items(ex, seed) if kind == "detection" else fuzzing_items(ex, seed)
+            pred, miss = _binary_answers(backend, kind, explanation, texts, batch)
+            out[f"{kind}_balanced_accuracy"] = balanced_accuracy(truth, pred) if len(truth) else float("nan")
+            out["parse_failures"] += miss
+    return out
