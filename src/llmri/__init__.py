@@ -24,7 +24,7 @@ from .store import Scan, scan_from_arrays
 # Sparse-autoencoder names load on first use (``llmri.SAE``), so ``import llmri`` stays light.
 _LAZY = {"SAE": ".sae", "train_sae": ".sae", "evaluate_sae": ".sae", "feature_activations": ".sae",
          "feature_card": ".sae", "feature_neighbors": ".sae", "feature_map": ".sae", "clamp": ".sae",
-         "FeatureActivations": ".sae"}
+         "FeatureActivations": ".sae", "FeatureCard": ".sae"}
 
 
 def __getattr__(name):

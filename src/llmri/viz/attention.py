@@ -69,10 +69,11 @@ def rollout_plot(att, position: int | None = None):
     return fig
 
 
-def token_highlight_html(tokens, values, color="214,39,40") -> str:
-    """Tokens as HTML spans shaded by value (escaped; the value is in each span's title)."""
+def token_highlight_html(tokens, values, color="214,39,40", scale: float | None = None) -> str:
+    """Tokens as HTML spans shaded by value (escaped; the value is in each span's title); full
+    colour at ``scale`` (default: the largest absolute value shown)."""
     values = np.asarray(values, dtype=float)
-    top = np.abs(values).max() or 1.0
+    top = scale or np.abs(values).max() or 1.0
     spans = []
     for t, v in zip(tokens, values):
         alpha = abs(v) / top
