@@ -12,16 +12,7 @@ from llmri.neurons import cohens_d
 from llmri.sae import SAE, clamp, feature_activations, feature_card, feature_map, feature_neighbors
 from llmri.store import scan_from_arrays
 from conftest import TEXTS, make_model
-
-
-def split_sae(d: int, site: str) -> SAE:
-    """Features relu(x_j) (j < d) and relu(-x_j) (d + j): activations known in closed form."""
-    sae = SAE(d, 2 * d, arch="relu", site=site)
-    eye = torch.eye(d)
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.cat([eye, -eye], 1))
-        sae.W_dec.copy_(torch.cat([eye, -eye], 0))
-    return sae
+from test_sae_eval import identity_sae as split_sae  # features relu(x_j) and relu(-x_j)
 
 
 @pytest.fixture(scope="module")
