@@ -17,6 +17,7 @@ from ..errors import LlmriError
 from .model import SAE
 
 _MULTIPLE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*x\s*$")
+_NUMBER = re.compile(r"^\s*-?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?\s*$")
 
 
 class Clamp:
@@ -44,6 +45,8 @@ def resolve_values(sae: SAE, spec: dict, feats=None) -> tuple[list[int], list[fl
             raise LlmriError(f"clamp: feature {key!r} is not an integer id") from None
         if not 0 <= i < sae.d_sae:
             raise LlmriError(f"clamp: feature {i} is out of range: the SAE has features 0..{sae.d_sae - 1}")
+        if isinstance(value, str) and _NUMBER.match(value):
+            value = float(value)
         if isinstance(value, str):
             m = _MULTIPLE.match(value)
             if not m:
