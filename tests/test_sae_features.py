@@ -154,12 +154,13 @@ def test_clamp_multiples_generation_and_bad_input(model):
 
     assert resolve_values(sae, {3: "10x", 1: -1})[1] == [20.0, -1.0]
     kw = _inputs(model)
-    ids = kw["input_ids"][:1, :4]
-    with torch.no_grad():
-        plain = model.module.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
-        with clamp(model, sae, {}):
-            same = model.module.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
-    assert torch.equal(plain, same)
+    prompts = ["the star shines", "a comet runs near the"]
+    plain = llmri.generate(model, prompts, max_new_tokens=6)
+    with clamp(model, sae, {}):
+        same = llmri.generate(model, prompts, max_new_tokens=6)
+    with clamp(model, sae, {3: "30x"}):
+        clamped = llmri.generate(model, prompts, max_new_tokens=6)
+    assert same == plain and clamped != plain
     with pytest.raises(llmri.LlmriError, match="out of range"):
         with clamp(model, sae, {8: 1.0}):
             pass

@@ -8,16 +8,18 @@
 """
 
 from .attention import Attention, attention, compare_heads, head_stats
-from .capture import ATTN_STATS, POOLS, scan
-from .corpus import Corpus, demo_corpus
+from .capture import ATTN_STATS, POOLS, embed, scan
+from .corpus import Corpus, demo_corpus, reviews_corpus
 from .errors import LlmriError
 from .metrics import compare_categories, graph_metrics, layer_profile
 from .neurons import NeuronCard, cohens_d, neuron_card, neurons
 from .nrag import nrag
-from .interventions import PatchResult, ablate, lesion_map, patch, patching, run_with_cache
+from .generate import generate, steer_sweep
+from .interventions import (PatchResult, ablate, lesion_map, patch, patching, run_with_cache, steer,
+                            steering_vector)
 from .probe import evaluate_reduction, probe, probe_neurons, probe_tokens
 from .regions import RegionMap, regions
-from .model import DEFAULT_MODEL, Model, load_model
+from .model import DEFAULT_DECODER, DEFAULT_MODEL, Model, convert_gguf, load_model
 from .sites import ADAPTERS, Adapter, expand_sites, hooks, parse_site
 from .store import Scan, scan_from_arrays
 
@@ -38,7 +40,7 @@ def __getattr__(name):
 
 
 __version__ = "0.1.0"
-__all__ = ["PatchResult", "ablate", "lesion_map", "patch", "patching", "probe", "probe_neurons", "probe_tokens",
+__all__ = ["reviews_corpus", "DEFAULT_DECODER", "convert_gguf", "embed", "generate", "steer", "steer_sweep", "steering_vector", "PatchResult", "ablate", "lesion_map", "patch", "patching", "probe", "probe_neurons", "probe_tokens",
            "run_with_cache", "ATTN_STATS", "Attention", "NeuronCard", "attention", "cohens_d", "compare_heads", "head_stats",
            "neuron_card", "neurons", "ADAPTERS", "Adapter", "Corpus", "DEFAULT_MODEL", "LlmriError", "Model", "POOLS",
            "RegionMap", "Scan", "compare_categories", "demo_corpus", "evaluate_reduction",

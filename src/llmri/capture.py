@@ -25,7 +25,7 @@ from .sites import block_of, eager_attention, expand_sites, hooks, parse_site
 from .store import (CORPUS_FILE, FORMAT_VERSION, MANIFEST, Scan, atomic_write_json,
                     complete_shards, read_manifest, shard_name, write_corpus, write_shard)
 
-POOLS = ("mean", "first", "last", "max")
+POOLS = ("mean", "mean-nosink", "first", "last", "max")
 DEFAULT_BATCH_TOKENS = 8192
 TOKEN_SHARD_BYTES = 256 * 2**20  # bound on token-level activations held in memory per shard
 
@@ -37,10 +37,18 @@ class _StopForward(Exception):
 def pool(x: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
     """Pool ``x`` ``[batch, tokens, dim]`` over the real tokens of ``mask`` ``[batch, tokens]``.
 
-    ``mean`` averages every real token (special tokens included), ``first``/``last`` take the
-    first/last real token whatever the padding side, ``max`` is the element-wise maximum.
+    ``mean`` averages every real token (special tokens included); ``mean-nosink`` averages every
+    real token but the first, where decoders park a massive attention-sink activation (a
+    one-token document keeps its token); ``first``/``last`` take the first/last real token
+    whatever the padding side, ``max`` is the element-wise maximum.
     """
     xf = x.float()
+    if how == "mean-nosink":
+        rows = torch.arange(x.shape[0], device=x.device)
+        rest = mask.clone()
+        rest[rows, mask.int().argmax(1)] = False
+        mask = torch.where(rest.any(1, keepdim=True), rest, mask)
+        how = "mean"
     if how == "mean":
         m = mask.unsqueeze(-1).to(xf.dtype)
         return (xf * m).sum(1) / m.sum(1).clamp(min=1)
@@ -52,6 +60,9 @@ def pool(x: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
     else:
         idx = mask.shape[1] - 1 - mask.flip(1).int().argmax(1)
     return xf[rows, idx]
+
+
+_pool = pool  # for functions whose ``pool`` argument names the pooling
 
 
 ATTN_STATS = ("entropy", "first", "special", "previous", "distance")
@@ -133,14 +144,25 @@ def tokenize(model: Model, texts: list[str], max_length: int) -> tuple[list[list
     return [list(map(int, x)) for x in ids], len(long)
 
 
-def pad_batch(model: Model, seqs: list[list[int]]) -> tuple[dict, torch.Tensor]:
-    """Forward kwargs for token id lists padded on the tokenizer's side, and the real-token mask.
+def default_pool(model: Model) -> str:
+    """``mean-nosink`` for decoders (their first token holds an attention sink whose residual norm
+    is orders of magnitude above the others'), ``mean`` for encoders."""
+    return "mean-nosink" if model.adapter.causal else "mean"
 
-    With left padding, models that take position ids get them counted from each document's
-    first real token; models that cannot (positions always 0..T-1) are padded on the right.
+
+def pad_batch(model: Model, seqs: list[list[int]], side: str | None = None) -> tuple[dict, torch.Tensor]:
+    """Forward kwargs for token id lists padded on ``side``, and the real-token mask.
+
+    By default the tokenizer's side: with left padding, models that take position ids get them
+    counted from each document's first real token, and models that cannot (positions always
+    0..T-1) are padded on the right. An explicit ``side`` is always honoured (generation pads
+    on the left and lets ``generate`` derive positions from the attention mask).
     """
-    left = (getattr(model.tokenizer, "padding_side", "right") == "left"
-            and model.adapter.positions != "none")
+    if side is None:
+        left = (getattr(model.tokenizer, "padding_side", "right") == "left"
+                and model.adapter.positions != "none")
+    else:
+        left = side == "left"
     T = max(len(x) for x in seqs)
     input_ids = torch.full((len(seqs), T), model.tokenizer.pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), T), dtype=torch.bool)
@@ -153,6 +175,49 @@ def pad_batch(model: Model, seqs: list[list[int]]) -> tuple[dict, torch.Tensor]:
     if left and model.adapter.positions == "ids":
         kwargs["position_ids"] = (mask.long().cumsum(1) - 1).clamp(min=0).to(dev)
     return kwargs, mask.to(dev)
+
+
+def embed(model, texts, site: str, pool: str = "auto",
+          batch_tokens: int = DEFAULT_BATCH_TOKENS) -> np.ndarray:
+    """Pooled activations ``[n_texts, dim]`` of one site, in memory (no Scan written).
+
+    Batching and pooling are those of :func:`scan`, and the forward pass stops right after the
+    site. Use it to read a few texts, for example generations, the way a Scan read its corpus.
+
+    >>> llmri.embed(model, ["a text", "another"], "resid.6").shape     # doctest: +SKIP
+    (2, 384)
+    """
+    model = as_model(model)
+    if pool == "auto":
+        pool = default_pool(model)
+    if pool not in POOLS:
+        raise LlmriError(f"pool {pool!r} is not one of auto, {', '.join(POOLS)}")
+    if isinstance(texts, str):
+        texts = [texts]
+    names = expand_sites([site], model.n_layers)
+    if len(names) != 1 or parse_site(names[0])[0] == "attn":
+        raise LlmriError(f"embed: site {site!r} must name one layer of resid, mlp, attn_out, mlp_out or attn_z")
+    ids, _ = tokenize(model, list(texts), model.max_length)
+    lengths = np.asarray([len(x) for x in ids], dtype=np.int64)
+    out = np.zeros((len(ids), 0), dtype=np.float32)
+    state: dict = {}
+
+    def grab(x):
+        mask = state["mask"]
+        state["x"] = _pool(x.view(*mask.shape, -1) if x.dim() == 2 else x, mask, pool).cpu().numpy()
+        raise _StopForward
+
+    with hooks(model.module, model.adapter, {names[0]: grab}), torch.inference_mode():
+        for b in plan_batches(lengths, batch_tokens):
+            kwargs, state["mask"] = pad_batch(model, [ids[d] for d in b])
+            try:
+                model.base(**kwargs)
+            except _StopForward:
+                pass
+            if out.shape[1] == 0:
+                out = np.zeros((len(ids), state["x"].shape[1]), dtype=np.float32)
+            out[b] = state["x"]
+    return out
 
 
 def _key(obj) -> str:
@@ -171,7 +236,7 @@ def _differences(old: dict, new: dict) -> str:
     return ", ".join(diffs) or "format"
 
 
-def scan(model, corpus, out, sites=("resid",), pool: str = "mean", layers=None,
+def scan(model, corpus, out, sites=("resid",), pool: str = "auto", layers=None,
          max_length: int | None = None, batch_tokens: int = DEFAULT_BATCH_TOKENS,
          token_sites=(), shard_tokens: int | None = None, device: str = "auto",
          dtype: str = "auto", overwrite: bool = False, worker: tuple[int, int] | None = None,
@@ -182,14 +247,15 @@ def scan(model, corpus, out, sites=("resid",), pool: str = "mean", layers=None,
     ``("resid.6",)``) additionally keeps every token's vector. A rerun with the same model,
     corpus and settings continues an interrupted scan, or returns the finished one at once.
     ``device`` and ``dtype`` apply when ``model`` is a name or folder; a loaded Model runs where it is.
+    ``pool="auto"`` is ``mean`` for encoders and ``mean-nosink`` for decoders (:func:`default_pool`).
 
     >>> import llmri                                              # doctest: +SKIP
     >>> s = llmri.scan("default", llmri.demo_corpus(), "runs/demo")
     >>> s.activations(6).shape
     (96, 384)
     """
-    if pool not in POOLS:
-        raise LlmriError(f"pool {pool!r} is not one of {', '.join(POOLS)}")
+    if pool not in POOLS + ("auto",):
+        raise LlmriError(f"pool {pool!r} is not one of auto, {', '.join(POOLS)}")
     if not isinstance(batch_tokens, int) or batch_tokens < 1:
         raise LlmriError(f"batch_tokens must be a positive integer, got {batch_tokens!r}")
     if isinstance(corpus, (str, Path)):
@@ -200,6 +266,8 @@ def scan(model, corpus, out, sites=("resid",), pool: str = "mean", layers=None,
     if out.exists() and not out.is_dir():
         raise LlmriError(f"{out}: exists and is not a folder; choose another output folder")
     model = as_model(model, device=device, dtype=dtype)
+    if pool == "auto":
+        pool = default_pool(model)
     n_layers = model.n_layers
     pooled = expand_sites(sites, n_layers, layers)
     tokened = expand_sites(token_sites or (), n_layers, layers)

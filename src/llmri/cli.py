@@ -50,9 +50,12 @@ def _summary(scan) -> str:
 def _scan_option_list(sites: str, token_sites: str):
     return [
     click.option("--model", "model_name", default="default", show_default=True,
-                 help="Hugging Face id or local folder; 'default' is the embedded all-MiniLM-L6-v2."),
-    click.option("--pool", type=click.Choice(["mean", "first", "last", "max"]), default="mean",
-                 show_default=True, help="How token vectors become one vector per document."),
+                 help="Hugging Face id, local folder or .gguf file; 'default' is the embedded all-MiniLM-L6-v2, "
+                      "'default-decoder' the embedded SmolLM2-135M-Instruct."),
+    click.option("--pool", type=click.Choice(["auto", "mean", "mean-nosink", "first", "last", "max"]),
+                 default="auto", show_default=True,
+                 help="How token vectors become one vector per document; auto is mean for encoders and "
+                      "mean-nosink (leaving out the attention-sink first token) for decoders."),
     click.option("--sites", default=sites, show_default=True,
                  help="Comma-separated sites: resid, mlp, attn_out, mlp_out, attn (per-head attention "
                       "statistics), or one layer: mlp.3."),
@@ -320,6 +323,119 @@ def patch_cmd(model_name, clean, corrupted, out, sites, device, download):
     click.echo(f"patching: {path}")
 
 
+def _floats(value: str, flag: str) -> list[float]:
+    try:
+        out = [float(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise LlmriError(f"{flag} {value!r}: expected comma-separated numbers, e.g. -8,-4,0,4,8") from None
+    if not out:
+        raise LlmriError(f"{flag}: give at least one number")
+    return out
+
+
+@cli.command("generate")
+@click.argument("prompts", nargs=-1, required=True)
+@click.option("--model", "model_name", default="default-decoder", show_default=True,
+              help="A decoder: Hugging Face id, local folder or .gguf file.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--chat/--no-chat", default=None, help="Apply the chat template (default: when the tokenizer has one).")
+@click.option("--system", default=None, help="A system message for the chat template.")
+@click.option("--sample", is_flag=True, help="Sample instead of greedy decoding.")
+@click.option("--temperature", type=float, default=1.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: [{prompt, generation}, ...].")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--download", is_flag=True)
+def generate_cmd(prompts, model_name, max_new_tokens, chat, system, sample, temperature, seed, as_json, device,
+                 download):
+    """Generate a continuation (an answer, with the chat template) for each of PROMPTS."""
+    import json
+
+    from .generate import generate
+    from .model import load_model
+
+    if sample and not temperature > 0:
+        raise LlmriError(f"--temperature must be > 0 when sampling, got {temperature}")
+    model = load_model(model_name, device=device, download=download)
+    outs = generate(model, list(prompts), max_new_tokens=max_new_tokens, chat=chat, system=system,
+                    do_sample=sample, temperature=temperature, seed=seed)
+    if as_json:
+        click.echo(json.dumps([{"prompt": p, "generation": g} for p, g in zip(prompts, outs)],
+                              ensure_ascii=False, indent=1))
+    else:
+        for i, (p, g) in enumerate(zip(prompts, outs)):
+            click.echo(("" if i == 0 else "\n") + (f"> {p}\n" if len(prompts) > 1 else "") + g)
+
+
+@cli.command("steer")
+@click.argument("prompts", nargs=-1, required=True)
+@click.option("--scan", "scan_dir", required=True, help="A Scan of the same model with both categories.")
+@click.option("--positive", required=True, help="Category (or comma-separated categories) to steer toward.")
+@click.option("--negative", required=True, help="Category (or comma-separated categories) to steer away from.")
+@click.option("--layer", type=int, required=True, help="Layer of the site where the vector is added.")
+@click.option("--out", required=True, help="Folder for steer.html, steer.json, figures and tables.")
+@click.option("--model", "model_name", default="default-decoder", show_default=True)
+@click.option("--alphas", default="-8,-4,0,4,8", show_default=True, help="Steering strengths.")
+@click.option("--site", type=click.Choice(["resid", "attn_out", "mlp_out"]), default="resid", show_default=True)
+@click.option("--mode", type=click.Choice(["add", "clamp"]), default="add", show_default=True,
+              help="add alpha x vector, or clamp the component along the vector to alpha.")
+@click.option("--probe-layer", type=int, default=None, help="Layer of the probe that scores generations "
+              "(default: --layer).")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=40, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--download", is_flag=True)
+def steer_cmd(prompts, scan_dir, positive, negative, layer, out, model_name, alphas, site, mode, probe_layer,
+              max_new_tokens, seed, device, download):
+    """Steer generation of PROMPTS with the Scan's POSITIVE-minus-NEGATIVE vector at several strengths."""
+    from .generate import steer_sweep
+    from .model import load_model
+    from .report import _output_folder, build_page
+    from .store import Scan, atomic_write_json
+    from .viz import steer_figure, steer_plot
+
+    values = _floats(alphas, "--alphas")
+    scan = Scan.open(scan_dir)
+    pos = [c.strip() for c in positive.split(",") if c.strip()]
+    neg = [c.strip() for c in negative.split(",") if c.strip()]
+    for flag, names in (("--positive", pos), ("--negative", neg)):
+        missing = [c for c in names if c not in scan.label_names] or ([] if names else [""])
+        if missing:
+            raise LlmriError(f"{flag}: category {missing[0]!r} is not in {scan_dir} "
+                             f"(categories: {', '.join(scan.label_names)})")
+    for flag, L in (("--layer", layer), ("--probe-layer", probe_layer)):
+        if L is not None and L not in scan.layers(site):
+            raise LlmriError(f"{flag} {L}: {scan_dir} holds {site} at layers "
+                             f"{', '.join(map(str, scan.layers(site))) or 'none'}")
+    out = _output_folder(out)  # checked before the model loads
+    model = load_model(model_name, device=device, download=download)
+    df = steer_sweep(model, scan, pos, neg, layer, values, list(prompts), site=site, mode=mode,
+                     max_new_tokens=max_new_tokens, probe_layer=probe_layer, seed=seed)
+    click.echo(df.to_string(index=False, max_colwidth=70, float_format=lambda v: f"{v:.3f}"))
+    atomic_write_json(out / "steer.json", {"settings": {**df.attrs, "model": model.name, "scan": str(scan_dir),
+                                                        "alphas": values, "max_new_tokens": max_new_tokens,
+                                                        "seed": seed},
+                                           "rows": df.to_dict(orient="records")})
+    path = build_page(out, "steer", f"llmri steering: {model.name}",
+                      [f"Vector: mean of {df.attrs['positive']} minus mean of {df.attrs['negative']} in {scan_dir}, "
+                       f"{mode} at {df.attrs['site']} (norm {df.attrs['vector_norm']:.4g}).",
+                       f"Each generation is read back unsteered and scored by a logistic-regression probe trained "
+                       f"on the scan's layer {df.attrs['probe_layer']}: P({df.attrs['positive']}). Greedy decoding, "
+                       f"{max_new_tokens} new tokens."],
+                      [(steer_figure(df), steer_plot(df), "steer")],
+                      [("Generations (prompts by rows, alphas by columns)", _steer_table(df), "steer_grid"),
+                       ("Every generation with its probe probability", df, "steer")])
+    click.echo(f"steering: {path}")
+
+
+def _steer_table(df):
+    """Prompts by rows, alphas by columns; each cell the generation and its probe probability."""
+    grid = df.assign(cell=[f"{g} [P={p:.2f}]" for g, p in zip(df["generation"], df["p_positive"])])
+    table = grid.pivot(index="prompt", columns="alpha", values="cell").reset_index()
+    table.columns = ["prompt"] + [f"alpha {a:g}" for a in table.columns[1:]]
+    return table
+
+
 # ---------------------------------------------------------------- sparse autoencoders
 @cli.group("sae")
 def sae_group() -> None:
@@ -447,6 +563,7 @@ def sae_steer_cmd(sae_dir, prompt, model_name, feature, values, max_new_tokens, 
     """Generate from PROMPT with one SAE feature clamped to each --value, side by side."""
     import pandas as pd
 
+    from .generate import generate
     from .model import load_model
     from .sae import SAE, clamp
     from .sae.clamp import resolve_values
@@ -455,10 +572,10 @@ def sae_steer_cmd(sae_dir, prompt, model_name, feature, values, max_new_tokens, 
     for v in values:  # every value checked before the model loads
         resolve_values(sae, {feature: v})
     model = load_model(model_name, device=device, dtype="float32", download=download)
-    rows = [("none (original)", _generate_text(model, prompt, max_new_tokens))]
+    rows = [("none (original)", generate(model, prompt, max_new_tokens=max_new_tokens))]
     for v in values:
         with clamp(model, sae, {feature: v}) as c:
-            rows.append((f"{v} = {c.values[0]:.4g}", _generate_text(model, prompt, max_new_tokens)))
+            rows.append((f"{v} = {c.values[0]:.4g}", generate(model, prompt, max_new_tokens=max_new_tokens)))
     for label, text in rows:
         click.echo(f"[{label}] {text}")
     if out:
@@ -468,21 +585,6 @@ def sae_steer_cmd(sae_dir, prompt, model_name, feature, values, max_new_tokens, 
                           [f"prompt: {prompt}", f"{sae!r}; greedy decoding, {max_new_tokens} new tokens"], [],
                           [("Generations", pd.DataFrame(rows, columns=["clamp", "generation"]), "steer")])
         click.echo(f"steer: {path}")
-
-
-def _generate_text(model, prompt: str, max_new_tokens: int) -> str:
-    """Greedy continuation of ``prompt`` (llmri.generate when this llmri has it)."""
-    import llmri
-
-    if hasattr(llmri, "generate"):
-        return llmri.generate(model, prompt, max_new_tokens=max_new_tokens)
-    import torch
-
-    ids = model.tokenizer(prompt, return_tensors="pt")["input_ids"].to(model.device)
-    with torch.no_grad():
-        new = model.module.generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
-                                    pad_token_id=model.tokenizer.pad_token_id)[0, ids.shape[1]:]
-    return model.tokenizer.decode(new, skip_special_tokens=True)
 
 
 def main(argv=None) -> None:

