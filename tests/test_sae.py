@@ -233,3 +233,21 @@ def test_multi_site_and_transcoder_on_tiny_model(tiny_scan):
     assert ev > 0.5
     # a transcoder is not an SAE of its input: reconstructing x itself would be meaningless
     assert yh.shape == y.shape
+
+
+def test_skip_first_leaves_out_each_documents_first_token(tmp_path):
+    """A huge first token per document (a decoder's attention sink) must not set the scaling."""
+    X, _ = synthetic(n_tok=4000)
+    X[::100] *= 1000.0                                    # every document's first token
+    scan = scan_from_arrays(tmp_path / "s", {}, labels=np.arange(40) % 2, token_activations={"resid.1": X},
+                            lengths=np.full(40, 100), shard_tokens=1000)
+    kw = dict(n_latents=16, k=2, epochs=1, batch_size=1000, progress=False)
+    rest = np.delete(X[:1000], np.arange(0, 1000, 100), axis=0)
+    skip = train_sae(scan, "resid.1", skip_first=True, **kw)
+    keep = train_sae(scan, "resid.1", skip_first=False, **kw)
+    want = np.sqrt(32) / np.linalg.norm(rest, axis=1).mean()
+    assert skip.metadata["normalization"]["input_scale"] == pytest.approx(want, rel=0.05)
+    assert keep.metadata["normalization"]["input_scale"] < want / 5
+    feats = llmri.feature_activations(skip, scan, skip_first=True, progress=False)
+    assert feats.n_tokens == 4000 - 40
+    assert not np.isin(feats.top_tokens, np.arange(0, 4000, 100)).any()

@@ -31,8 +31,9 @@ def random_sae(d: int, site: str, seed: int = 0) -> SAE:
     return sae
 
 
-def hand_metrics(model, sae, layer: int):
-    """CE clean/spliced/zero and FVU of resid.layer, one text at a time, hooks on the block itself."""
+def hand_metrics(model, sae, layer: int, skip_first: bool = False):
+    """CE clean/spliced/zero and FVU of resid.layer, one text at a time, hooks on the block itself;
+    ``skip_first`` leaves position 0 as it is and out of the FVU."""
     block = model.module.model.layers[layer - 1]
     tok = model.tokenizer
     mode = {"m": None}
@@ -42,6 +43,8 @@ def hand_metrics(model, sae, layer: int):
         new = sae(h) if mode["m"] == "sae" else torch.zeros_like(h)
         if mode["m"] is None:
             return None
+        if skip_first and mode["m"] == "sae":
+            new[:, 0] = h[:, 0]
         return (new,) + tuple(out[1:]) if isinstance(out, tuple) else new
 
     handle = block.register_forward_hook(hook)
@@ -57,7 +60,7 @@ def hand_metrics(model, sae, layer: int):
                     logp = torch.log_softmax(out.logits[0, :-1], -1)
                     ce[m].extend((-logp[torch.arange(ids.shape[1] - 1), ids[0, 1:]]).tolist())
                     if m is None:
-                        xs.append(out.hidden_states[layer][0])
+                        xs.append(out.hidden_states[layer][0][1 if skip_first else 0:])
     finally:
         handle.remove()
     x = torch.cat(xs)
@@ -78,16 +81,17 @@ def test_identity_and_zero_saes_give_scores_one_and_zero(model):
     assert m["kl_div_with_sae"] == pytest.approx(0.0, abs=1e-6) and m["cossim"] == pytest.approx(1.0, abs=1e-5)
     assert m["ce_loss_with_ablation"] > m["ce_loss_without_sae"]
     zero = SAE(32, 8, arch="relu", site="resid.2")       # every weight 0: reconstruction 0
-    z = evaluate_sae(zero, model, TEXTS, progress=False)
+    z = evaluate_sae(zero, model, TEXTS, skip_first=False, progress=False)   # zero everywhere = the ablation
     assert z["ce_loss_score"] == pytest.approx(0.0, abs=1e-6)
     assert z["kl_div_score"] == pytest.approx(0.0, abs=1e-6)
     assert z["dead_fraction"] == 1.0 and z["l0"] == 0
 
 
-def test_random_sae_matches_hand_spliced_forward(model):
+@pytest.mark.parametrize("skip_first", [False, True])
+def test_random_sae_matches_hand_spliced_forward(model, skip_first):
     sae = random_sae(32, "resid.2")
-    m = evaluate_sae(sae, model, TEXTS, batch_tokens=64, progress=False)
-    ce, fvu = hand_metrics(model, sae, 2)
+    m = evaluate_sae(sae, model, TEXTS, batch_tokens=64, skip_first=skip_first, progress=False)
+    ce, fvu = hand_metrics(model, sae, 2, skip_first)
     assert m["ce_loss_without_sae"] == pytest.approx(ce[None], rel=1e-5)
     assert m["ce_loss_with_sae"] == pytest.approx(ce["sae"], rel=1e-5)
     assert m["ce_loss_with_ablation"] == pytest.approx(ce["zero"], rel=1e-5)

@@ -70,9 +70,11 @@ def _nll(logits: torch.Tensor, input_ids: torch.Tensor, valid: torch.Tensor) -> 
 
 
 def evaluate_sae(sae: SAE, model, corpus, batch_tokens: int = 4096, dense_threshold: float = 0.1,
-                 progress: bool | None = None) -> dict:
+                 skip_first: bool | None = None, progress: bool | None = None) -> dict:
     """Metrics of ``sae`` on ``corpus`` (an llmri.Corpus, a path or a list of texts), with the
     SAE spliced into ``model`` at its site. CE and KL metrics need a causal LM (else NaN).
+    ``skip_first`` (default: on for decoders) leaves each text's first token, the attention
+    sink, unspliced and out of the reconstruction metrics, as training leaves it out.
 
     >>> m = llmri.evaluate_sae(sae, model, "heldout/")          # doctest: +SKIP
     >>> m["explained_variance"], m["ce_loss_score"], m["l0"]      # doctest: +SKIP
@@ -89,6 +91,8 @@ def evaluate_sae(sae: SAE, model, corpus, batch_tokens: int = 4096, dense_thresh
     model = as_model(model)
     check_sae_fits(sae, model)
     lm = is_causal_lm(model)
+    if skip_first is None:
+        skip_first = bool(model.adapter.causal)
     dev = model.device
     sae = sae.to(dev).eval()
     batches = _Batches(model, texts, batch_tokens)
@@ -102,7 +106,10 @@ def evaluate_sae(sae: SAE, model, corpus, batch_tokens: int = 4096, dense_thresh
 
     def splice(x):  # the target site's value replaced by the SAE's reconstruction
         src = state[sae.site] if sae.is_transcoder else x
-        return sae(src.float()).to(x.dtype)
+        new = sae(src.float()).to(x.dtype)
+        if skip_first:
+            new[state["rows"], state["first"]] = x[state["rows"], state["first"]]
+        return new
 
     read_fns = {sae.site: read(sae.site), sae.target_site: read(sae.target_site)}
     splice_fns = {sae.target_site: splice}
@@ -117,6 +124,12 @@ def evaluate_sae(sae: SAE, model, corpus, batch_tokens: int = 4096, dense_thresh
                disable=None if progress is None else not progress)
     with torch.no_grad():
         for _, kw, mask in bar:
+            state["rows"] = torch.arange(mask.shape[0], device=mask.device)
+            state["first"] = mask.int().argmax(1)
+            real = mask
+            if skip_first:  # the reconstruction metrics leave the first token out
+                mask = mask.clone()
+                mask[state["rows"], state["first"]] = False
             with hooks(model.module, model.adapter, read_fns):
                 clean = model.module(**kw) if lm else model.base(**kw)
             x, y = state[sae.site][mask].float(), state[sae.target_site][mask].float()
@@ -138,7 +151,7 @@ def evaluate_sae(sae: SAE, model, corpus, batch_tokens: int = 4096, dense_thresh
                 spliced = model.module(**kw).logits
             with hooks(model.module, model.adapter, zero_fns):
                 zeroed = model.module(**kw).logits
-            valid = mask[:, 1:] & mask[:, :-1]
+            valid = real[:, 1:] & real[:, :-1]
             ids = kw["input_ids"]
             acc["ce_clean"] += float(_nll(clean.logits, ids, valid).sum())
             acc["ce_sae"] += float(_nll(spliced, ids, valid).sum())

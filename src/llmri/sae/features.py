@@ -64,8 +64,11 @@ class FeatureActivations:
 
 
 def feature_activations(sae: SAE, scan, n_top: int = 20, n_samples: int = 50, chunk: int = 1024,
-                        seed: int = 0, device: str = "auto", progress: bool | None = None) -> FeatureActivations:
+                        skip_first: bool | None = None, seed: int = 0, device: str = "auto",
+                        progress: bool | None = None) -> FeatureActivations:
     """One pass over ``scan``'s token records of the SAE's site: see the module docstring.
+    ``skip_first`` (default: on for scans of decoders) counts no activation on each document's
+    first token, the attention sink, and leaves it out of the densities.
 
     >>> feats = llmri.feature_activations(sae, scan)            # doctest: +SKIP
     >>> feats.table().sort_values("effect_size").tail()         # doctest: +SKIP
@@ -73,6 +76,7 @@ def feature_activations(sae: SAE, scan, n_top: int = 20, n_samples: int = 50, ch
     from scipy.stats import false_discovery_control, ttest_ind_from_stats
 
     from ..store import Scan
+    from .train import first_token_rows, scan_is_causal
 
     if isinstance(scan, str) or hasattr(scan, "__fspath__"):
         scan = Scan.open(scan)
@@ -84,6 +88,8 @@ def feature_activations(sae: SAE, scan, n_top: int = 20, n_samples: int = 50, ch
         if not isinstance(v, int) or v < 1:
             raise LlmriError(f"{name} must be a positive integer, got {v!r}")
     kind, layer = parse_site(sae.site)
+    if skip_first is None:
+        skip_first = scan_is_causal(scan)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
     sae = sae.to(dev).eval()
@@ -118,8 +124,11 @@ def feature_activations(sae: SAE, scan, n_top: int = 20, n_samples: int = 50, ch
             doc_sum = torch.zeros(len(docs), m, dtype=torch.float64, device=dev)
             local = local.to(dev)
             x_all = torch.from_numpy(np.asarray(acts, dtype=np.float32))
+            keep = torch.ones(len(local), dtype=torch.bool, device=dev)
+            if skip_first:
+                keep[torch.from_numpy(first_token_rows(ntok)).to(dev)] = False
             for a in range(0, len(local), chunk):
-                f = sae.encode(x_all[a:a + chunk].to(dev))
+                f = sae.encode(x_all[a:a + chunk].to(dev)) * keep[a:a + chunk, None]
                 g = gidx[a:a + chunk]
                 c = f.shape[0]
                 active = f > 0
@@ -134,12 +143,13 @@ def feature_activations(sae: SAE, scan, n_top: int = 20, n_samples: int = 50, ch
                 smp_v = torch.cat([smp_v, f]).gather(0, where)
                 smp_i = torch.cat([smp_i, g[:, None].expand(c, m)]).gather(0, where)
                 doc_sum.index_add_(0, local[a:a + c], f.double())
-            doc_mean = doc_sum / ntok_t.to(dev, torch.float64)[:, None]
+            counted = (ntok_t - int(skip_first)).clamp(min=1)
+            doc_mean = doc_sum / counted.to(dev, torch.float64)[:, None]
             lab = labels[docs_t].to(dev)
             cat_s.index_add_(0, lab, doc_mean)
             cat_q.index_add_(0, lab, doc_mean.pow(2))
             cat_n += torch.bincount(labels[docs_t], minlength=n_cat).double()
-            n_tokens += len(local)
+            n_tokens += int(keep.sum())
             bar.update(len(local))
     smp_i = torch.where(key_v >= 0, smp_i, torch.full_like(smp_i, -1))
     top_i = torch.where(top_v > 0, top_i, torch.full_like(top_i, -1))

@@ -202,8 +202,8 @@ def train_sae(scan, site, n_latents: int = 4096, k: int = 32, arch: str = "batch
               target_site=None, epochs: int = 1, batch_size: int = 4096, lr: float | None = None,
               l1_coefficient: float = 5.0, l0_coefficient: float = 0.05, bandwidth: float = 0.05,
               b_dec_init: str = "geometric_median", normalize: bool = True, aux_k: int | None = None,
-              aux_coefficient: float = 1 / 32, dead_tokens: int | None = None, seed: int = 0,
-              device: str = "auto", progress: bool | None = None):
+              aux_coefficient: float = 1 / 32, dead_tokens: int | None = None, skip_first: bool | None = None,
+              seed: int = 0, device: str = "auto", progress: bool | None = None):
     """Train an SAE (or a transcoder, with ``target_site``) on a Scan's token-level records.
 
     ``site`` is one token site (``"resid.6"``) or a list of them: several SAEs are then
@@ -211,7 +211,9 @@ def train_sae(scan, site, n_latents: int = 4096, k: int = 32, arch: str = "batch
     read one shard at a time (memory stays bounded whatever the token count), shards in a
     seeded random order and tokens shuffled inside each shard. ``k`` is the number of active
     latents per token (TopK) or on average (BatchTopK); ReLU uses ``l1_coefficient`` and
-    JumpReLU ``l0_coefficient`` and ``bandwidth`` instead.
+    JumpReLU ``l0_coefficient`` and ``bandwidth`` instead. ``skip_first`` leaves out each
+    document's first token, where decoders park an attention sink whose residual norm is orders
+    of magnitude above the rest (default: on for scans of decoders, see :func:`scan_is_causal`).
 
     >>> sae = llmri.train_sae(scan, site="resid.15", n_latents=4096, k=32)   # doctest: +SKIP
     >>> tc = llmri.train_sae(scan, site="resid.3", target_site="mlp_out.3")  # a transcoder
@@ -256,10 +258,12 @@ def train_sae(scan, site, n_latents: int = 4096, k: int = 32, arch: str = "batch
     if dead_tokens is None:
         dead_tokens = max(batch_size, min(10_000_000, total_tokens // 10))
     needed = list(dict.fromkeys(names + tnames))
+    if skip_first is None:
+        skip_first = scan_is_causal(scan)
 
     # First shard (in the first epoch's order) gives the scaling and the b_dec initialisation.
     orders = [rng.permutation(scan.n_shards) for _ in range(epochs)]
-    first = _read_shard(scan, needed, orders[0][0])
+    first = _read_shard(scan, needed, orders[0][0], skip_first)
     trainers = []
     scales = {}
     for name in needed:
@@ -285,7 +289,7 @@ def train_sae(scan, site, n_latents: int = 4096, k: int = 32, arch: str = "batch
     with bar:
         for order in orders:
             for s in order:
-                data = _read_shard(scan, needed, s)
+                data = _read_shard(scan, needed, s, skip_first)
                 n = data[needed[0]].shape[0]
                 perm = torch.from_numpy(rng.permutation(n))
                 tensors = {nm: torch.from_numpy(a) for nm, a in data.items()}
@@ -304,7 +308,7 @@ def train_sae(scan, site, n_latents: int = 4096, k: int = 32, arch: str = "batch
     for tr, name, tname in zip(trainers, names, tnames):
         sae = tr.finish(scales[name], scales[tname])
         sae.metadata.update(arch=arch, n_tokens=total_tokens, epochs=epochs, batch_size=batch_size, lr=tr.lr,
-                            seed=seed, b_dec_init=b_dec_init, aux_k=tr.aux_k, aux_coefficient=aux_coefficient,
+                            seed=seed, b_dec_init=b_dec_init, skip_first=bool(skip_first), aux_k=tr.aux_k, aux_coefficient=aux_coefficient,
                             dead_tokens=dead_tokens, scan=str(scan.folder),
                             normalization=dict(method="expected_average_only_in" if normalize else "none",
                                                input_scale=scales[name], target_scale=scales[tname],
@@ -322,13 +326,27 @@ def _site_name(scan, site: str) -> str:
     return scan._name(None, site, scan.token_sites, " at token level")
 
 
-def _read_shard(scan, names: list[str], s: int) -> dict[str, np.ndarray]:
+def scan_is_causal(scan) -> bool:
+    """Whether the scanned model is a decoder (its first token is an attention sink)."""
+    from ..sites import ADAPTERS
+
+    adapter = ADAPTERS.get(scan.manifest["model"].get("family"))
+    return bool(adapter and adapter.causal)
+
+
+def first_token_rows(ntok: np.ndarray) -> np.ndarray:
+    """Rows of each document's first token in a shard's token arrays."""
+    return np.concatenate([[0], np.cumsum(ntok)[:-1]]).astype(np.int64)
+
+
+def _read_shard(scan, names: list[str], s: int, skip_first: bool = False) -> dict[str, np.ndarray]:
     """Token activations of one shard for every named site (one shard in memory at a time)."""
     out = {}
     for name in names:
         kind, layer = parse_site(name)
-        for _, _, _, acts in scan.iter_token_shards(layer, kind, order=[s]):
-            out[name] = np.asarray(acts, dtype=np.float32)
+        for _, ntok, _, acts in scan.iter_token_shards(layer, kind, order=[s]):
+            acts = np.asarray(acts, dtype=np.float32)
+            out[name] = np.delete(acts, first_token_rows(ntok), axis=0) if skip_first else acts
     return out
 
 
