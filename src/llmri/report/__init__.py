@@ -291,7 +291,8 @@ def build_feature_browser(sae, feats, out, model=None, metrics: dict | None = No
         live.sort_values("effect_size", ascending=False)["feature"].head(n_cards // 2).tolist()
         + live.sort_values("density", ascending=False)["feature"].tolist()))[:n_cards]
     cards = {str(int(f)): feature_card(feats, int(f), model=model).to_html() for f in chosen}
-    shown = table.drop(columns=["x", "y"]).sort_values("density", ascending=False)
+    shown = table[[c for c in ("feature", "density", "max", "category", "effect_size", "top_tokens")
+                   if c in table.columns]].sort_values("density", ascending=False)
     atomic_write_text(out / "features.csv", table.to_csv(index=False))
     files.append("features.csv")
     metric_rows = pd.DataFrame([(k, v) for k, v in (metrics or {}).items() if isinstance(v, (int, float))],

@@ -245,7 +245,7 @@ def feature_card(feats: FeatureActivations, feature: int, model=None, window: in
             with torch.no_grad():
                 f = sae.encode(torch.from_numpy(scan.token_activations(layer, kind, doc=d)))[:, i].numpy()
             ids = scan.token_ids(d)
-            strs = tok.convert_ids_to_tokens(ids.tolist()) if tok is not None else [str(x) for x in ids]
+            strs = token_strings(tok, ids.tolist())
             cache[d] = (list(strs), f)
         strs, f = cache[d]
         a, b = max(0, pos - window), min(len(strs), pos + window + 1)
@@ -269,6 +269,13 @@ def feature_card(feats: FeatureActivations, feature: int, model=None, window: in
                        feature_neighbors(sae, i, by="decoder"))
 
 
+def token_strings(tok, ids: list[int]) -> list[str]:
+    """Each token id as the text it stands for (byte-level markers decoded), or the id itself."""
+    if tok is None:
+        return [str(i) for i in ids]
+    return [tok.decode([i]) for i in ids]
+
+
 def output_tokens(sae: SAE, feature: int, model, top: int = 10) -> pd.DataFrame | None:
     """The tokens a feature's decoder direction promotes and suppresses through the unembedding."""
     module = getattr(model, "module", None)
@@ -279,7 +286,7 @@ def output_tokens(sae: SAE, feature: int, model, top: int = 10) -> pd.DataFrame 
         logits = head.weight.float().cpu() @ sae.W_dec[feature].float().cpu()
     order = torch.argsort(logits, descending=True)
     ids = torch.cat([order[:top], order[-top:].flip(0)]).tolist()
-    names = model.tokenizer.convert_ids_to_tokens(ids)
+    names = token_strings(model.tokenizer, ids)
     return pd.DataFrame({"token": names, "logit": logits[ids].numpy(), "direction": ["up"] * top + ["down"] * top})
 
 
@@ -354,7 +361,7 @@ def top_output_tokens(sae: SAE, model, top: int = 5, chunk: int = 256) -> list[s
     with torch.no_grad():
         for a in range(0, sae.d_sae, chunk):
             idx = (sae.W_dec[a:a + chunk].float().cpu() @ W_U.T).topk(top, dim=1).indices
-            out += [", ".join(model.tokenizer.convert_ids_to_tokens(row)) for row in idx.tolist()]
+            out += [", ".join(token_strings(model.tokenizer, row)) for row in idx.tolist()]
     return out
 
 
