@@ -108,3 +108,24 @@ def test_bad_sae_for_model(model):
         evaluate_sae(identity_sae(32, "resid.9"), model, TEXTS, progress=False)
     with pytest.raises(llmri.LlmriError, match="corpus"):
         evaluate_sae(identity_sae(32, "resid.2"), model, [], progress=False)
+
+
+def test_transcoder_reproducing_the_mlp_output_scores_one(model):
+    """mlp_out.1 = down_proj(mlp.1): a transcoder with W_dec built from down_proj is exact."""
+    down = model.module.model.layers[1].mlp.down_proj.weight.detach()     # [32, 64]
+    tc = SAE(64, 128, arch="relu", site="mlp.1", target_site="mlp_out.1", d_out=32)
+    eye = torch.eye(64)
+    with torch.no_grad():
+        tc.W_enc.copy_(torch.cat([eye, -eye], 1))
+        tc.W_dec.copy_(torch.cat([down.T, -down.T], 0))
+    assert tc.is_transcoder and not tc.apply_b_dec_to_input
+    m = evaluate_sae(tc, model, TEXTS, skip_first=False, progress=False)
+    assert m["ce_loss_score"] == pytest.approx(1.0, abs=1e-4)
+    assert m["explained_variance"] == pytest.approx(1.0, abs=1e-5)
+    with torch.no_grad():
+        tc.W_dec.mul_(0.5)                     # half the MLP output: a real, measurable loss
+    half = evaluate_sae(tc, model, TEXTS, skip_first=False, progress=False)
+    assert half["explained_variance"] == pytest.approx(0.75, abs=0.1) and half["ce_loss_score"] < 1
+    backwards = SAE(32, 8, arch="relu", site="resid.3", target_site="mlp_out.0")
+    with pytest.raises(llmri.LlmriError, match="must come before"):
+        evaluate_sae(backwards, model, TEXTS, progress=False)

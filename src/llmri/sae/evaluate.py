@@ -43,7 +43,7 @@ def _texts(corpus) -> list[str]:
 
 def check_sae_fits(sae: SAE, model) -> None:
     """Fail with one line when the SAE's sites or widths do not fit the model."""
-    from ..sites import layer_count, parse_site
+    from ..sites import block_of, layer_count, parse_site
 
     for what, site in (("site", sae.site), ("target site", sae.target_site)):
         if site is None:
@@ -54,6 +54,9 @@ def check_sae_fits(sae: SAE, model) -> None:
         if layer is None or not 0 <= layer < count:
             raise LlmriError(f"the SAE's {what} {site!r} does not exist in {model.name} "
                              f"({model.n_layers} blocks)")
+    if sae.is_transcoder and block_of(sae.site) > block_of(sae.target_site):
+        raise LlmriError(f"transcoder {sae.site} -> {sae.target_site}: the input site must come before "
+                         "the site it predicts")
 
 
 def _check_width(sae: SAE, x: torch.Tensor, y: torch.Tensor) -> None:

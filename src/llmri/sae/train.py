@@ -252,14 +252,14 @@ def train_sae(scan, site, n_latents: int = 4096, k: int = 32, arch: str = "batch
                        ("cpu" if device == "auto" else device))
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
-    total_tokens = int(scan.manifest["plan"]["n_tokens"]) * epochs
-    steps_per_epoch = sum(math.ceil(int(n.sum()) / batch_size) for _, n in scan._index)
-    total_steps = max(1, steps_per_epoch * epochs)
-    if dead_tokens is None:
-        dead_tokens = max(batch_size, min(10_000_000, total_tokens // 10))
     needed = list(dict.fromkeys(names + tnames))
     if skip_first is None:
         skip_first = scan_is_causal(scan)
+    per_shard = [int(n.sum()) - (len(n) if skip_first else 0) for _, n in scan._index]
+    total_tokens = sum(per_shard) * epochs
+    total_steps = max(1, sum(math.ceil(t / batch_size) for t in per_shard) * epochs)
+    if dead_tokens is None:
+        dead_tokens = max(batch_size, min(10_000_000, total_tokens // 10))
 
     # First shard (in the first epoch's order) gives the scaling and the b_dec initialisation.
     orders = [rng.permutation(scan.n_shards) for _ in range(epochs)]
