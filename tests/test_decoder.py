@@ -31,7 +31,7 @@ def dec():
 @pytest.fixture(scope="module")
 def reviews_scan(dec, tmp_path_factory):
     out = tmp_path_factory.mktemp("reviews") / "scan"
-    return llmri.scan(dec, llmri.reviews_corpus(), out, sites=("resid",), layers=[4, 8, 12, 16], progress=False)
+    return llmri.scan(dec, llmri.reviews_corpus(), out, sites=("resid",), layers=[6, 12, 16], progress=False)
 
 
 def direct_gguf_model():
@@ -98,7 +98,10 @@ def test_bad_gguf_files(tmp_path):
     (tmp_path / "notes.gguf").write_text("hello")
     with pytest.raises(LlmriError, match="notes.gguf: not a GGUF file"):
         llmri.load_model(str(tmp_path / "notes.gguf"))
-    (tmp_path / "broken.gguf").write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + os.urandom(256))
+    import struct
+
+    # a well-formed GGUF (version 3) that holds no tensors and no metadata: not a model
+    (tmp_path / "broken.gguf").write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 0))
     os.environ["LLMRI_CACHE"] = str(tmp_path / "cache")
     try:
         with pytest.raises(LlmriError, match="broken.gguf: not a model transformers can read") as e:
@@ -134,8 +137,9 @@ def test_decoder_scan_pools_without_the_sink(dec, reviews_scan):
 
 
 def test_steering_toward_a_category_raises_its_probe_probability(dec, reviews_scan):
-    prompts = ["Tell me about your weekend.", "How was the hotel?", "Describe your last meal."]
-    df = llmri.steer_sweep(dec, reviews_scan, "positive", "negative", 8, [-8, 8], prompts, max_new_tokens=24, probe_layer=16)
+    prompts = ["How was the hotel?", "What did you think of the film?", "Describe the restaurant you visited."]
+    df = llmri.steer_sweep(dec, reviews_scan, "positive", "negative", 6, [-6, 6], prompts, max_new_tokens=24,
+                           probe_layer=16)
     toward = df[df["alpha"] > 0]["p_positive"].mean()
     away = df[df["alpha"] < 0]["p_positive"].mean()
     assert toward > away + 0.2, df.to_string()
@@ -143,22 +147,23 @@ def test_steering_toward_a_category_raises_its_probe_probability(dec, reviews_sc
 
 def test_steer_command_and_errors(tmp_path, reviews_scan):
     proc = run("steer", "How was the hotel?", "--scan", str(reviews_scan.folder), "--positive", "positive",
-               "--negative", "negative", "--layer", "8", "--probe-layer", "16", "--alphas", "-8,8",
+               "--negative", "negative", "--layer", "6", "--probe-layer", "16", "--alphas", "-6,6",
                "--max-new-tokens", "12", "--out", "st", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     page = (tmp_path / "st" / "steer.html").read_text(encoding="utf-8")
-    assert "alpha -8" in page and "alpha 8" in page and "Plotly.newPlot" in page
+    assert "alpha -6" in page and "alpha 6" in page and "Plotly.newPlot" in page
     import json
 
     rows = json.loads((tmp_path / "st" / "steer.json").read_text())["rows"]
-    assert [r["alpha"] for r in rows] == [-8.0, 8.0] and all(0 <= r["p_positive"] <= 1 for r in rows)
+    assert [r["alpha"] for r in rows] == [-6.0, 6.0] and all(0 <= r["p_positive"] <= 1 for r in rows)
     assert (tmp_path / "st" / "steer.png").stat().st_size > 5_000
     for args, pattern in [
         (["--positive", "happy"], "--positive: category 'happy' is not in"),
         (["--layer", "5"], "--layer 5: "),
+        (["--probe-layer", "3"], "--probe-layer 3: "),
         (["--alphas", "1,x"], "--alphas '1,x'"),
     ]:
-        base = {"--positive": "positive", "--layer": "8", "--alphas": "1"}
+        base = {"--positive": "positive", "--layer": "6", "--alphas": "1"}
         base.update(dict(zip(args[::2], args[1::2])))
         flat = [x for kv in base.items() for x in kv]
         t = time.time()
@@ -166,9 +171,9 @@ def test_steer_command_and_errors(tmp_path, reviews_scan):
                    "--out", "bad", cwd=tmp_path)
         assert_one_line_error(proc, pattern)
         assert not (tmp_path / "bad").exists()
-    other = llmri.scan_from_arrays(tmp_path / "other", {"resid.8": np.ones((4, 576))}, ["positive", "negative"] * 2)
+    other = llmri.scan_from_arrays(tmp_path / "other", {"resid.6": np.ones((4, 576))}, ["positive", "negative"] * 2)
     proc = run("steer", "hi", "--scan", str(other.folder), "--positive", "positive", "--negative", "negative",
-               "--layer", "8", "--out", "bad", cwd=tmp_path)
+               "--layer", "6", "--out", "bad", cwd=tmp_path)
     assert_one_line_error(proc, "the scan was made with")
 
 

@@ -109,6 +109,9 @@ def generate(model, prompts, max_new_tokens: int = 64, chat: bool | None = None,
     return out[0] if single else out
 
 
+PROBE_C = 0.01  # inverse L2 strength of the probe that scores steered generations
+
+
 def steer_sweep(model, scan, positive, negative, layer: int, alphas, prompts, site: str = "resid",
                 mode: str = "add", max_new_tokens: int = 40, probe_layer: int | None = None,
                 seed: int = 0):
@@ -117,9 +120,9 @@ def steer_sweep(model, scan, positive, negative, layer: int, alphas, prompts, si
     The steering vector is :func:`llmri.steering_vector` of the Scan (``positive`` minus
     ``negative``) at ``site``/``layer``. Each generation is read back by the model, unsteered and
     pooled as the Scan was, at ``probe_layer`` (default ``layer``), and a logistic-regression
-    probe trained on the Scan's ``positive`` vs ``negative`` documents gives the probability of
-    ``positive``. Returns a DataFrame: prompt, alpha, generation, p_positive (NaN for an empty
-    generation).
+    probe trained on the Scan's ``positive`` vs ``negative`` documents (standardised, L2 with
+    ``C = 0.01`` so its probabilities stay graded) gives the probability of ``positive``.
+    Returns a DataFrame: prompt, alpha, generation, p_positive (NaN for an empty generation).
     """
     import pandas as pd
 
@@ -143,7 +146,9 @@ def steer_sweep(model, scan, positive, negative, layer: int, alphas, prompts, si
     negs = [negative] if isinstance(negative, str) else list(negative)
     keep = np.isin(scan.labels, [scan.label_names.index(c) for c in names + negs])
     y = np.isin(scan.labels, [scan.label_names.index(c) for c in names])[keep]
-    clf = make_classifier("logistic", seed=seed).fit(scan.activations(probe_layer, site)[keep], y)
+    # With far more dimensions than documents, a logistic probe separates its training set and its
+    # probabilities saturate at 0 or 1 on any new text; a strong L2 penalty keeps them graded.
+    clf = make_classifier("logistic", seed=seed, C=PROBE_C).fit(scan.activations(probe_layer, site)[keep], y)
     rows = []
     for a in alphas:
         with steer(model, {f"{site}.{layer}": vector}, alpha=a, mode=mode):

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,13 +124,18 @@ def convert_gguf(gguf, progress: bool | None = None) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     if progress:
         print(f"llmri: converting {gguf.name} once into {target} ...", file=sys.stderr, flush=True)
+    for stale in root.glob(f".{target.name}.*.tmp"):  # left by a conversion that was killed
+        if not _owner_alive(stale):
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=root))
+    (tmp / ".owner").write_text(str(os.getpid()))
     try:
         _write_converted(gguf, tmp, progress)
         index = {"format": GGUF_CACHE_FORMAT, "source": gguf.name, "source_sha256": digest,
                  "files": {p.name: {"size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns,
                                     "sha256": _sha256_file(p)}
-                           for p in sorted(tmp.iterdir()) if p.is_file()}}
+                           for p in sorted(tmp.iterdir()) if p.is_file() and p.name != ".owner"}}
+        (tmp / ".owner").unlink()
         atomic_write_json(tmp / _CACHE_INDEX, index)
         if target.exists():  # an invalid entry (killed or corrupted): replace it
             stale = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".stale", dir=root))
@@ -143,6 +149,17 @@ def convert_gguf(gguf, progress: bool | None = None) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _owner_alive(folder: Path) -> bool:
+    """Whether the process that is writing a temporary cache folder is still running."""
+    try:
+        os.kill(int((folder / ".owner").read_text()), 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except (OSError, ValueError):  # no owner file yet (just created), or not ours to signal
+        return (folder / ".owner").exists() or time.time() - folder.stat().st_mtime < 3600
 
 
 def _write_converted(gguf: Path, folder: Path, progress: bool | None) -> None:
@@ -164,8 +181,9 @@ def _write_converted(gguf: Path, folder: Path, progress: bool | None) -> None:
                 str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     except ImportError as e:
         raise LlmriError(f"{gguf}: loading GGUF needs the packages gguf and accelerate ({e})") from None
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise LlmriError(f"{gguf}: not a model transformers can read ({str(e).splitlines()[0]})") from None
+    except Exception as e:  # the GGUF reader fails in many ways on a file that is not a model
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise LlmriError(f"{gguf}: not a model transformers can read ({type(e).__name__}: {first})") from None
     cfg = module.config.to_dict()
     for k in ("quantization_config", "_name_or_path", "_model_name_or_path", "transformers_version"):
         cfg.pop(k, None)

@@ -34,15 +34,16 @@ def folds(labels: np.ndarray, cv: int, seed: int):
     return list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(labels, labels))
 
 
-def make_classifier(kind: str = "logistic", seed: int = 0):
-    """A standardised logistic regression, or a small MLP (one hidden layer of 64)."""
+def make_classifier(kind: str = "logistic", seed: int = 0, C: float = 1.0):
+    """A standardised logistic regression (inverse L2 strength ``C``), or a small MLP (one hidden
+    layer of 64)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.neural_network import MLPClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     if kind == "logistic":
-        return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+        return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000))
     if kind == "mlp":
         return make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=(64,), max_iter=500,
                                                              early_stopping=False, random_state=seed))
