@@ -251,3 +251,19 @@ def test_skip_first_leaves_out_each_documents_first_token(tmp_path):
     feats = llmri.feature_activations(skip, scan, skip_first=True, progress=False)
     assert feats.n_tokens == 4000 - 40
     assert not np.isin(feats.top_tokens, np.arange(0, 4000, 100)).any()
+
+
+def test_transformer_lens_hook_names_become_sites(tmp_path):
+    from llmri.sae.model import site_from_hook_name
+
+    assert site_from_hook_name("blocks.8.hook_resid_pre") == "resid.8"
+    assert site_from_hook_name("blocks.8.hook_resid_post") == "resid.9"
+    assert site_from_hook_name("blocks.2.hook_mlp_out") == "mlp_out.2"
+    assert site_from_hook_name("resid.3") == "resid.3"
+    sae = SAE(8, 4, arch="relu", site="resid.1")
+    sae.save(tmp_path / "s")
+    cfg = json.loads((tmp_path / "s" / "cfg.json").read_text())
+    del cfg["llmri"]
+    cfg["metadata"] = {"hook_name": "blocks.5.hook_resid_post"}  # as a SAELens release names it
+    (tmp_path / "s" / "cfg.json").write_text(json.dumps(cfg))
+    assert SAE.load(tmp_path / "s").site == "resid.6"

@@ -19,6 +19,7 @@ them so SAELens still loads the folder. EleutherAI ``sparsify`` folders (``cfg.j
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -188,6 +189,27 @@ class SAE(nn.Module):
         return sae.to(device).eval()
 
     @classmethod
+    def from_pretrained(cls, release: str, sae_id: str, device: str = "cpu") -> "SAE":
+        """A released SAE through SAELens' registry (needs ``pip install sae-lens`` and the network).
+
+        >>> sae = SAE.from_pretrained("gpt2-small-res-jb", "blocks.8.hook_resid_pre")   # doctest: +SKIP
+        """
+        import tempfile
+
+        try:
+            import sae_lens
+        except ImportError:
+            raise LlmriError("SAE.from_pretrained needs sae-lens: pip install sae-lens") from None
+        theirs = sae_lens.SAE.from_pretrained(release, sae_id, device="cpu")
+        theirs = theirs[0] if isinstance(theirs, tuple) else theirs
+        with tempfile.TemporaryDirectory() as tmp:
+            theirs.save_model(tmp)
+            sae = cls.load(tmp, device)
+        if sae.site is None:
+            sae.site = sae.target_site = site_from_hook_name(sae_id)
+        return sae
+
+    @classmethod
     def _from_saelens(cls, cfg: dict, w: dict, where: Path) -> "SAE":
         ours = cfg.get("llmri") or {}
         meta = cfg.get("metadata") or {}
@@ -204,7 +226,8 @@ class SAE(nn.Module):
             raise LlmriError(f"{where.parent / WEIGHTS_FILE}: missing tensors {missing}")
         d_in, d_sae = w["W_enc"].shape
         d_out = w["W_dec"].shape[1]
-        site = ours.get("site") or meta.get("llmri_site") or meta.get("hook_name") or cfg.get("hook_name")
+        site = ours.get("site") or meta.get("llmri_site") or site_from_hook_name(
+            meta.get("hook_name") or cfg.get("hook_name"))
         target = ours.get("target_site") or meta.get("llmri_target_site") or site
         if arch == "batchtopk" and "threshold" not in w:
             arch = "topk"
@@ -253,3 +276,19 @@ def batch_topk_relu(pre: torch.Tensor, k: int) -> torch.Tensor:
     n = min(k * pre.reshape(-1, pre.shape[-1]).shape[0], flat.numel())
     vals, idx = flat.topk(n)
     return torch.zeros_like(flat).scatter(0, idx, vals).view_as(pre)
+
+
+_TL_HOOKS = {"hook_resid_pre": ("resid", 0), "hook_resid_post": ("resid", 1), "hook_mlp_out": ("mlp_out", 0),
+             "hook_attn_out": ("attn_out", 0), "mlp.hook_post": ("mlp", 0), "attn.hook_z": ("attn_z", 0)}
+
+
+def site_from_hook_name(name):
+    """llmri's site for a TransformerLens hook name (``blocks.8.hook_resid_pre`` -> ``resid.8``,
+    ``blocks.8.hook_resid_post`` -> ``resid.9``); other names are kept as they are."""
+    if not isinstance(name, str):
+        return None
+    m = re.match(r"^blocks\.(\d+)\.(.+)$", name)
+    if m and m.group(2) in _TL_HOOKS:
+        kind, shift = _TL_HOOKS[m.group(2)]
+        return f"{kind}.{int(m.group(1)) + shift}"
+    return name
