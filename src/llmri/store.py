@@ -284,19 +284,29 @@ class Scan:
         name = self._name(layer, site, self.token_sites, " at token level")
         return self._read_tokens("tokens." + name, doc).astype(np.float32, copy=False)
 
-    def iter_token_shards(self, layer: int, site: str = "resid"):
-        """Yield ``(doc_index, n_tokens, token_ids, activations)`` shard by shard (bounded memory)."""
+    @property
+    def n_shards(self) -> int:
+        return int(self.manifest["plan"]["n_shards"])
+
+    def iter_token_shards(self, layer: int, site: str = "resid", order=None):
+        """Yield ``(doc_index, n_tokens, token_ids, activations)`` shard by shard (bounded memory),
+        in stored order or in the shard ``order`` given (e.g. a permutation, to shuffle training)."""
         name = self._name(layer, site, self.token_sites, " at token level")
-        for s, (doc, ntok) in enumerate(self._index):
-            with self._shard(s) as f:
+        for s in (range(self.n_shards) if order is None else order):
+            doc, ntok = self._index[s]
+            with self._shard(int(s)) as f:
                 yield doc, ntok, f.get_tensor("token_ids"), f.get_tensor("tokens." + name)
 
 
 def scan_from_arrays(folder, activations: dict[str, np.ndarray], labels, label_names=None,
-                     texts=None, model_name: str = "arrays") -> Scan:
+                     texts=None, model_name: str = "arrays", token_activations: dict | None = None,
+                     lengths=None, token_ids=None, shard_tokens: int = 65536) -> Scan:
     """Write a Scan from activations you already have: ``{"resid.0": [n_docs, dim], ...}``.
 
-    Every llmri analysis can then read it like a captured scan.
+    Every llmri analysis can then read it like a captured scan. ``token_activations``
+    (``{"resid.3": [n_tokens, dim]}``, documents' tokens one after another, ``lengths`` tokens
+    each) adds token-level records, cut into shards of about ``shard_tokens`` tokens; a site
+    given only there is pooled (mean over its tokens) for the document-level records.
 
     >>> s = scan_from_arrays("runs/mine", {"resid.0": X0, "resid.1": X1}, labels)  # doctest: +SKIP
     """
@@ -305,32 +315,71 @@ def scan_from_arrays(folder, activations: dict[str, np.ndarray], labels, label_n
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()):
         raise LlmriError(f"{folder}: folder is not empty; choose a new output folder")
-    if not activations:
+    activations = dict(activations or {})
+    token_activations = {k: np.asarray(v, dtype=np.float32) for k, v in (token_activations or {}).items()}
+    if not activations and not token_activations:
         raise LlmriError("activations: no arrays given")
     n = len(labels)
+    if token_activations:
+        if lengths is None:
+            raise LlmriError("lengths: token_activations need the number of tokens of each document")
+        lengths = np.asarray(lengths, dtype=np.int64)
+        if lengths.shape != (n,) or (lengths < 1).any():
+            raise LlmriError(f"lengths: expected {n} positive token counts, one per document")
+        total = int(lengths.sum())
+        for name, arr in token_activations.items():
+            if arr.ndim != 2 or arr.shape[0] != total:
+                raise LlmriError(f"token_activations[{name!r}]: expected shape [{total}, dim], got {list(arr.shape)}")
+        token_ids = (np.zeros(total, dtype=np.int64) if token_ids is None
+                     else np.asarray(token_ids, dtype=np.int64))
+        if token_ids.shape != (total,):
+            raise LlmriError(f"token_ids: expected {total} ids, got {token_ids.shape[0]}")
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        for name, arr in token_activations.items():
+            if name not in activations:
+                activations[name] = np.add.reduceat(arr, offsets[:-1], axis=0) / lengths[:, None]
+    else:
+        lengths = np.ones(n, dtype=np.int64)
+        offsets = np.arange(n + 1)
     texts = list(texts) if texts is not None else [f"document {i}" for i in range(n)]
     corpus = Corpus(texts, labels, label_names, source="arrays")
     names = list(activations)
     max_layer = 0
-    tensors = {"doc_index": np.arange(n, dtype=np.int64), "n_tokens": np.ones(n, dtype=np.int64)}
-    for name in names:
+    pooled = {}
+    for name in names + list(token_activations):
         kind, layer = parse_site(name)
         if layer is None:
             raise LlmriError(f"activations: key {name!r} needs a layer, e.g. {kind}.0")
+        max_layer = max(max_layer, layer if kind != "resid" else layer - 1)
+    for name in names:
         arr = np.asarray(activations[name], dtype=np.float32)
         if arr.ndim != 2 or arr.shape[0] != n:
             raise LlmriError(f"activations[{name!r}]: expected shape [{n}, dim], got {list(arr.shape)}")
-        tensors[name] = arr
-        max_layer = max(max_layer, layer if kind != "resid" else layer - 1)
-    manifest = dict(format_version=FORMAT_VERSION, key="arrays", sites=names, token_sites=[],
+        pooled[name] = arr
+    # shards: consecutive documents, about shard_tokens tokens each
+    bounds, start, size = [], 0, 0
+    for d in range(n):
+        size += int(lengths[d])
+        if size >= shard_tokens or d == n - 1:
+            bounds.append((start, d + 1))
+            start, size = d + 1, 0
+    manifest = dict(format_version=FORMAT_VERSION, key="arrays", sites=names, token_sites=list(token_activations),
                     model=dict(name=model_name, fingerprint="arrays", family="arrays",
-                               n_layers=max_layer + 1, hidden_size=int(tensors[names[0]].shape[1])),
+                               n_layers=max_layer + 1, hidden_size=int(pooled[names[0]].shape[1])),
                     corpus=dict(fingerprint=corpus.fingerprint, n_docs=n, label_names=corpus.label_names,
                                 source="arrays"),
-                    settings=dict(sites=names, token_sites=[], pool="given"),
-                    plan=dict(n_shards=1, n_batches=0, truncated=0, n_tokens=n), complete=True)
+                    settings=dict(sites=names, token_sites=list(token_activations), pool="given"),
+                    plan=dict(n_shards=len(bounds), n_batches=0, truncated=0, n_tokens=int(lengths.sum())),
+                    complete=True)
     folder.mkdir(parents=True, exist_ok=True)
     write_corpus(folder, corpus)
-    write_shard(folder / shard_name(0), tensors, {"shard": "0"})
+    for i, (a, b) in enumerate(bounds):
+        tensors = {"doc_index": np.arange(a, b, dtype=np.int64), "n_tokens": lengths[a:b].copy()}
+        tensors.update({name: arr[a:b] for name, arr in pooled.items()})
+        if token_activations:
+            t0, t1 = int(offsets[a]), int(offsets[b])
+            tensors["token_ids"] = token_ids[t0:t1]
+            tensors.update({"tokens." + name: arr[t0:t1] for name, arr in token_activations.items()})
+        write_shard(folder / shard_name(i), tensors, {"shard": str(i)})
     atomic_write_json(folder / MANIFEST, manifest)
     return Scan.open(folder)

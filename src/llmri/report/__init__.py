@@ -267,3 +267,45 @@ def _neurons_section(scan, present, figs: _Figures, top: int) -> dict:
 
 def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+
+
+def build_feature_browser(sae, feats, out, model=None, metrics: dict | None = None, n_cards: int = 200,
+                          color: str = "category", method: str = "pca", seed: int = 0) -> Path:
+    """Write ``out/features.html``: the feature map, a searchable feature table and a dashboard per
+    feature on click (the ``n_cards`` most category-selective and densest), plus PNG/SVG and CSV.
+
+    >>> build_feature_browser(sae, llmri.feature_activations(sae, scan), "runs/sae15-report")  # doctest: +SKIP
+    """
+    import plotly.offline
+
+    from ..sae.features import feature_card, feature_map
+    from ..viz import density_histogram, feature_map_plot
+
+    out = _output_folder(out)
+    figs = _Figures(out)
+    if color == "category" and not len(feats.effects):
+        color = "density"
+    fig, table = feature_map(sae, feats, color=color, method=method, seed=seed, model=model)
+    blocks = [figs.interactive(fig)]
+    files = figs.static(feature_map_plot(table, color), "feature_map")
+    files += figs.static(density_histogram(feats.density), "feature_density")
+    live = table[table["density"] > 0]
+    chosen = list(dict.fromkeys(
+        live.sort_values("effect_size", ascending=False)["feature"].head(n_cards // 2).tolist()
+        + live.sort_values("density", ascending=False)["feature"].tolist()))[:n_cards]
+    cards = {str(int(f)): feature_card(feats, int(f), model=model).to_html() for f in chosen}
+    shown = table[[c for c in ("feature", "density", "max", "category", "effect_size", "top_tokens")
+                   if c in table.columns]].sort_values("density", ascending=False)
+    atomic_write_text(out / "features.csv", table.to_csv(index=False))
+    files.append("features.csv")
+    metric_rows = pd.DataFrame([(k, v) for k, v in (metrics or {}).items() if isinstance(v, (int, float))],
+                               columns=["metric", "value"])
+    intro = [f"{sae!r}", f"scan: {feats.scan.folder} ({feats.n_tokens} tokens); "
+             f"{int((feats.density == 0).sum())} of {sae.d_sae} features never fire on it."]
+    page = _environment().get_template("features.html.j2").render(
+        plotly_js=Markup(plotly.offline.get_plotlyjs()), title=f"llmri features: {sae.site}", intro=intro,
+        metrics=_table(metric_rows) if len(metric_rows) else Markup("<p class='note'>not evaluated (llmri sae eval)</p>"),
+        figures=blocks, table=_table(shown), cards=Markup(script_json(cards)), n_cards=len(cards), files=files)
+    path = out / "features.html"
+    atomic_write_bytes(path, page.encode("utf-8"))
+    return path

@@ -1,0 +1,111 @@
+"""clamp: run a model with chosen SAE features set to given values (Templeton et al. 2024, the
+"Golden Gate" clamp), through the one hook mechanism ``llmri.sites.hooks``.
+
+At the SAE's site the value ``x`` becomes ``decode(f') + (x - decode(f))``: the reconstruction
+with the clamped features ``f'`` plus the unchanged error term. It is computed as
+``x + (f' - f) @ W_dec``, so with nothing changed the model is bit-for-bit the original.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+
+import torch
+
+from ..errors import LlmriError
+from .model import SAE
+
+_MULTIPLE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*x\s*$")
+_NUMBER = re.compile(r"^\s*-?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?\s*$")
+
+
+class Clamp:
+    """What the running clamp did: ``features`` holds the last clamped activations ``[..., d_sae]``."""
+
+    def __init__(self, sae: SAE, idx: list[int], values: list[float]):
+        self.sae, self.idx, self.values = sae, idx, values
+        self.features: torch.Tensor | None = None
+
+    def __repr__(self) -> str:
+        return f"Clamp({dict(zip(self.idx, self.values))})"
+
+
+def resolve_values(sae: SAE, spec: dict, feats=None) -> tuple[list[int], list[float]]:
+    """Feature ids and absolute values; ``"10x"`` is 10 times the feature's largest activation seen
+    (from ``feats``, a FeatureActivations, else from the SAE's training statistics)."""
+    if not isinstance(spec, dict):
+        raise LlmriError("clamp: give a dict {feature: value}, e.g. {1234: '10x'} or {1234: 5.0}")
+    fmax = feats.max if feats is not None else sae.feature_max.detach().cpu().numpy()
+    idx, vals = [], []
+    for key, value in spec.items():
+        try:
+            i = int(key)
+        except (TypeError, ValueError):
+            raise LlmriError(f"clamp: feature {key!r} is not an integer id") from None
+        if not 0 <= i < sae.d_sae:
+            raise LlmriError(f"clamp: feature {i} is out of range: the SAE has features 0..{sae.d_sae - 1}")
+        if isinstance(value, str) and _NUMBER.match(value):
+            value = float(value)
+        if isinstance(value, str):
+            m = _MULTIPLE.match(value)
+            if not m:
+                raise LlmriError(f"clamp: value {value!r} of feature {i}: give a number or a multiple like '10x'")
+            if not fmax[i] > 0:
+                raise LlmriError(f"clamp: feature {i} never fired in the data seen, so {value!r} has no "
+                                 "scale; give an absolute value")
+            v = float(m.group(1)) * float(fmax[i])
+        else:
+            try:
+                v = float(value)
+            except (TypeError, ValueError):
+                raise LlmriError(f"clamp: value {value!r} of feature {i} is not a number") from None
+        idx.append(i)
+        vals.append(v)
+    return idx, vals
+
+
+@contextlib.contextmanager
+def clamp(model, sae: SAE, spec: dict, feats=None):
+    """Inside the block, every forward pass (and generation) of ``model`` runs with the features
+    of ``spec`` set to their values at every token: ``{1234: 8.0}`` or ``{1234: "10x"}``.
+
+    >>> with llmri.clamp(model, sae, {1234: "10x"}) as c:         # doctest: +SKIP
+    ...     llmri.generate(model, "Tell me about yourself.")
+    """
+    from ..model import as_model
+    from ..sites import hooks
+    from .evaluate import check_sae_fits
+
+    model = as_model(model)
+    if not isinstance(sae, SAE):
+        raise LlmriError(f"sae: expected an llmri.SAE (SAE.load(folder)), got {type(sae).__name__}")
+    check_sae_fits(sae, model)
+    idx, vals = resolve_values(sae, spec, feats)
+    handle = Clamp(sae, idx, vals)
+    sae = sae.to(model.device)
+    index = torch.tensor(idx, dtype=torch.long, device=model.device)
+    values = torch.tensor(vals, dtype=torch.float32, device=model.device)
+    source: dict = {}
+
+    def read(x):
+        source["x"] = x
+        return None
+
+    def replace(x):
+        src = source["x"] if sae.is_transcoder else x
+        if src.shape[-1] != sae.d_in or x.shape[-1] != sae.d_out:
+            raise LlmriError(f"clamp: the SAE reads width {sae.d_in}, the site {sae.site} has width "
+                             f"{src.shape[-1]}: the SAE belongs to another model or site")
+        with torch.no_grad():
+            f = sae.encode(src.float())
+            f2 = f.clone()
+            f2[..., index] = values
+            handle.features = f2
+            return (x.float() + (f2 - f) @ sae.W_dec).to(x.dtype)
+
+    fns = {sae.target_site: replace}
+    if sae.is_transcoder:
+        fns = {sae.site: read, sae.target_site: replace}
+    with hooks(model.module, model.adapter, fns):
+        yield handle

@@ -1,0 +1,294 @@
+"""The SAE object: encoder/decoder weights in SAELens' layout, saving and loading.
+
+An SAE (or a transcoder, which reads one site and predicts another) holds
+
+* ``W_enc [d_in, d_sae]``, ``b_enc [d_sae]``, ``W_dec [d_sae, d_in]``, ``b_dec [d_in]``;
+* ``threshold [d_sae]`` for JumpReLU (and BatchTopK, which is stored as JumpReLU after
+  training, as SAELens does);
+* ``k`` for TopK.
+
+``encode(x) = act((x - b_dec) @ W_enc + b_enc)`` (``b_dec`` is not subtracted for a
+transcoder), ``decode(f) = f @ W_dec + b_dec``. Both are plain torch and differentiable.
+
+On disk an SAE is SAELens' layout: ``cfg.json`` + ``sae_weights.safetensors``; training
+statistics (per-feature maximum and firing density) go to ``feature_stats.safetensors`` beside
+them so SAELens still loads the folder. EleutherAI ``sparsify`` folders (``cfg.json`` +
+``sae.safetensors``) load too. Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import LlmriError
+
+ARCHS = ("batchtopk", "topk", "jumprelu", "relu")
+CFG_FILE = "cfg.json"
+WEIGHTS_FILE = "sae_weights.safetensors"
+STATS_FILE = "feature_stats.safetensors"
+SPARSIFY_WEIGHTS = "sae.safetensors"
+# SAELens' architecture names for ours (BatchTopK infers with a threshold, i.e. as JumpReLU).
+_TO_SAELENS = {"batchtopk": "jumprelu", "topk": "topk", "jumprelu": "jumprelu", "relu": "standard"}
+_FROM_SAELENS = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "batchtopk": "batchtopk"}
+
+
+class SAE(nn.Module):
+    """A sparse autoencoder or transcoder on one site of a model.
+
+    ``arch`` is ``batchtopk`` (default), ``topk``, ``jumprelu`` or ``relu`` (ReLU with an L1
+    penalty in training). ``site`` is where it reads (``resid.6``); ``target_site`` where it
+    writes, when it is a transcoder (``mlp_out.6``), else the same site.
+
+    >>> sae = SAE(d_in=576, d_sae=4096, arch="topk", k=32, site="resid.15")   # doctest: +SKIP
+    >>> f = sae.encode(x); x_hat = sae.decode(f)                             # doctest: +SKIP
+    """
+
+    def __init__(self, d_in: int, d_sae: int, arch: str = "batchtopk", k: int | None = 32,
+                 site: str | None = None, target_site: str | None = None, model_name: str | None = None,
+                 metadata: dict | None = None, apply_b_dec_to_input: bool | None = None,
+                 d_out: int | None = None):
+        super().__init__()
+        if arch not in ARCHS:
+            raise LlmriError(f"arch {arch!r} is not one of {', '.join(ARCHS)}")
+        for name, v in (("d_in", d_in), ("d_sae", d_sae)):
+            if not isinstance(v, (int, np.integer)) or v < 1:
+                raise LlmriError(f"{name} must be a positive integer, got {v!r}")
+        if arch in ("topk", "batchtopk") and (not isinstance(k, (int, np.integer)) or not 0 < k <= d_sae):
+            raise LlmriError(f"k must be an integer in 1..{d_sae} (n_latents) for arch {arch!r}, got {k!r}")
+        self.d_in, self.d_sae, self.arch = int(d_in), int(d_sae), arch
+        self.d_out = int(d_out) if d_out is not None else self.d_in  # a transcoder may change width
+        self.k = int(k) if k is not None and arch in ("topk", "batchtopk") else None
+        self.site = site
+        self.target_site = target_site or site
+        self.model_name = model_name
+        self.metadata = dict(metadata or {})
+        # SAEs subtract b_dec before encoding; transcoders (input and output differ) do not.
+        self.apply_b_dec_to_input = (not self.is_transcoder if apply_b_dec_to_input is None
+                                     else bool(apply_b_dec_to_input))
+        if self.apply_b_dec_to_input and self.d_out != self.d_in:
+            raise LlmriError(f"apply_b_dec_to_input needs d_out == d_in, got {self.d_out} != {self.d_in}")
+        self.W_enc = nn.Parameter(torch.zeros(d_in, d_sae))
+        self.b_enc = nn.Parameter(torch.zeros(d_sae))
+        self.W_dec = nn.Parameter(torch.zeros(d_sae, self.d_out))
+        self.b_dec = nn.Parameter(torch.zeros(self.d_out))
+        self.threshold = nn.Parameter(torch.zeros(d_sae), requires_grad=False)
+        # Training statistics (not weights): largest activation seen and firing density per feature.
+        self.register_buffer("feature_max", torch.zeros(d_sae), persistent=False)
+        self.register_buffer("feature_density", torch.zeros(d_sae), persistent=False)
+
+    # ------------------------------------------------------------------ forward
+    @property
+    def is_transcoder(self) -> bool:
+        return self.target_site != self.site
+
+    def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoder pre-activations ``(x - b_dec) @ W_enc + b_enc`` (no ``b_dec`` for transcoders)."""
+        x = x.to(self.W_enc.dtype)
+        if self.apply_b_dec_to_input:
+            x = x - self.b_dec
+        return x @ self.W_enc + self.b_enc
+
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+        """Feature activations from pre-activations, as used at inference."""
+        if self.arch == "relu":
+            return torch.relu(pre)
+        if self.arch == "topk":
+            return topk_relu(pre, self.k)
+        # jumprelu, and batchtopk after training: keep what exceeds the per-feature threshold
+        return pre * (pre > self.threshold)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Feature activations ``[..., d_sae]`` of site values ``x [..., d_in]``."""
+        if x.shape[-1] != self.d_in:
+            raise LlmriError(f"the SAE reads vectors of width {self.d_in} (site {self.site}), "
+                             f"got width {x.shape[-1]}")
+        return self.activate(self.pre_acts(x))
+
+    def decode(self, f: torch.Tensor) -> torch.Tensor:
+        """Reconstruction ``f @ W_dec + b_dec``."""
+        return f.to(self.W_dec.dtype) @ self.W_dec + self.b_dec
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+    def __repr__(self) -> str:
+        kind = f"transcoder {self.site} -> {self.target_site}" if self.is_transcoder else f"site {self.site}"
+        k = f", k={self.k}" if self.k else ""
+        return f"SAE({self.arch}, d_in={self.d_in}, d_sae={self.d_sae}{k}, {kind})"
+
+    # ------------------------------------------------------------------ disk
+    def cfg(self) -> dict:
+        """The ``cfg.json`` content: SAELens' inference fields plus llmri's own under ``llmri``."""
+        cfg = {"architecture": _TO_SAELENS[self.arch], "d_in": self.d_in, "d_sae": self.d_sae,
+               **({"d_out": self.d_out} if self.d_out != self.d_in else {}),
+               "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": self.apply_b_dec_to_input,
+               "normalize_activations": "none", "reshape_activations": "none",
+               "metadata": {"model_name": self.model_name, "hook_name": self.site,
+                            "llmri_site": self.site, "llmri_target_site": self.target_site},
+               "llmri": dict(self.metadata, arch=self.arch, site=self.site, target_site=self.target_site)}
+        if self.arch == "topk":
+            cfg["k"] = self.k
+        if self.k:
+            cfg["llmri"]["k"] = self.k
+        return cfg
+
+    def save(self, folder) -> Path:
+        """Write ``cfg.json``, ``sae_weights.safetensors`` and ``feature_stats.safetensors``
+        (atomically) into ``folder``; SAELens reads it with ``SAE.load_from_disk(folder)``."""
+        from ..store import atomic_write_json, write_shard
+
+        folder = Path(folder)
+        if folder.exists() and not folder.is_dir():
+            raise LlmriError(f"{folder}: exists and is not a folder")
+        tensors = {n: getattr(self, n).detach().float().cpu().numpy()
+                   for n in ("W_enc", "W_dec", "b_enc", "b_dec")}
+        if self.arch in ("jumprelu", "batchtopk"):
+            tensors["threshold"] = self.threshold.detach().float().cpu().numpy()
+        write_shard(folder / WEIGHTS_FILE, tensors)
+        write_shard(folder / STATS_FILE, {"feature_max": self.feature_max.float().cpu().numpy(),
+                                          "feature_density": self.feature_density.float().cpu().numpy()})
+        atomic_write_json(folder / CFG_FILE, self.cfg())
+        return folder
+
+    @classmethod
+    def load(cls, folder, device: str | torch.device = "cpu") -> "SAE":
+        """Load an llmri/SAELens folder (``cfg.json`` + ``sae_weights.safetensors``) or an
+        EleutherAI sparsify folder (``cfg.json`` + ``sae.safetensors``)."""
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        cfg_path = folder / CFG_FILE
+        if not folder.is_dir():
+            raise LlmriError(f"{folder}: no such SAE folder")
+        if not cfg_path.is_file():
+            raise LlmriError(f"{folder}: not an SAE folder (no {CFG_FILE}); expected SAELens' layout "
+                             f"({CFG_FILE} + {WEIGHTS_FILE}) or sparsify's ({CFG_FILE} + {SPARSIFY_WEIGHTS})")
+        try:
+            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise LlmriError(f"{cfg_path}: not valid JSON") from None
+        if not isinstance(cfg, dict):
+            raise LlmriError(f"{cfg_path}: expected a JSON object")
+        if (folder / WEIGHTS_FILE).is_file():
+            sae = cls._from_saelens(cfg, load_file(str(folder / WEIGHTS_FILE)), cfg_path)
+        elif (folder / SPARSIFY_WEIGHTS).is_file():
+            sae = cls._from_sparsify(cfg, load_file(str(folder / SPARSIFY_WEIGHTS)), cfg_path)
+        else:
+            raise LlmriError(f"{folder}: not an SAE folder (no {WEIGHTS_FILE} or {SPARSIFY_WEIGHTS})")
+        if (folder / STATS_FILE).is_file():
+            stats = load_file(str(folder / STATS_FILE))
+            for name in ("feature_max", "feature_density"):
+                if name in stats and stats[name].shape == (sae.d_sae,):
+                    getattr(sae, name).copy_(stats[name])
+        return sae.to(device).eval()
+
+    @classmethod
+    def from_pretrained(cls, release: str, sae_id: str, device: str = "cpu") -> "SAE":
+        """A released SAE through SAELens' registry (needs ``pip install sae-lens`` and the network).
+
+        >>> sae = SAE.from_pretrained("gpt2-small-res-jb", "blocks.8.hook_resid_pre")   # doctest: +SKIP
+        """
+        import tempfile
+
+        try:
+            import sae_lens
+        except ImportError:
+            raise LlmriError("SAE.from_pretrained needs sae-lens: pip install sae-lens") from None
+        theirs = sae_lens.SAE.from_pretrained(release, sae_id, device="cpu")
+        theirs = theirs[0] if isinstance(theirs, tuple) else theirs
+        with tempfile.TemporaryDirectory() as tmp:
+            theirs.save_model(tmp)
+            sae = cls.load(tmp, device)
+        if sae.site is None:
+            sae.site = sae.target_site = site_from_hook_name(sae_id)
+        return sae
+
+    @classmethod
+    def _from_saelens(cls, cfg: dict, w: dict, where: Path) -> "SAE":
+        ours = cfg.get("llmri") or {}
+        meta = cfg.get("metadata") or {}
+        arch = ours.get("arch") or _FROM_SAELENS.get(cfg.get("architecture", "standard"))
+        if arch is None:
+            raise LlmriError(f"{where}: architecture {cfg.get('architecture')!r} is not supported "
+                             f"(llmri reads standard, topk, jumprelu, batchtopk)")
+        if cfg.get("normalize_activations", "none") not in ("none", None):
+            raise LlmriError(f"{where}: normalize_activations {cfg['normalize_activations']!r} is not "
+                             "supported; fold the scaling into the weights first (SAELens: "
+                             "fold_activation_norm_scaling_factor)")
+        missing = [n for n in ("W_enc", "W_dec", "b_enc", "b_dec") if n not in w]
+        if missing:
+            raise LlmriError(f"{where.parent / WEIGHTS_FILE}: missing tensors {missing}")
+        d_in, d_sae = w["W_enc"].shape
+        d_out = w["W_dec"].shape[1]
+        site = ours.get("site") or meta.get("llmri_site") or site_from_hook_name(
+            meta.get("hook_name") or cfg.get("hook_name"))
+        target = ours.get("target_site") or meta.get("llmri_target_site") or site
+        if arch == "batchtopk" and "threshold" not in w:
+            arch = "topk"
+        k = ours.get("k") or cfg.get("k")
+        sae = cls(int(d_in), int(d_sae), arch=arch, k=int(k) if k is not None else None, site=site,
+                  target_site=target, model_name=meta.get("model_name") or cfg.get("model_name"),
+                  metadata={k2: v for k2, v in ours.items() if k2 not in ("arch", "site", "target_site", "k")},
+                  apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)), d_out=int(d_out))
+        with torch.no_grad():
+            for n in ("W_enc", "W_dec", "b_enc", "b_dec"):
+                getattr(sae, n).copy_(w[n])
+            if "threshold" in w:
+                sae.threshold.copy_(w["threshold"])
+        return sae
+
+    @classmethod
+    def _from_sparsify(cls, cfg: dict, w: dict, where: Path) -> "SAE":
+        if "encoder.weight" not in w or "W_dec" not in w:
+            raise LlmriError(f"{where.parent / SPARSIFY_WEIGHTS}: not a sparsify SAE (no encoder.weight/W_dec)")
+        d_sae, d_in = w["encoder.weight"].shape
+        d_out = w["W_dec"].shape[1]
+        k = int(cfg.get("k", 32))
+        site = cfg.get("llmri_site") or cfg.get("hookpoint")
+        # sparsify subtracts b_dec before encoding, except for transcoders
+        sae = cls(int(d_in), int(d_sae), arch="topk", k=min(k, int(d_sae)), site=site,
+                  metadata={"source": "sparsify"}, apply_b_dec_to_input=not cfg.get("transcode", False),
+                  d_out=int(d_out))
+        with torch.no_grad():
+            sae.W_enc.copy_(w["encoder.weight"].T)
+            sae.b_enc.copy_(w["encoder.bias"])
+            sae.W_dec.copy_(w["W_dec"])
+            sae.b_dec.copy_(w["b_dec"])
+        return sae
+
+
+def topk_relu(pre: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the ``k`` largest pre-activations of each row (then ReLU), zero the rest."""
+    vals, idx = pre.topk(k, dim=-1)
+    return torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals))
+
+
+def batch_topk_relu(pre: torch.Tensor, k: int) -> torch.Tensor:
+    """BatchTopK (Bussmann et al. 2024): keep the ``k * rows`` largest ReLU pre-activations of the
+    whole batch, so each row may use more or fewer than ``k`` features."""
+    flat = torch.relu(pre).reshape(-1)
+    n = min(k * pre.reshape(-1, pre.shape[-1]).shape[0], flat.numel())
+    vals, idx = flat.topk(n)
+    return torch.zeros_like(flat).scatter(0, idx, vals).view_as(pre)
+
+
+_TL_HOOKS = {"hook_resid_pre": ("resid", 0), "hook_resid_post": ("resid", 1), "hook_mlp_out": ("mlp_out", 0),
+             "hook_attn_out": ("attn_out", 0), "mlp.hook_post": ("mlp", 0), "attn.hook_z": ("attn_z", 0)}
+
+
+def site_from_hook_name(name):
+    """llmri's site for a TransformerLens hook name (``blocks.8.hook_resid_pre`` -> ``resid.8``,
+    ``blocks.8.hook_resid_post`` -> ``resid.9``); other names are kept as they are."""
+    if not isinstance(name, str):
+        return None
+    m = re.match(r"^blocks\.(\d+)\.(.+)$", name)
+    if m and m.group(2) in _TL_HOOKS:
+        kind, shift = _TL_HOOKS[m.group(2)]
+        return f"{kind}.{int(m.group(1)) + shift}"
+    return name

@@ -1,0 +1,370 @@
+"""Training SAEs and transcoders from a Scan's token-level records, streamed shard by shard.
+
+Choices, with their sources:
+
+* Architectures: TopK (Gao et al. 2024, "Scaling and evaluating sparse autoencoders"),
+  BatchTopK (Bussmann et al. 2024: the top ``k * batch`` activations of the whole batch; at
+  inference a single threshold, the running mean of the smallest kept activation, so it is
+  saved as JumpReLU as SAELens does), JumpReLU (Rajamanoharan et al. 2024: straight-through
+  estimators with a rectangle kernel for the threshold and an L0 penalty; thresholds start at
+  0.1 with bandwidth 0.05 on the normalised scale, because the paper's 0.001 barely moves in
+  short runs), ReLU + L1 (Bricken
+  et al. 2023; the penalty weighted by decoder norms as in Anthropic's April 2024 update).
+* Decoder rows are kept at unit norm: the gradient component parallel to each row is removed
+  before the step and the rows are renormalised after it.
+* Encoder initialised as the decoder's transpose (Gao et al.); ``b_dec`` at the geometric
+  median (Weiszfeld's algorithm) or the mean of a sample of the data.
+* Dead latents: the AuxK auxiliary loss of Gao et al. (appendix A.2). Latents that have not
+  fired for ``dead_tokens`` tokens reconstruct the residual error with their top ``aux_k``
+  pre-activations, weighted by ``aux_coefficient`` (1/32). We use it rather than resampling
+  (Bricken et al.) because it is an ordinary differentiable loss term: no surgery on weights
+  and optimiser state in the middle of a run, nothing that depends on which batch happens to
+  be in memory when the resampling fires, so streaming and determinism are unaffected.
+* Inputs are scaled so that the mean norm is ``sqrt(d_in)`` (SAELens'
+  ``expected_average_only_in``); after training the scale is folded into the weights, so the
+  saved SAE reads raw activations, and the factor is recorded in the config.
+* Adam (eps 6.25e-10 as Gao et al.), learning rate ``2e-4 / sqrt(n_latents / 2**14)`` unless
+  given, gradient norm clipped to 1, linear decay to 0 over the last 20% of steps.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import LlmriError
+from ..sites import parse_site
+from .model import ARCHS, SAE, batch_topk_relu, topk_relu
+
+B_DEC_INITS = ("geometric_median", "mean", "zeros")
+
+
+# ---------------------------------------------------------------- JumpReLU estimators
+class _JumpReLU(torch.autograd.Function):
+    """z * H(z - t); d/dz = H(z - t); d/dt = -(t / eps) K((z - t) / eps), K the rectangle kernel."""
+
+    @staticmethod
+    def forward(ctx, z, t, eps):
+        ctx.save_for_backward(z, t)
+        ctx.eps = eps
+        return z * (z > t)
+
+    @staticmethod
+    def backward(ctx, g):
+        z, t = ctx.saved_tensors
+        eps = ctx.eps
+        kernel = ((z - t).abs() < eps / 2).to(z.dtype) / eps
+        return g * (z > t), (-(t * kernel) * g).sum(0), None
+
+
+class _Step(torch.autograd.Function):
+    """H(z - t); d/dz = 0; d/dt = -(1 / eps) K((z - t) / eps)."""
+
+    @staticmethod
+    def forward(ctx, z, t, eps):
+        ctx.save_for_backward(z, t)
+        ctx.eps = eps
+        return (z > t).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        z, t = ctx.saved_tensors
+        kernel = ((z - t).abs() < ctx.eps / 2).to(z.dtype) / ctx.eps
+        return None, (-kernel * g).sum(0), None
+
+
+def geometric_median(x: torch.Tensor, iters: int = 100, tol: float = 1e-6) -> torch.Tensor:
+    """Weiszfeld's algorithm: the point minimising the summed Euclidean distance to the rows of ``x``."""
+    y = x.mean(0)
+    for _ in range(iters):
+        w = 1.0 / (x - y).norm(dim=1).clamp(min=1e-8)
+        y_new = (w[:, None] * x).sum(0) / w.sum()
+        if (y_new - y).norm() <= tol * max(float(y.norm()), 1.0):
+            return y_new
+        y = y_new
+    return y
+
+
+# ---------------------------------------------------------------- one SAE's training state
+class _Trainer:
+    def __init__(self, sae: SAE, lr: float, total_steps: int, l1_coefficient: float, l0_coefficient: float,
+                 bandwidth: float, aux_k: int, aux_coefficient: float, dead_tokens: int):
+        self.sae = sae
+        self.arch = sae.arch
+        self.params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec]
+        if self.arch == "jumprelu":
+            self.log_threshold = torch.nn.Parameter(torch.log(sae.threshold.detach().clone()))
+            self.params.append(self.log_threshold)
+        self.opt = torch.optim.Adam(self.params, lr=lr, eps=6.25e-10)
+        self.lr, self.total_steps, self.step_i = lr, total_steps, 0
+        self.l1, self.l0c, self.eps = l1_coefficient, l0_coefficient, bandwidth
+        self.aux_k, self.aux_c, self.dead_tokens = aux_k, aux_coefficient, dead_tokens
+        dev = sae.W_enc.device
+        self.since_fired = torch.zeros(sae.d_sae, dtype=torch.long, device=dev)
+        self.fired = torch.zeros(sae.d_sae, dtype=torch.float64, device=dev)
+        self.fmax = torch.zeros(sae.d_sae, device=dev)
+        self.seen = 0
+        self.threshold_sum, self.threshold_n = 0.0, 0
+        self.last = {}
+
+    def _lr(self) -> float:
+        decay_start = int(0.8 * self.total_steps)
+        if self.step_i < decay_start or self.total_steps <= 1:
+            return self.lr
+        return self.lr * max(0.0, (self.total_steps - self.step_i) / max(1, self.total_steps - decay_start))
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        sae = self.sae
+        pre = sae.pre_acts(x)
+        if self.arch == "topk":
+            f = topk_relu(pre, sae.k)
+        elif self.arch == "batchtopk":
+            f = batch_topk_relu(pre, sae.k)
+            kept = f[f > 0]
+            if kept.numel():
+                self.threshold_sum += float(kept.min().detach())
+                self.threshold_n += 1
+        elif self.arch == "relu":
+            f = torch.relu(pre)
+        else:
+            f = _JumpReLU.apply(pre, self.log_threshold.exp(), self.eps)
+        y_hat = sae.decode(f)
+        err = y - y_hat
+        mse = err.pow(2).sum(-1).mean()
+        loss = mse
+        if self.arch == "relu":
+            loss = loss + self.l1 * (f * sae.W_dec.norm(dim=1)).sum(-1).mean()
+        elif self.arch == "jumprelu":
+            loss = loss + self.l0c * _Step.apply(pre, self.log_threshold.exp(), self.eps).sum(-1).mean()
+        dead = self.since_fired >= self.dead_tokens
+        n_dead = int(dead.sum())
+        aux = torch.zeros((), device=x.device)
+        if n_dead and self.aux_c > 0:
+            # AuxK (Gao et al. 2024): dead latents' top pre-activations model the residual error.
+            ka = min(self.aux_k, n_dead)
+            masked = torch.where(dead, pre, torch.full_like(pre, -torch.inf))
+            aux_f = topk_relu(masked, ka)
+            e_hat = aux_f @ sae.W_dec
+            aux = (err.detach() - e_hat).pow(2).sum(-1).mean()
+            if torch.isfinite(aux):
+                loss = loss + self.aux_c * aux
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        with torch.no_grad():
+            W, g = sae.W_dec, sae.W_dec.grad
+            if g is not None:  # keep the step tangent to the unit sphere of each decoder row
+                g -= (g * W).sum(1, keepdim=True) * W
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        for group in self.opt.param_groups:
+            group["lr"] = self._lr()
+        self.opt.step()
+        self.step_i += 1
+        with torch.no_grad():
+            sae.W_dec /= sae.W_dec.norm(dim=1, keepdim=True).clamp(min=1e-8)
+            if self.arch == "jumprelu":
+                sae.threshold.copy_(self.log_threshold.exp())
+            active = (f > 0)
+            fired_now = active.any(0)
+            self.since_fired += x.shape[0]
+            self.since_fired[fired_now] = 0
+            self.fired += active.sum(0).double()
+            self.fmax = torch.maximum(self.fmax, f.detach().amax(0))
+            self.seen += x.shape[0]
+            tot = (y - y.mean(0)).pow(2).sum()
+            self.last = dict(loss=float(loss), mse=float(mse), aux=float(aux),
+                             l0=float(active.sum(-1).float().mean()),
+                             ev=float(1 - err.pow(2).sum() / tot.clamp(min=1e-12)), dead=n_dead / sae.d_sae)
+
+    def finish(self, s_in: float, s_out: float) -> SAE:
+        """Fold the input scaling into the weights and fix BatchTopK's inference threshold."""
+        sae = self.sae
+        with torch.no_grad():
+            if self.arch == "batchtopk":
+                sae.threshold.fill_(self.threshold_sum / max(1, self.threshold_n))
+            # encoder reads s_in * x; decoder output is divided by s_out to return to raw units
+            # (for an SAE s_in == s_out, so the b_dec subtracted before encoding stays consistent)
+            sae.W_enc.mul_(s_in)
+            sae.b_dec.div_(s_out)
+            sae.W_dec.div_(s_out)
+            sae.feature_max.copy_(self.fmax)
+            sae.feature_density.copy_((self.fired / max(1, self.seen)).float())
+        sae.requires_grad_(False)
+        sae.threshold.requires_grad_(False)
+        return sae.eval()
+
+
+# ---------------------------------------------------------------- public API
+def train_sae(scan, site, n_latents: int = 4096, k: int = 32, arch: str = "batchtopk",
+              target_site=None, epochs: int = 1, batch_size: int = 4096, lr: float | None = None,
+              l1_coefficient: float = 5.0, l0_coefficient: float = 0.05, bandwidth: float = 0.05,
+              b_dec_init: str = "geometric_median", normalize: bool = True, aux_k: int | None = None,
+              aux_coefficient: float = 1 / 32, dead_tokens: int | None = None, skip_first: bool | None = None,
+              seed: int = 0, device: str = "auto", progress: bool | None = None):
+    """Train an SAE (or a transcoder, with ``target_site``) on a Scan's token-level records.
+
+    ``site`` is one token site (``"resid.6"``) or a list of them: several SAEs are then
+    trained in one pass over the data and a dict ``{site: SAE}`` is returned. The Scan is
+    read one shard at a time (memory stays bounded whatever the token count), shards in a
+    seeded random order and tokens shuffled inside each shard. ``k`` is the number of active
+    latents per token (TopK) or on average (BatchTopK); ReLU uses ``l1_coefficient`` and
+    JumpReLU ``l0_coefficient`` and ``bandwidth`` instead. ``skip_first`` leaves out each
+    document's first token, where decoders park an attention sink whose residual norm is orders
+    of magnitude above the rest (default: on for scans of decoders, see :func:`scan_is_causal`).
+
+    >>> sae = llmri.train_sae(scan, site="resid.15", n_latents=4096, k=32)   # doctest: +SKIP
+    >>> tc = llmri.train_sae(scan, site="resid.3", target_site="mlp_out.3")  # a transcoder
+    """
+    from ..store import Scan
+
+    if isinstance(scan, str) or hasattr(scan, "__fspath__"):
+        scan = Scan.open(scan)
+    if arch not in ARCHS:
+        raise LlmriError(f"arch {arch!r} is not one of {', '.join(ARCHS)}")
+    if b_dec_init not in B_DEC_INITS:
+        raise LlmriError(f"b_dec_init {b_dec_init!r} is not one of {', '.join(B_DEC_INITS)}")
+    for name, v in (("n_latents", n_latents), ("epochs", epochs), ("batch_size", batch_size)):
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+            raise LlmriError(f"{name} must be a positive integer, got {v!r}")
+    if arch in ("topk", "batchtopk") and (not isinstance(k, (int, np.integer)) or not 0 < k <= n_latents):
+        raise LlmriError(f"k must be an integer in 1..{n_latents} (n_latents), got {k!r}")
+    if lr is not None and not lr > 0:
+        raise LlmriError(f"lr must be positive, got {lr!r}")
+    single = isinstance(site, str)
+    sites = [site] if single else list(site)
+    if not sites:
+        raise LlmriError("site: give at least one token site, e.g. resid.6")
+    targets = [target_site] if single or target_site is None or isinstance(target_site, str) else list(target_site)
+    if not single and (target_site is None or isinstance(target_site, str)):
+        targets = [target_site] * len(sites) if target_site is None else [target_site]
+    if len(targets) != len(sites):
+        raise LlmriError(f"target_site: give one target per site ({len(sites)}), got {len(targets)}")
+    targets = [t or s for s, t in zip(sites, targets)]
+    names = [_site_name(scan, s) for s in sites]
+    tnames = [_site_name(scan, t) for t in targets]
+    if len(set(names)) != len(names):
+        raise LlmriError(f"site: a site is named twice in {sites}")
+
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    needed = list(dict.fromkeys(names + tnames))
+    if skip_first is None:
+        skip_first = scan_is_causal(scan)
+    per_shard = [int(n.sum()) - (len(n) if skip_first else 0) for _, n in scan._index]
+    total_tokens = sum(per_shard) * epochs
+    total_steps = max(1, sum(math.ceil(t / batch_size) for t in per_shard) * epochs)
+    if dead_tokens is None:
+        dead_tokens = max(batch_size, min(10_000_000, total_tokens // 10))
+
+    # First shard (in the first epoch's order) gives the scaling and the b_dec initialisation.
+    orders = [rng.permutation(scan.n_shards) for _ in range(epochs)]
+    first = _read_shard(scan, needed, orders[0][0], skip_first)
+    trainers = []
+    scales = {}
+    for name in needed:
+        sample = torch.from_numpy(first[name][:65536]).float()
+        mean_norm = float(sample.norm(dim=1).mean())
+        if not math.isfinite(mean_norm):
+            raise LlmriError(f"site {name}: the scan holds non-finite activations")
+        scales[name] = math.sqrt(sample.shape[1]) / mean_norm if normalize and mean_norm > 0 else 1.0
+    for name, tname in zip(names, tnames):
+        d_in, d_out = first[name].shape[1], first[tname].shape[1]
+        sae = SAE(d_in, n_latents, arch=arch, k=k if arch in ("topk", "batchtopk") else None, site=name,
+                  target_site=tname, model_name=scan.model_name, d_out=d_out)
+        _initialise(sae, torch.from_numpy(first[tname][:8192]).float() * scales[tname], b_dec_init, gen)
+        sae.to(dev)
+        n_lr = lr if lr is not None else 2e-4 / math.sqrt(n_latents / 2 ** 14)
+        ak = aux_k if aux_k is not None else min(512, max(1, d_out // 2), n_latents)
+        trainers.append(_Trainer(sae, n_lr, total_steps, l1_coefficient, l0_coefficient, bandwidth, ak,
+                                 aux_coefficient, dead_tokens))
+    del first
+
+    bar = tqdm(total=total_tokens, unit="tok", unit_scale=True, desc=f"training {arch} SAE",
+               disable=None if progress is None else not progress, file=sys.stderr, dynamic_ncols=True)
+    with bar:
+        for order in orders:
+            for s in order:
+                data = _read_shard(scan, needed, s, skip_first)
+                n = data[needed[0]].shape[0]
+                perm = torch.from_numpy(rng.permutation(n))
+                tensors = {nm: torch.from_numpy(a) for nm, a in data.items()}
+                for start in range(0, n, batch_size):
+                    rows = perm[start:start + batch_size]
+                    for tr, name, tname in zip(trainers, names, tnames):
+                        x = tensors[name][rows].to(dev, torch.float32) * scales[name]
+                        y = x if tname == name else tensors[tname][rows].to(dev, torch.float32) * scales[tname]
+                        tr.step(x, y)
+                    bar.update(len(rows))
+                    t0 = trainers[0].last
+                    bar.set_postfix(loss=f"{t0['loss']:.4g}", l0=f"{t0['l0']:.1f}", ev=f"{t0['ev']:.3f}",
+                                    dead=f"{t0['dead']:.2f}", refresh=False)
+                del data, tensors
+    out = {}
+    for tr, name, tname in zip(trainers, names, tnames):
+        sae = tr.finish(scales[name], scales[tname])
+        sae.metadata.update(arch=arch, n_tokens=total_tokens, epochs=epochs, batch_size=batch_size, lr=tr.lr,
+                            seed=seed, b_dec_init=b_dec_init, skip_first=bool(skip_first), aux_k=tr.aux_k, aux_coefficient=aux_coefficient,
+                            dead_tokens=dead_tokens, scan=str(scan.folder),
+                            normalization=dict(method="expected_average_only_in" if normalize else "none",
+                                               input_scale=scales[name], target_scale=scales[tname],
+                                               folded_into_weights=True),
+                            final=dict(tr.last), **({"l1_coefficient": l1_coefficient} if arch == "relu" else {}),
+                            **({"l0_coefficient": l0_coefficient, "bandwidth": bandwidth} if arch == "jumprelu" else {}))
+        out[name] = sae.cpu()
+    return out[names[0]] if single else out
+
+
+def _site_name(scan, site: str) -> str:
+    kind, layer = parse_site(site)
+    if layer is None:
+        raise LlmriError(f"site {site!r}: give a layer, e.g. {kind}.3")
+    return scan._name(None, site, scan.token_sites, " at token level")
+
+
+def scan_is_causal(scan) -> bool:
+    """Whether the scanned model is a decoder (its first token is an attention sink)."""
+    from ..sites import ADAPTERS
+
+    adapter = ADAPTERS.get(scan.manifest["model"].get("family"))
+    return bool(adapter and adapter.causal)
+
+
+def first_token_rows(ntok: np.ndarray) -> np.ndarray:
+    """Rows of each document's first token in a shard's token arrays."""
+    return np.concatenate([[0], np.cumsum(ntok)[:-1]]).astype(np.int64)
+
+
+def _read_shard(scan, names: list[str], s: int, skip_first: bool = False) -> dict[str, np.ndarray]:
+    """Token activations of one shard for every named site (one shard in memory at a time)."""
+    out = {}
+    for name in names:
+        kind, layer = parse_site(name)
+        for _, ntok, _, acts in scan.iter_token_shards(layer, kind, order=[s]):
+            acts = np.asarray(acts, dtype=np.float32)
+            out[name] = np.delete(acts, first_token_rows(ntok), axis=0) if skip_first else acts
+    return out
+
+
+def _initialise(sae: SAE, sample: torch.Tensor, b_dec_init: str, gen: torch.Generator) -> None:
+    with torch.no_grad():
+        W = torch.randn(sae.W_dec.shape, generator=gen)
+        W /= W.norm(dim=1, keepdim=True)
+        sae.W_dec.copy_(W)
+        if sae.W_enc.shape == (W.shape[1], W.shape[0]):
+            sae.W_enc.copy_(W.T)
+        else:  # transcoder changing width: an independent random encoder
+            We = torch.randn(sae.W_enc.shape, generator=gen)
+            sae.W_enc.copy_(We / We.norm(dim=0, keepdim=True))
+        sae.b_enc.zero_()
+        if b_dec_init == "geometric_median":
+            sae.b_dec.copy_(geometric_median(sample.double()).float())
+        elif b_dec_init == "mean":
+            sae.b_dec.copy_(sample.mean(0))
+        else:
+            sae.b_dec.zero_()
+        sae.threshold.fill_(0.1 if sae.arch == "jumprelu" else 0.0)

@@ -1,0 +1,269 @@
+"""SAE training, formats and encode/decode, against references with known answers."""
+
+from __future__ import annotations
+
+import json
+import tracemalloc
+
+import numpy as np
+import pytest
+import torch
+
+import llmri
+from llmri.sae import SAE, train_sae
+from llmri.store import scan_from_arrays
+
+
+def synthetic(n_tok=20000, d=32, m=48, k=3, seed=0):
+    """Tokens made of k atoms of a known unit-norm dictionary D [m, d], plus a constant offset."""
+    rng = np.random.default_rng(seed)
+    D = rng.normal(size=(m, d))
+    D /= np.linalg.norm(D, axis=1, keepdims=True)
+    codes = np.zeros((n_tok, m))
+    rows = np.repeat(np.arange(n_tok), k)
+    cols = np.argsort(rng.random((n_tok, m)), axis=1)[:, :k].reshape(-1)
+    codes[rows, cols] = rng.uniform(0.5, 2.0, n_tok * k)
+    X = codes @ D + 0.3 * rng.normal(size=d)
+    return X.astype(np.float32), D
+
+
+def synthetic_scan(folder, n_tok=20000, shard_tokens=5000, seed=0):
+    X, D = synthetic(n_tok=n_tok, seed=seed)
+    n_docs = n_tok // 100
+    scan = scan_from_arrays(folder, {}, labels=np.arange(n_docs) % 2,
+                            token_activations={"resid.1": X}, lengths=np.full(n_docs, 100),
+                            shard_tokens=shard_tokens)
+    return scan, X, D
+
+
+def max_cosines(D, sae):
+    W = sae.W_dec.detach().numpy()
+    W = W / np.linalg.norm(W, axis=1, keepdims=True)
+    return (D @ W.T).max(1)
+
+
+def explained_variance(sae, X):
+    x = torch.from_numpy(X)
+    with torch.no_grad():
+        xh = sae(x)
+    return float(1 - ((x - xh) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
+
+
+@pytest.fixture(scope="module")
+def syn(tmp_path_factory):
+    return synthetic_scan(tmp_path_factory.mktemp("syn") / "scan")
+
+
+@pytest.mark.parametrize("arch,extra", [("topk", {}), ("batchtopk", {}), ("relu", {"l1_coefficient": 1.0})])
+def test_recovers_known_dictionary(syn, arch, extra):
+    scan, X, D = syn
+    sae = train_sae(scan, "resid.1", n_latents=96, k=3, arch=arch, epochs=2, batch_size=256, lr=3e-3,
+                    progress=False, **extra)
+    assert max_cosines(D, sae).mean() >= 0.9        # mean max cosine of true to learned atoms
+    assert explained_variance(sae, X) > 0.8
+
+
+def test_jumprelu_learns_sparse_code(syn):
+    scan, X, D = syn
+    sae = train_sae(scan, "resid.1", n_latents=96, arch="jumprelu", epochs=2, batch_size=256, lr=3e-3,
+                    progress=False)
+    with torch.no_grad():
+        l0 = float((sae.encode(torch.from_numpy(X)) > 0).sum(-1).float().mean())
+    assert explained_variance(sae, X) > 0.9
+    assert l0 < 40          # from about half of the 96 latents at the initial threshold
+    assert (sae.threshold > 0.1).any()  # the thresholds moved
+
+
+def test_deterministic_and_unit_norm_decoder(syn):
+    scan, X, _ = syn
+    kw = dict(n_latents=32, k=3, epochs=1, batch_size=1000, progress=False)
+    a = train_sae(scan, "resid.1", seed=1, **kw)
+    b = train_sae(scan, "resid.1", seed=1, **kw)
+    c = train_sae(scan, "resid.1", seed=2, **kw)
+    assert torch.equal(a.W_dec, b.W_dec) and torch.equal(a.W_enc, b.W_enc) and torch.equal(a.threshold, b.threshold)
+    assert not torch.equal(a.W_dec, c.W_dec)
+    # rows have unit norm in the normalised space: norm 1/scale once the scale is folded in
+    scale = a.metadata["normalization"]["target_scale"]
+    expected = np.sqrt(X.shape[1]) / np.linalg.norm(X[:5000], axis=1).mean()
+    assert scale == pytest.approx(expected, rel=0.2)
+    np.testing.assert_allclose(a.W_dec.norm(dim=1).numpy(), 1 / scale, rtol=1e-5)
+
+
+def test_topk_encode_matches_numpy():
+    rng = np.random.default_rng(0)
+    sae = SAE(8, 20, arch="topk", k=4)
+    with torch.no_grad():
+        for p in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec):
+            p.copy_(torch.from_numpy(rng.normal(size=p.shape).astype(np.float32)))
+    x = rng.normal(size=(5, 8)).astype(np.float32)
+    pre = (x - sae.b_dec.detach().numpy()) @ sae.W_enc.detach().numpy() + sae.b_enc.detach().numpy()
+    want = np.zeros_like(pre)
+    for r in range(5):
+        top = np.argsort(-pre[r])[:4]
+        want[r, top] = np.maximum(pre[r, top], 0)
+    got = sae.encode(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(sae.decode(torch.from_numpy(got)).detach().numpy(),
+                               got @ sae.W_dec.detach().numpy() + sae.b_dec.detach().numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_batchtopk_trains_per_batch_and_infers_with_threshold():
+    from llmri.sae.model import batch_topk_relu
+
+    pre = torch.tensor([[5.0, 1.0, 0.5], [4.0, 3.0, -1.0]])
+    # k per row on average: the k * rows largest of the whole batch, whichever rows they are in
+    np.testing.assert_array_equal(batch_topk_relu(pre, 1).numpy(), [[5, 0, 0], [4, 0, 0]])
+    np.testing.assert_array_equal(batch_topk_relu(pre, 2).numpy(), [[5, 1, 0], [4, 3, 0]])
+    assert torch.equal(batch_topk_relu(pre[[1, 0]], 1), batch_topk_relu(pre, 1)[[1, 0]])
+    sae = SAE(2, 3, arch="batchtopk", k=1)
+    with torch.no_grad():
+        sae.threshold.fill_(2.0)
+    np.testing.assert_array_equal(sae.activate(pre).numpy(), [[5, 0, 0], [4, 3, 0]])
+
+
+def test_save_load_roundtrip(tmp_path, syn):
+    scan, X, _ = syn
+    sae = train_sae(scan, "resid.1", n_latents=32, k=3, epochs=1, batch_size=1000, progress=False)
+    sae.save(tmp_path / "sae")
+    cfg = json.loads((tmp_path / "sae" / "cfg.json").read_text())
+    assert cfg["architecture"] == "jumprelu" and cfg["d_in"] == 32 and cfg["d_sae"] == 32
+    assert cfg["metadata"]["hook_name"] == "resid.1" and cfg["normalize_activations"] == "none"
+    from safetensors.numpy import load_file
+
+    w = load_file(str(tmp_path / "sae" / "sae_weights.safetensors"))
+    assert w["W_enc"].shape == (32, 32) and w["W_dec"].shape == (32, 32) and "threshold" in w
+    back = SAE.load(tmp_path / "sae")
+    assert back.arch == "batchtopk" and back.k == 3 and back.site == "resid.1"
+    x = torch.from_numpy(X[:100])
+    assert torch.equal(back.encode(x), sae.encode(x))
+    assert torch.equal(back.feature_max, sae.feature_max) and back.feature_max.max() > 0
+
+
+def test_load_sparsify_folder(tmp_path):
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(0)
+    d, m, k = 6, 10, 3
+    enc_w, enc_b = rng.normal(size=(m, d)).astype(np.float32), rng.normal(size=m).astype(np.float32)
+    W_dec, b_dec = rng.normal(size=(m, d)).astype(np.float32), rng.normal(size=d).astype(np.float32)
+    folder = tmp_path / "layers.3"
+    folder.mkdir()
+    save_file({"encoder.weight": enc_w, "encoder.bias": enc_b, "W_dec": W_dec, "b_dec": b_dec},
+              str(folder / "sae.safetensors"))
+    (folder / "cfg.json").write_text(json.dumps({"expansion_factor": 2, "normalize_decoder": True,
+                                                 "num_latents": m, "k": k, "d_in": d}))
+    sae = SAE.load(folder)
+    x = rng.normal(size=(4, d)).astype(np.float32)
+    pre = np.maximum((x - b_dec) @ enc_w.T + enc_b, 0)   # sparsify: relu(encoder(x - b_dec)), top k
+    want = np.zeros_like(pre)
+    for r in range(4):
+        top = np.argsort(-pre[r])[:k]
+        want[r, top] = pre[r, top]
+    np.testing.assert_allclose(sae.encode(torch.from_numpy(x)).detach().numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_bad_folders_and_widths(tmp_path):
+    with pytest.raises(llmri.LlmriError, match="no such SAE folder"):
+        SAE.load(tmp_path / "missing")
+    (tmp_path / "x").mkdir()
+    with pytest.raises(llmri.LlmriError, match="not an SAE folder"):
+        SAE.load(tmp_path / "x")
+    (tmp_path / "x" / "cfg.json").write_text("{}")
+    with pytest.raises(llmri.LlmriError, match="not an SAE folder"):
+        SAE.load(tmp_path / "x")
+    sae = SAE(8, 16, arch="topk", k=2, site="resid.1")
+    with pytest.raises(llmri.LlmriError, match="width 8"):
+        sae.encode(torch.zeros(3, 9))
+    with pytest.raises(llmri.LlmriError, match="arch"):
+        SAE(8, 16, arch="gated")
+    with pytest.raises(llmri.LlmriError, match="k must be"):
+        SAE(8, 16, arch="topk", k=17)
+
+
+def test_bad_training_input(syn):
+    scan, _, _ = syn
+    with pytest.raises(llmri.LlmriError, match="was not captured at token level"):
+        train_sae(scan, "resid.2", progress=False)
+    with pytest.raises(llmri.LlmriError, match="arch"):
+        train_sae(scan, "resid.1", arch="gated", progress=False)
+    with pytest.raises(llmri.LlmriError, match="k must be"):
+        train_sae(scan, "resid.1", n_latents=8, k=9, progress=False)
+    with pytest.raises(llmri.LlmriError, match="n_latents"):
+        train_sae(scan, "resid.1", n_latents=0, progress=False)
+
+
+def test_streaming_memory_is_bounded(tmp_path):
+    """Peak traced memory of training stays flat when the token count grows 4x (same shard size)."""
+    peaks = []
+    for n in (10000, 40000):
+        scan, _, _ = synthetic_scan(tmp_path / f"s{n}", n_tok=n, shard_tokens=2500)
+        tracemalloc.start()
+        train_sae(scan, "resid.1", n_latents=32, k=3, epochs=1, batch_size=2500, progress=False)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    assert peaks[1] < 1.5 * peaks[0], peaks
+
+
+@pytest.fixture(scope="module")
+def tiny_scan(tmp_path_factory):
+    from conftest import LABELS, TEXTS, make_model
+
+    model = make_model("llama")
+    corpus = llmri.Corpus(TEXTS * 4, LABELS * 4)
+    scan = llmri.scan(model, corpus, tmp_path_factory.mktemp("tiny") / "scan", sites=("resid",),
+                      token_sites=("resid.1", "resid.2", "mlp.1", "mlp_out.1"), progress=False)
+    return model, scan
+
+
+def test_multi_site_and_transcoder_on_tiny_model(tiny_scan):
+    _, scan = tiny_scan
+    saes = train_sae(scan, ["resid.1", "resid.2"], n_latents=64, k=4, epochs=2, batch_size=64, lr=3e-3,
+                     progress=False)
+    assert set(saes) == {"resid.1", "resid.2"} and saes["resid.2"].site == "resid.2"
+    X = scan.token_activations(2)
+    assert explained_variance(saes["resid.2"], X) > 0.3
+    # transcoder: MLP neurons (width 64) -> MLP output (width 32): the target is linear in the input
+    tc = train_sae(scan, "mlp.1", target_site="mlp_out.1", n_latents=64, k=8, arch="topk", epochs=20,
+                   batch_size=64, lr=3e-3, progress=False)
+    assert tc.is_transcoder and tc.d_in == 64 and tc.d_out == 32 and not tc.apply_b_dec_to_input
+    x, y = torch.from_numpy(scan.token_activations(1, "mlp")), torch.from_numpy(scan.token_activations(1, "mlp_out"))
+    with torch.no_grad():
+        yh = tc(x)
+    ev = float(1 - ((y - yh) ** 2).sum() / ((y - y.mean(0)) ** 2).sum())
+    assert ev > 0.5
+    # a transcoder is not an SAE of its input: reconstructing x itself would be meaningless
+    assert yh.shape == y.shape
+
+
+def test_skip_first_leaves_out_each_documents_first_token(tmp_path):
+    """A huge first token per document (a decoder's attention sink) must not set the scaling."""
+    X, _ = synthetic(n_tok=4000)
+    X[::100] *= 1000.0                                    # every document's first token
+    scan = scan_from_arrays(tmp_path / "s", {}, labels=np.arange(40) % 2, token_activations={"resid.1": X},
+                            lengths=np.full(40, 100), shard_tokens=1000)
+    kw = dict(n_latents=16, k=2, epochs=1, batch_size=1000, progress=False)
+    rest = np.delete(X[:1000], np.arange(0, 1000, 100), axis=0)
+    skip = train_sae(scan, "resid.1", skip_first=True, **kw)
+    keep = train_sae(scan, "resid.1", skip_first=False, **kw)
+    want = np.sqrt(32) / np.linalg.norm(rest, axis=1).mean()
+    assert skip.metadata["normalization"]["input_scale"] == pytest.approx(want, rel=0.05)
+    assert keep.metadata["normalization"]["input_scale"] < want / 5
+    feats = llmri.feature_activations(skip, scan, skip_first=True, progress=False)
+    assert feats.n_tokens == 4000 - 40
+    assert not np.isin(feats.top_tokens, np.arange(0, 4000, 100)).any()
+
+
+def test_transformer_lens_hook_names_become_sites(tmp_path):
+    from llmri.sae.model import site_from_hook_name
+
+    assert site_from_hook_name("blocks.8.hook_resid_pre") == "resid.8"
+    assert site_from_hook_name("blocks.8.hook_resid_post") == "resid.9"
+    assert site_from_hook_name("blocks.2.hook_mlp_out") == "mlp_out.2"
+    assert site_from_hook_name("resid.3") == "resid.3"
+    sae = SAE(8, 4, arch="relu", site="resid.1")
+    sae.save(tmp_path / "s")
+    cfg = json.loads((tmp_path / "s" / "cfg.json").read_text())
+    del cfg["llmri"]
+    cfg["metadata"] = {"hook_name": "blocks.5.hook_resid_post"}  # as a SAELens release names it
+    (tmp_path / "s" / "cfg.json").write_text(json.dumps(cfg))
+    assert SAE.load(tmp_path / "s").site == "resid.6"
