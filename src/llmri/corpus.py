@@ -222,6 +222,28 @@ def _read_jsonl(p: Path):
     return header, rows
 
 
-def demo_corpus() -> Corpus:
-    """The bundled demo corpus: short documents on clearly different topics."""
-    return Corpus.from_path(Path(__file__).parent / "data" / "demo")
+DEMO_CORPORA = {"word_order": "grammatical sentences and the same words scrambled (60 + 60)",
+                "topics": "paragraphs on astronomy, cooking and football (32 each)"}
+
+
+def demo_corpus(name: str = "word_order") -> Corpus:
+    """A bundled demo corpus, written for this project.
+
+    ``"word_order"`` (the default, used by ``llmri demo``): 60 sentences on astronomy, cooking
+    and football labelled ``grammatical``, each with a ``scrambled`` twin holding exactly the
+    same words in a random order. The two categories share their vocabulary, so the embedding
+    layer barely tells them apart and deeper layers do: the layers differ. ``"topics"``: 96
+    paragraphs on three topics, separable by vocabulary alone at every layer.
+
+    >>> c = demo_corpus()
+    >>> c.label_names, c.counts()
+    (['grammatical', 'scrambled'], [60, 60])
+    """
+    return Corpus.from_path(demo_corpus_path(name))
+
+
+def demo_corpus_path(name: str = "word_order") -> Path:
+    """The folder of a bundled demo corpus (one sub-folder per label), e.g. to copy it out."""
+    if name not in DEMO_CORPORA:
+        raise LlmriError(f"demo corpus {name!r} is not one of {', '.join(DEMO_CORPORA)}")
+    return Path(__file__).parent / "data" / ("demo" if name == "topics" else name)
