@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -12,7 +13,8 @@ import llmri
 
 
 def run(*args, cwd=None):
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    src = str(Path(llmri.__file__).resolve().parents[1])  # the llmri under test, whatever cwd is
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]))
     return subprocess.run([sys.executable, "-m", "llmri", *args], capture_output=True, text=True,
                           cwd=cwd, env=env, timeout=600)
 

@@ -175,13 +175,15 @@ def scan(model, corpus, out, sites=("resid",), pool: str = "mean", layers=None,
          max_length: int | None = None, batch_tokens: int = DEFAULT_BATCH_TOKENS,
          token_sites=(), shard_tokens: int | None = None, device: str = "auto",
          dtype: str = "auto", overwrite: bool = False, worker: tuple[int, int] | None = None,
-         progress: bool | None = None) -> Scan:
+         progress: bool | None = None, request: str | None = None) -> Scan:
     """Run each document of ``corpus`` through ``model`` once and store a Scan in ``out``.
 
     One pooled vector per document, site and layer; ``token_sites`` (for example
     ``("resid.6",)``) additionally keeps every token's vector. A rerun with the same model,
     corpus and settings continues an interrupted scan, or returns the finished one at once.
     ``device`` and ``dtype`` apply when ``model`` is a name or folder; a loaded Model runs where it is.
+    ``request`` is stored in the manifest as is: a key of the request (model files, corpus and
+    options as given) that lets the command line answer a repeated scan without loading the model.
 
     >>> import llmri                                              # doctest: +SKIP
     >>> s = llmri.scan("default", llmri.demo_corpus(), "runs/demo")
@@ -248,7 +250,7 @@ def scan(model, corpus, out, sites=("resid",), pool: str = "mean", layers=None,
     lengths = np.asarray([len(x) for x in ids], dtype=np.int64)
     batches = plan_batches(lengths, batch_tokens)
     shards = plan_shards(batches, lengths, shard_tokens)
-    manifest = dict(head, format_version=FORMAT_VERSION, key=key, sites=pooled, token_sites=tokened,
+    manifest = dict(head, format_version=FORMAT_VERSION, key=key, request=request, sites=pooled, token_sites=tokened,
                     plan=dict(n_shards=len(shards), n_batches=len(batches), truncated=truncated,
                               n_tokens=int(lengths.sum())),
                     complete=False)

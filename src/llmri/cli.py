@@ -78,16 +78,88 @@ def _scan_options(f=None, sites="resid", token_sites=""):
     return wrap(f) if f is not None else wrap
 
 
+def _specs(value: str) -> list[str]:
+    return [x.strip() for x in (value or "").split(",") if x.strip()]
+
+
+def _check_scan_args(model_name, out, sites, token_sites, layers, batch_tokens, max_length, dtype):
+    """Everything that can be checked without the model, checked before it loads (in milliseconds).
+
+    Returns the model's folder on disk (``None`` when it must be downloaded) and the layer list.
+    """
+    from .model import _DTYPES, config_n_layers, model_folder
+    from .sites import expand_sites, parse_site
+
+    for spec in _specs(sites) + _specs(token_sites):
+        parse_site(spec)
+    layer_list = _ints(layers, "--layers") if layers is not None else None
+    if batch_tokens < 1:
+        raise LlmriError(f"--batch-tokens {batch_tokens}: must be a positive integer")
+    if max_length is not None and max_length < 1:
+        raise LlmriError(f"--max-length {max_length}: must be a positive integer")
+    if dtype != "auto" and dtype not in _DTYPES:
+        raise LlmriError(f"--dtype {dtype!r} is not one of auto, float32, bfloat16, float16")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise LlmriError(f"{out}: exists and is not a folder; choose another output folder")
+    folder = model_folder(model_name)
+    n_layers = config_n_layers(folder) if folder is not None else None
+    if n_layers is not None:  # layer ranges, from config.json
+        expand_sites(_specs(sites), n_layers, layer_list)
+        expand_sites(_specs(token_sites), n_layers, layer_list)
+    return folder, layer_list
+
+
+def _cached_scan(out, request: str):
+    """The finished scan in ``out`` made by the same request, else ``None`` (no model needed)."""
+    from .store import Scan, complete_shards, read_manifest
+
+    old = read_manifest(out) if Path(out).is_dir() else None
+    if old is None or old.get("request") != request:
+        return None
+    if len(complete_shards(out, old["plan"]["n_shards"])) < old["plan"]["n_shards"]:
+        return None
+    return Scan.open(out)
+
+
 def _run_scan(corpus, out, model_name, pool, sites, token_sites, layers, batch_tokens, max_length,
-              device, dtype, download, overwrite):
+              device, dtype, download, overwrite, need_model=False):
+    """Scan ``corpus`` into ``out``; an identical earlier request is answered from disk, model unloaded.
+
+    Returns ``(model or None, scan)``; with ``need_model`` the model is loaded in any case.
+    """
+    import hashlib
+    import json
+
+    from .model import files_fingerprint
+
+    folder, layer_list = _check_scan_args(model_name, out, sites, token_sites, layers, batch_tokens,
+                                          max_length, dtype)
+    request = None
+    if folder is not None:
+        options = dict(pool=pool, sites=sites, token_sites=token_sites, layers=layer_list,
+                       batch_tokens=batch_tokens, max_length=max_length, device=device, dtype=dtype)
+        request = hashlib.sha256(json.dumps(dict(model=files_fingerprint(folder), corpus=corpus.fingerprint,
+                                                 options=options), sort_keys=True).encode()).hexdigest()[:20]
+        cached = _cached_scan(out, request)
+        if cached is not None and not need_model:
+            return None, cached
+    if not overwrite:  # a different scan in --out, told before the model loads when the corpus or pool says so
+        from .store import read_manifest
+
+        old = read_manifest(out) if Path(out).is_dir() else None
+        diffs = [] if old is None else (
+            (["corpus"] if old.get("corpus", {}).get("fingerprint") != corpus.fingerprint else [])
+            + ([f"pool {old['settings'].get('pool')} -> {pool}"] if old.get("settings", {}).get("pool") != pool else []))
+        if diffs:
+            raise LlmriError(f"{out}: holds a different scan ({', '.join(diffs)}); "
+                             "choose another output folder or pass --overwrite")
     from .capture import scan
     from .model import load_model
 
     model = load_model(model_name, device=device, dtype=dtype, download=download)
-    result = scan(model, corpus, out, sites=sites, pool=pool,
-                  layers=_ints(layers, "--layers") if layers is not None else None,
-                  max_length=max_length, batch_tokens=batch_tokens, token_sites=token_sites,
-                  overwrite=overwrite, progress=True)
+    result = scan(model, corpus, out, sites=_specs(sites), pool=pool, layers=layer_list,
+                  max_length=max_length, batch_tokens=batch_tokens, token_sites=_specs(token_sites),
+                  overwrite=overwrite, progress=True, request=request)
     return model, result
 
 
@@ -156,7 +228,7 @@ def demo_cmd(out, reducer, components, grid, categories, permutations, seed, **k
     from .corpus import demo_corpus
 
     corpus = demo_corpus()
-    model, result = _run_scan(corpus, Path(out) / "scan", **kw)
+    model, result = _run_scan(corpus, Path(out) / "scan", need_model=True, **kw)
     click.echo(_summary(result))
     path = _run_report(result, Path(out) / "report", reducer, components, grid, categories, permutations, seed,
                        model=model, attention_text=corpus.texts[0])

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from .errors import LlmriError
 from .sites import Adapter, adapter_for, base_of, blocks
 
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16",
+           "bf16": "bfloat16", "float16": "float16", "fp16": "float16"}
 
 
 def embedded_model_dir() -> Path:
@@ -92,6 +96,8 @@ class Model:
                       "_attn_implementation_autoset", "_attn_implementation"):
                 cfg.pop(k, None)
             h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
+            import torch
+
             with torch.no_grad():
                 for pname, p in self.module.state_dict().items():
                     flat = p.detach().reshape(-1)
@@ -114,6 +120,8 @@ def _ensure_pad_token(tokenizer) -> None:
 
 
 def _resolve_device(device) -> torch.device:
+    import torch
+
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -127,13 +135,29 @@ def _resolve_device(device) -> torch.device:
 
 def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
     """``auto`` is float32 on CPU and bfloat16 on CUDA."""
+    import torch
+
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype in (None, "auto"):
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if dtype not in _DTYPES:
         raise LlmriError(f"dtype {dtype!r} is not one of auto, float32, bfloat16, float16")
-    return _DTYPES[dtype]
+    return getattr(torch, _DTYPES[dtype])
+
+
+@contextlib.contextmanager
+def quiet_loading():
+    """Hide transformers' per-weight "Loading weights" bar while a model loads (restored after)."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
 
 
 def load_model(name: str = "default", device: str = "auto", dtype: str = "auto",
@@ -176,11 +200,74 @@ def load_model(name: str = "default", device: str = "auto", dtype: str = "auto",
             auto_cls = getattr(transformers, cls_name)
             break
     try:
-        module = auto_cls.from_pretrained(path, dtype=torch_dtype, **kw)
+        with quiet_loading():
+            module = auto_cls.from_pretrained(path, dtype=torch_dtype, **kw)
     except (OSError, ValueError) as e:
         raise LlmriError(f"model {display!r}: cannot load the weights ({str(e).splitlines()[0]})") from None
     module.to(dev)
     return Model.from_module(module, tokenizer, name=display)
+
+
+# ---------------------------------------------------------------- models on disk, without loading them
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack")
+
+
+def model_folder(name: str = "default") -> Path | None:
+    """The local folder with a model's files, found without loading it; ``None`` when not on disk.
+
+    ``"default"`` is the embedded model, a path is itself, a hub id is its snapshot in the local
+    Hugging Face cache (never fetched).
+
+    >>> (model_folder("default") / "config.json").is_file()        # doctest: +SKIP
+    True
+    """
+    if name in ("default", DEFAULT_MODEL):
+        return embedded_model_dir()
+    local = Path(str(name)).expanduser()
+    if local.exists():
+        return local if (local / "config.json").is_file() else None
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(name), local_files_only=True))
+    except Exception:  # not in the cache, or no hub client: the caller loads the model instead
+        return None
+
+
+def files_fingerprint(folder) -> str:
+    """Hash of a model folder's files: config and tokenizer files whole, weight files by size,
+    header and 16 sampled 64 KiB blocks. Differs when the model does; reads a few MB at most,
+    so a cached scan is recognised without loading the model.
+
+    >>> files_fingerprint(model_folder("default"))                  # doctest: +SKIP
+    '3f2c...'
+    """
+    h = hashlib.sha256()
+    block = 1 << 16
+    for f in sorted(p for p in Path(folder).rglob("*") if p.is_file() and ".git" not in p.parts):
+        rel = f.relative_to(folder).as_posix()
+        size = f.stat().st_size
+        h.update(f"{rel}\0{size}\0".encode())
+        if f.suffix in _WEIGHT_SUFFIXES:
+            with open(f, "rb") as fh:
+                for k in range(17):
+                    fh.seek(0 if k == 0 else max(0, (size - block) * k // 16))
+                    h.update(fh.read(block if k else 1 << 20))
+        elif size <= 16 << 20:
+            h.update(f.read_bytes())
+    return h.hexdigest()[:20]
+
+
+def config_n_layers(folder) -> int | None:
+    """The number of blocks from a model folder's ``config.json``, or ``None`` when it does not say."""
+    try:
+        cfg = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    for k in ("num_hidden_layers", "n_layer", "num_layers", "n_layers"):
+        if isinstance(cfg.get(k), int):
+            return cfg[k]
+    return None
 
 
 def as_model(model, device="auto", dtype="auto") -> Model:
