@@ -159,7 +159,7 @@ def _run_scan(corpus, out, model_name, pool, sites, token_sites, layers, batch_t
     model = load_model(model_name, device=device, dtype=dtype, download=download)
     result = scan(model, corpus, out, sites=_specs(sites), pool=pool, layers=layer_list,
                   max_length=max_length, batch_tokens=batch_tokens, token_sites=_specs(token_sites),
-                  overwrite=overwrite, progress=True, request=request)
+                  overwrite=overwrite, progress=None, request=request)
     return model, result
 
 
@@ -186,6 +186,9 @@ _REPORT_OPTIONS = [
     click.option("--categories", default=None, help="Comma-separated categories to show (default: all)."),
     click.option("--permutations", type=int, default=200, show_default=True,
                  help="Label permutations for the category comparison p-values."),
+    click.option("--preset", type=click.Choice(["llm-mri"]), default=None,
+                 help="Regions and metrics as LLM-MRI 0.2.1 builds them (standardised layers, pandas.cut "
+                      "bins, sample estimators); scan with --pool first to match it fully."),
     click.option("--seed", type=int, default=0, show_default=True),
 ]
 
@@ -196,13 +199,13 @@ def _report_options(f):
     return f
 
 
-def _run_report(scan, out, reducer, components, grid, categories, permutations, seed, **extra):
+def _run_report(scan, out, reducer, components, grid, categories, permutations, seed, preset=None, **extra):
     from .report import build_report
 
     cats = [c.strip() for c in categories.split(",") if c.strip()] if categories else None
     click.echo(f"building the report ({reducer}, {components} components, {grid}x{grid} grid) ...", err=True)
     return build_report(scan, out, reducer=reducer, n_components=components, grid=grid, categories=cats,
-                        n_permutations=permutations, seed=seed, progress=True, **extra)
+                        n_permutations=permutations, seed=seed, progress=None, preset=preset, **extra)
 
 
 @cli.command("report")
@@ -223,7 +226,7 @@ def report_cmd(scan_dir, out, **kw):
 @click.option("--out", default="llmri-demo", show_default=True, help="Folder for the demo's outputs.")
 @_scan_options(sites="resid,mlp,attn", token_sites="mlp.-1")
 @_report_options
-def demo_cmd(out, reducer, components, grid, categories, permutations, seed, **kw):
+def demo_cmd(out, reducer, components, grid, categories, permutations, seed, preset, **kw):
     """Scan the bundled demo corpus with the embedded default model and write the report."""
     from .corpus import demo_corpus
 
@@ -231,7 +234,7 @@ def demo_cmd(out, reducer, components, grid, categories, permutations, seed, **k
     model, result = _run_scan(corpus, Path(out) / "scan", need_model=True, **kw)
     click.echo(_summary(result))
     path = _run_report(result, Path(out) / "report", reducer, components, grid, categories, permutations, seed,
-                       model=model, attention_text=corpus.texts[0])
+                       preset=preset, model=model, attention_text=corpus.texts[0])
     click.echo(f"report: {path}")
 
 
@@ -349,7 +352,7 @@ def ablate_cmd(corpus, model_name, out, measure, mode, scan_dir, layers, text_co
     scan = Scan.open(scan_dir) if scan_dir else None
     model = load_model(model_name, device=device, download=download)
     df = lesion_map(model, docs, measure=measure, mode=mode, scan=scan,
-                    layers=_ints(layers, "--layers") if layers else None, progress=True)
+                    layers=_ints(layers, "--layers") if layers else None, progress=None)
     top = df.reindex(df["effect"].abs().sort_values(ascending=False).index).head(10)
     click.echo(f"{df.attrs['measure']}: baseline {df.attrs['baseline']:.4g}; largest effects:")
     click.echo(top.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
@@ -379,7 +382,7 @@ def patch_cmd(model_name, clean, corrupted, out, sites, device, download):
     model = load_model(model_name, device=device, dtype="float32", download=download)
     specs = [s.strip() for s in sites.split(",") if s.strip()]
     kinds = list(dict.fromkeys(parse_site(k)[0] for k in specs))
-    res = patch(model, clean, corrupted, sites=specs, progress=True)
+    res = patch(model, clean, corrupted, sites=specs, progress=None)
     click.echo(f"metric: clean {res.clean_metric:.4g}, corrupted {res.corrupted_metric:.4g}")
     best = res.scores.sort_values("restored", ascending=False).head(5)
     click.echo(best.to_string(index=False, float_format=lambda v: f"{v:.3f}"))

@@ -46,6 +46,13 @@ class _Figures:
         return paths
 
 
+def _slug(name: str) -> str:
+    """A file-name-safe form of a category name: ``"Outer space!"`` -> ``"outer_space"``."""
+    import re
+
+    return re.sub(r"[^a-z0-9]+", "_", str(name).lower()).strip("_") or "category"
+
+
 def _output_folder(out) -> Path:
     """The folder a page goes to (static figures are drawn off-screen)."""
     import matplotlib
@@ -121,17 +128,20 @@ def build_page(out, name: str, title: str, intro: list[str], figures: list[tuple
 
 def build_report(scan, out, reducer="pca", n_components: int = 2, grid: int = 10, categories=None,
                  n_permutations: int = 200, seed: int = 0, site: str = "resid", progress: bool | None = None,
-                 model=None, attention_text: str | None = None, top_neurons: int = 10) -> Path:
+                 model=None, attention_text: str | None = None, top_neurons: int = 10,
+                 preset: str | None = None) -> Path:
     """Analyse a Scan and write ``out/report.html`` plus ``out/figures/`` and CSV tables.
 
     Sections for attention heads and neurons appear when the scan captured ``attn`` and ``mlp``;
     with ``model`` and ``attention_text`` the report also holds a head view of that text.
+    ``preset="llm-mri"`` builds the regions and metrics as LLM-MRI 0.2.1 does (see ``llmri.regions``).
+    Static figures are named by content: ``nrag_<category>.png``, ``difference_<a>_vs_<b>.png``.
     Returns the path of the HTML file.
     """
     scan = scan if isinstance(scan, Scan) else Scan.open(scan)
     out = _output_folder(out)
     rm = make_regions(scan, reducer=reducer, n_components=n_components, grid=grid, seed=seed, site=site,
-                      progress=progress)
+                      progress=progress, preset=preset)
     cats = rm.label_names if not categories else [rm.label_names[i] for i in rm.category_ids(list(categories))]
     present = [c for c in cats if rm.category_mask([c]).any()]
     if not present:
@@ -149,7 +159,7 @@ def build_report(scan, out, reducer="pca", n_components: int = 2, grid: int = 10
             if i >= MAX_PAIRS:
                 break
             sections["differences"].append(figs.interactive(difference_figure(rm, a, b)))
-            sections["static"] += figs.static(difference_plot(rm, a, b), f"difference_{i + 1}")
+            sections["static"] += figs.static(difference_plot(rm, a, b), f"difference_{_slug(a)}_vs_{_slug(b)}")
 
     g_all = nrag(rm, present)
     sections["graphs"].append(figs.interactive(nrag_figure(g_all, fixed=True, colors=colors,
@@ -162,7 +172,7 @@ def build_report(scan, out, reducer="pca", n_components: int = 2, grid: int = 10
         sections["graphs"].append(figs.interactive(nrag_figure(g, fixed=True, colors=colors,
                                                                title=f"NRAG of {c}")))
         sections["static"] += figs.static(draw_nrag(g, fixed=True, colors=colors, title=f"NRAG of {c}"),
-                                          f"nrag_{i + 1}")
+                                          f"nrag_{_slug(c)}")
 
     metrics = pd.DataFrame({c: graph_metrics(g) for c, g in per_cat.items()})
     metrics.insert(0, "metric", metrics.index)
@@ -207,7 +217,7 @@ def build_report(scan, out, reducer="pca", n_components: int = 2, grid: int = 10
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         model=scan.manifest["model"], n_docs=scan.n_docs,
         counts={c: int(counts([c]).sum()) for c in present}, colors=colors,
-        settings={**scan.settings, "reducer": rm.reducer, "components": n_components, "grid": grid,
+        settings={**scan.settings, "reducer": rm.reducer, "components": n_components, "grid": grid, "preset": preset or "none",
                   "seed": seed, "site": site, "permutations": n_permutations},
         samples=samples, sections=sections,
         metrics=_table(metrics),
