@@ -192,7 +192,14 @@ def _pick_column(p, header, wanted, defaults, what, flag) -> str:
 
 def _read_delimited(p: Path, delimiter: str):
     text = _read_utf8(p)
-    reader = csv.DictReader(text.splitlines(keepends=True), delimiter=delimiter)
+    lines = text.splitlines(keepends=True)
+    if lines and delimiter not in lines[0]:
+        # a single column, or another delimiter: sniff it from the first lines
+        try:
+            delimiter = csv.Sniffer().sniff("".join(lines[:20]), delimiters=",;\t|").delimiter
+        except csv.Error:
+            pass
+    reader = csv.DictReader(lines, delimiter=delimiter)
     header = list(reader.fieldnames or [])
     if not header:
         raise LlmriError(f"{p}: the file is empty (no header row)")

@@ -176,7 +176,8 @@ def compare_categories(regions: RegionMap, a, b, n_permutations: int = 1000, see
     The documents of both categories are pooled and their labels shuffled (group sizes kept)
     ``n_permutations`` times; a metric's two-sided p-value is the share of shuffles whose
     difference is at least as large in magnitude as the observed one, (k + 1) / (n + 1).
-    Returns a DataFrame with columns ``metric``, ``a``, ``b``, ``difference``, ``p_value``.
+    Returns a DataFrame with columns ``metric``, ``a``, ``b``, ``difference``, ``p_value`` and
+    ``q_value`` (Benjamini-Hochberg over the metrics of this comparison).
     """
     if not isinstance(n_permutations, int) or n_permutations < 1:
         raise LlmriError(f"n_permutations must be a positive integer, got {n_permutations!r}")
@@ -199,6 +200,9 @@ def compare_categories(regions: RegionMap, a, b, n_permutations: int = 1000, see
         labels[both] = rng.permutation(pooled)
         *_, d = diff(dataclasses.replace(regions, labels=labels))
         exceed += np.abs(d) >= np.abs(observed) - 1e-12
+    from scipy.stats import false_discovery_control
+
+    p = (exceed + 1) / (n_permutations + 1)
     return pd.DataFrame({"metric": list(METRICS), "a": [ma[k] for k in METRICS],
                          "b": [mb[k] for k in METRICS], "difference": observed,
-                         "p_value": (exceed + 1) / (n_permutations + 1)})
+                         "p_value": p, "q_value": false_discovery_control(p, method="bh")})

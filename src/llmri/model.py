@@ -146,6 +146,21 @@ def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
     return getattr(torch, _DTYPES[dtype])
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub (or ``HF_ENDPOINT``) answers a TCP connection within ``timeout`` s."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 @contextlib.contextmanager
 def quiet_loading():
     """Hide transformers' per-weight "Loading weights" bar while a model loads (restored after)."""
@@ -181,6 +196,10 @@ def load_model(name: str = "default", device: str = "auto", dtype: str = "auto",
         raise LlmriError(f"{name}: no such model folder")
     dev = _resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
+    if download and not local.exists() and not hub_reachable():
+        why = ("HF_HUB_OFFLINE is set" if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
+               else "the network is unreachable (no connection to the Hugging Face hub)")
+        raise LlmriError(f"model {name!r}: cannot download it, {why}; copy the model folder here and pass its path")
     kw = {} if download else {"local_files_only": True}
     try:
         config = AutoConfig.from_pretrained(path, **kw)

@@ -162,9 +162,11 @@ def build_report(scan, out, reducer="pca", n_components: int = 2, grid: int = 10
             sections["static"] += figs.static(difference_plot(rm, a, b), f"difference_{_slug(a)}_vs_{_slug(b)}")
 
     g_all = nrag(rm, present)
-    sections["graphs"].append(figs.interactive(nrag_figure(g_all, fixed=True, colors=colors,
+    # the composed graph of a grid map is a hairball: edges of a single document start hidden
+    light = 2 if n_components == 2 and g_all.number_of_edges() > 100 else 0
+    sections["graphs"].append(figs.interactive(nrag_figure(g_all, fixed=True, colors=colors, min_weight=light,
                                                            title=f"NRAG of {', '.join(present)} (composed)")))
-    sections["static"] += figs.static(draw_nrag(g_all, fixed=True, colors=colors), "nrag_all")
+    sections["static"] += figs.static(draw_nrag(g_all, fixed=True, colors=colors, min_weight=light), "nrag_all")
     per_cat = {}
     for i, c in enumerate(present):
         g = nrag(rm, [c])
@@ -226,7 +228,10 @@ def build_report(scan, out, reducer="pca", n_components: int = 2, grid: int = 10
         evaluation=None if evaluation is None else figs.interactive(evaluation_figure(evaluation)),
         evaluation_table=None if evaluation is None else _table(evaluation),
         n_components=n_components, probe=probe_sec, heads=heads, neurons=neuron_sec, attention=attn_view,
-        attention_text=attention_text)
+        attention_text=attention_text,
+        absent=None if evaluation is not None else (
+            f"No evaluation and probe sections: they compare categories and need at least two with two or more "
+            f"documents each; this report has {', '.join(f'{c} ({int(counts([c]).sum())})' for c in present)}."))
     (out / "figures").mkdir(parents=True, exist_ok=True)
     for name, df in [("metrics", metrics), ("layer_profile", profile)] + \
             [(f"compare_{a}_vs_{b}", df) for a, b, df in comparisons] + \
