@@ -359,7 +359,9 @@ def ablate_cmd(corpus, model_name, out, measure, mode, scan_dir, layers, text_co
     path = build_page(out, "lesion", f"llmri lesion map: {model.name}",
                       [f"{len(docs)} documents; {mode} ablation of each head and each layer's MLP in turn; "
                        f"measure: {df.attrs['measure']} (baseline {df.attrs['baseline']:.4g})."],
-                      [(lesion_figure(df), lesion_plot(df), "lesion")], [("Effects", df, "lesion")])
+                      [(lesion_figure(df), lesion_plot(df), "lesion")],
+                      [("Effects, largest first", df.reindex(df["effect"].abs().sort_values(ascending=False).index),
+                        "lesion")])
     click.echo(f"lesion map: {path}")
 
 
