@@ -386,14 +386,22 @@ def patch_cmd(model_name, clean, corrupted, out, sites, device, download):
     kinds = list(dict.fromkeys(parse_site(k)[0] for k in specs))
     res = patch(model, clean, corrupted, sites=specs, progress=None)
     click.echo(f"metric: clean {res.clean_metric:.4g}, corrupted {res.corrupted_metric:.4g}")
-    best = res.scores.sort_values("restored", ascending=False).head(5)
-    click.echo(best.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    sc = res.scores
+    last = sc.loc[sc["kind"] == "resid", "layer"].max()
+    trivial = (sc["kind"] == "resid") & (sc["layer"] == last)
+    why = (f"resid.{last} is left out of the ranking: the metric is read from it, so patching it restores 1 at the "
+           "read-out position and 0 elsewhere by construction") if trivial.any() else ""
+    ranked = sc[~trivial].sort_values("restored", ascending=False)
+    click.echo(ranked.head(5).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if why:
+        click.echo(f"({why})")
     path = build_page(out, "patch", f"llmri activation patching: {model.name}",
                       [f"clean: {clean}", f"corrupted: {corrupted}",
                        f"metric: clean {res.clean_metric:.4g}, corrupted {res.corrupted_metric:.4g}; each cell "
                        "restores one site at one position from the clean run."],
                       [(patch_figure(res, k), patch_plot(res, k), f"patch_{k}") for k in kinds],
-                      [("Scores", res.scores, "patch")])
+                      [("Scores, most restored first" + (f" ({why})" if why else ""), ranked, "patch_ranked"),
+                       ("All scores", res.scores, "patch")])
     click.echo(f"patching: {path}")
 
 
