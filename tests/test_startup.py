@@ -108,3 +108,34 @@ def test_cached_rescan_loads_no_model(tmp_path):
     save_tiny(model_dir, seed=1)
     heavy, changed = fresh(argv, cwd=tmp_path)
     assert "torch" in heavy and "holds a different scan (model" in changed.stderr
+
+
+# ---------------------------------------------------------------- messages (issue 12, part 5)
+def test_a_semicolon_csv_is_read(tmp_path):
+    p = tmp_path / "docs.csv"
+    p.write_text("text;label\nthe star shines;space\nbake the flour;food\n")
+    c = llmri.Corpus.from_path(p)
+    assert c.texts == ["the star shines", "bake the flour"] and c.label_names == ["food", "space"]
+
+
+def test_download_without_network_says_so(monkeypatch):
+    import llmri.model as m
+
+    monkeypatch.setattr(m, "hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(llmri.LlmriError, match="cannot download it, the network is unreachable"):
+        llmri.load_model("someone/not-on-this-disk", download=True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(llmri.LlmriError, match="HF_HUB_OFFLINE is set"):
+        llmri.load_model("someone/not-on-this-disk", download=True)
+
+
+def test_neurons_without_mlp_suggests_the_fix(tmp_path):
+    import numpy as np
+
+    from llmri.store import scan_from_arrays
+
+    s = scan_from_arrays(tmp_path / "s", {"resid.0": np.random.default_rng(0).normal(size=(6, 4))},
+                         ["a", "a", "a", "b", "b", "b"])
+    with pytest.raises(llmri.LlmriError, match="use --site resid, or rescan with --sites resid,mlp"):
+        llmri.neurons(s, "a")
