@@ -213,7 +213,15 @@ def two_category_scan(path, different: bool, n=40, seed=0):
 def test_permutation_test(tmp_path):
     rm = llmri.regions(two_category_scan(tmp_path / "d", True), reducer=FirstColumns(), grid=6)
     df = llmri.compare_categories(rm, "a", "b", n_permutations=199)
-    assert list(df.columns) == ["metric", "a", "b", "difference", "p_value"]
+    assert list(df.columns) == ["metric", "a", "b", "difference", "p_value", "q_value"]
+    # Benjamini-Hochberg by hand: q_(i) = min over j >= i of p_(j) * m / j, in p order
+    p = df["p_value"].to_numpy()
+    order = np.argsort(p)
+    m = len(p)
+    q_sorted = np.minimum.accumulate((p[order] * m / np.arange(1, m + 1))[::-1])[::-1]
+    q = np.empty(m)
+    q[order] = np.minimum(q_sorted, 1)
+    np.testing.assert_allclose(df["q_value"], q)
     row = df.set_index("metric").loc["n_nodes"]
     assert row["a"] < row["b"] and row["difference"] == row["a"] - row["b"]
     assert row["p_value"] == pytest.approx(1 / 200)
