@@ -32,7 +32,7 @@ from llmri.capture import plan_batches, tokenize
 
 def mixed_corpus(n_docs: int, seed: int = 0) -> llmri.Corpus:
     """Documents of mixed length (1 to 12 demo documents glued together), demo labels."""
-    demo = llmri.demo_corpus()
+    demo = llmri.demo_corpus("topics")
     rng = np.random.default_rng(seed)
     texts, labels = [], []
     for _ in range(n_docs):

@@ -25,7 +25,7 @@ def main() -> None:
     ap.add_argument("--measure", default="auto")
     args = ap.parse_args()
     model = llmri.load_model("default", device=args.device)
-    demo = llmri.demo_corpus()
+    demo = llmri.demo_corpus("topics")
     corpus = demo.subset(range(0, len(demo), max(1, len(demo) // args.docs)))
     batches = _Batches(model, corpus.texts, 8192)
     n_jobs = model.n_layers * llmri.sites.n_heads(model.module) + model.n_layers

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -12,7 +13,8 @@ import llmri
 
 
 def run(*args, cwd=None):
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    src = str(Path(llmri.__file__).resolve().parents[1])  # the llmri under test, whatever cwd is
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]))
     return subprocess.run([sys.executable, "-m", "llmri", *args], capture_output=True, text=True,
                           cwd=cwd, env=env, timeout=600)
 
@@ -62,21 +64,21 @@ def test_demo(tmp_path):
     proc = run("demo", "--out", "d", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     s = llmri.Scan.open(tmp_path / "d" / "scan")
-    assert s.n_docs == len(llmri.demo_corpus()) and "96 documents" in proc.stdout
+    assert s.n_docs == len(llmri.demo_corpus()) and "120 documents" in proc.stdout
     report = tmp_path / "d" / "report"
     assert "report: d/report/report.html" in proc.stdout
     html = (report / "report.html").read_text(encoding="utf-8")
-    assert "astronomy" in html and "Plotly.newPlot" in html and "<script src=" not in html
+    assert "scrambled" in html and "Plotly.newPlot" in html and "<script src=" not in html
     for name in ("heatmaps_all", "nrag_all", "evaluation"):
         assert (report / "figures" / f"{name}.png").stat().st_size > 10_000
         assert (report / "figures" / f"{name}.svg").read_text().lstrip().startswith("<?xml")
     metrics = (report / "metrics.csv").read_text().splitlines()
-    assert metrics[0] == "metric,astronomy,cooking,football" and len(metrics) == 19
+    assert metrics[0] == "metric,grammatical,scrambled" and len(metrics) == 19
     assert 'id="attention"' in html and 'id="neurons"' in html and "llmri-headview" in html
     assert s.layers("attn") == list(range(6)) and s.token_sites == ["mlp.5"]
-    proc = run("neurons", "d/scan", "--category", "cooking", "--top", "3", "--csv", "n.csv", cwd=tmp_path)
+    proc = run("neurons", "d/scan", "--category", "scrambled", "--top", "3", "--csv", "n.csv", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "cooking: top 3 of 9216 mlp neurons" in proc.stdout
+    assert "scrambled: top 3 of 9216 mlp neurons" in proc.stdout
     ranking = (tmp_path / "n.csv").read_text().splitlines()
     assert ranking[0].startswith("category,layer,neuron,effect_size") and len(ranking) == 9217
     assert_one_line_error(run("neurons", "d/scan", "--category", "poetry", cwd=tmp_path), "unknown category 'poetry'")

@@ -128,5 +128,5 @@ def test_list_errors():
 
 
 def test_demo_corpus():
-    c = llmri.demo_corpus()
+    c = llmri.demo_corpus("topics")
     assert len(c.label_names) >= 3 and min(c.counts()) >= 30

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.integration
 def demo_scan(tmp_path_factory):
     model = llmri.load_model("default", device="cpu")
     out = tmp_path_factory.mktemp("demo") / "scan"
-    return llmri.scan(model, llmri.demo_corpus(), out, sites=("resid", "mlp"), progress=False)
+    return llmri.scan(model, llmri.demo_corpus("topics"), out, sites=("resid", "mlp"), progress=False)
 
 
 def test_shapes(demo_scan):
@@ -23,7 +23,7 @@ def test_shapes(demo_scan):
     assert s.activations(6).shape == (96, 384) and s.activations(0, "mlp").shape == (96, 1536)
     assert s.label_names == ["astronomy", "cooking", "football"]
     assert np.bincount(s.labels).tolist() == [32, 32, 32]
-    assert s.texts[0] == llmri.demo_corpus().texts[0]
+    assert s.texts[0] == llmri.demo_corpus("topics").texts[0]
 
 
 def test_matches_sentence_transformers(demo_scan):

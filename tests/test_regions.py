@@ -46,7 +46,12 @@ def test_pca_once_per_layer_on_all_documents(tmp_path):
     rm = llmri.regions(s, reducer="pca", n_components=2, grid=5)
     assert rm.layers == [0, 1, 2, 3]
     for L in rm.layers:
-        np.testing.assert_allclose(rm.coords(L), PCA(2, random_state=0).fit_transform(s.activations(L)), atol=1e-6)
+        ref = PCA(2, random_state=0).fit_transform(s.activations(L))
+        sign = np.sign((rm.coords(L) * ref).sum(0))  # components are oriented layer to layer
+        np.testing.assert_allclose(rm.coords(L), ref * sign, atol=1e-6)
+        if L != rm.layers[0]:
+            prev = rm.coords(rm.layers[rm.layers.index(L) - 1])
+            assert ((rm.coords(L) - rm.coords(L).mean(0)) * (prev - prev.mean(0))).sum(0).min() >= 0
         assert rm.cells(L).shape == (90, 2) and rm.cells(L).dtype == np.int64
         assert rm.counts(L).sum() == 90
         assert rm.counts(L, ["alpha"]).sum() == 30
@@ -208,7 +213,15 @@ def two_category_scan(path, different: bool, n=40, seed=0):
 def test_permutation_test(tmp_path):
     rm = llmri.regions(two_category_scan(tmp_path / "d", True), reducer=FirstColumns(), grid=6)
     df = llmri.compare_categories(rm, "a", "b", n_permutations=199)
-    assert list(df.columns) == ["metric", "a", "b", "difference", "p_value"]
+    assert list(df.columns) == ["metric", "a", "b", "difference", "p_value", "q_value"]
+    # Benjamini-Hochberg by hand: q_(i) = min over j >= i of p_(j) * m / j, in p order
+    p = df["p_value"].to_numpy()
+    order = np.argsort(p)
+    m = len(p)
+    q_sorted = np.minimum.accumulate((p[order] * m / np.arange(1, m + 1))[::-1])[::-1]
+    q = np.empty(m)
+    q[order] = np.minimum(q_sorted, 1)
+    np.testing.assert_allclose(df["q_value"], q)
     row = df.set_index("metric").loc["n_nodes"]
     assert row["a"] < row["b"] and row["difference"] == row["a"] - row["b"]
     assert row["p_value"] == pytest.approx(1 / 200)
@@ -237,7 +250,7 @@ def test_evaluate_reduction_matches_sklearn(tmp_path):
         red = cross_val_score(clf, rm.coords(L), s.labels, cv=cv).mean()
         row = df[df["layer"] == L].iloc[0]
         assert row["full"] == pytest.approx(full) and row["reduced"] == pytest.approx(red)
-        assert row["delta"] == pytest.approx(red - full)
+        assert row["reduced_minus_full"] == pytest.approx(red - full)
         assert row["full_low"] <= row["full"] <= row["full_high"]
     assert df.iloc[-1]["full"] == pytest.approx(df.iloc[:-1]["full"].mean())
 

@@ -4,47 +4,78 @@
 >>> corpus = llmri.demo_corpus()
 >>> scan = llmri.scan("default", corpus, "runs/demo")
 >>> scan.activations(6).shape
-(96, 384)
+(120, 384)
+
+``import llmri`` is instant: each public name is imported from its module on first use
+(torch, transformers, scipy, pandas and plotly load only when a function needs them).
 """
 
-from .attention import Attention, attention, compare_heads, head_stats
-from .capture import ATTN_STATS, POOLS, embed, scan
-from .corpus import Corpus, demo_corpus, reviews_corpus
-from . import distributed  # Ray is imported only when one of its functions runs
-from .errors import LlmriError
-from .explain import ExplainResult, Explainer, LocalLM, OpenAICompatible, explain
-from .metrics import compare_categories, graph_metrics, layer_profile
-from .neurons import NeuronCard, cohens_d, neuron_card, neurons
-from .nrag import nrag
-from .generate import generate, steer_sweep
-from .interventions import (PatchResult, ablate, lesion_map, patch, patching, run_with_cache, steer,
-                            steering_vector)
-from .probe import evaluate_reduction, probe, probe_neurons, probe_tokens
-from .regions import RegionMap, regions
-from .model import DEFAULT_DECODER, DEFAULT_MODEL, Model, convert_gguf, load_model
-from .sites import ADAPTERS, Adapter, expand_sites, hooks, parse_site
-from .store import Scan, scan_from_arrays
+from __future__ import annotations
 
-# Sparse-autoencoder names load on first use (``llmri.SAE``), so ``import llmri`` stays light.
-_LAZY = {"SAE": ".sae", "train_sae": ".sae", "evaluate_sae": ".sae", "feature_activations": ".sae",
-         "feature_card": ".sae", "feature_neighbors": ".sae", "feature_map": ".sae", "clamp": ".sae",
-         "FeatureActivations": ".sae", "FeatureCard": ".sae"}
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'llmri' has no attribute {name!r}")
-
+import importlib
+import importlib.util
+import sys
+import types
 
 __version__ = "0.1.0"
-__all__ = ["reviews_corpus", "DEFAULT_DECODER", "convert_gguf", "embed", "generate", "steer", "steer_sweep", "steering_vector", "PatchResult", "ablate", "lesion_map", "patch", "patching", "probe", "probe_neurons", "probe_tokens",
-           "run_with_cache", "ExplainResult", "Explainer", "LocalLM", "OpenAICompatible", "explain", "ATTN_STATS", "Attention", "NeuronCard", "attention", "cohens_d", "compare_heads", "head_stats",
-           "neuron_card", "neurons", "ADAPTERS", "Adapter", "Corpus", "DEFAULT_MODEL", "LlmriError", "Model", "POOLS",
-           "RegionMap", "Scan", "compare_categories", "demo_corpus", "evaluate_reduction",
-           "expand_sites", "graph_metrics", "hooks", "layer_profile", "load_model", "nrag",
-           "parse_site", "regions", "scan", "scan_from_arrays", *_LAZY]
+
+# Public name -> the module (under llmri) that defines it. A new public name is one line here.
+_EXPORTS = {
+    "Attention": "attention", "attention": "attention", "compare_heads": "attention", "head_stats": "attention",
+    "ATTN_STATS": "capture", "POOLS": "capture", "scan": "capture",
+    "Corpus": "corpus", "demo_corpus": "corpus",
+    "LlmriError": "errors",
+    "compare_categories": "metrics", "graph_metrics": "metrics", "layer_profile": "metrics",
+    "NeuronCard": "neurons", "cohens_d": "neurons", "neuron_card": "neurons", "neurons": "neurons",
+    "nrag": "nrag",
+    "PatchResult": "interventions", "ablate": "interventions", "lesion_map": "interventions",
+    "patch": "interventions", "patching": "interventions", "run_with_cache": "interventions",
+    "evaluate_reduction": "probe", "probe": "probe", "probe_neurons": "probe", "probe_tokens": "probe",
+    "RegionMap": "regions", "regions": "regions",
+    "DEFAULT_MODEL": "model", "Model": "model", "load_model": "model",
+    "ADAPTERS": "sites", "Adapter": "sites", "expand_sites": "sites", "hooks": "sites", "parse_site": "sites",
+    "Scan": "store", "scan_from_arrays": "store",
+    # the decoder, generation and steering
+    "DEFAULT_DECODER": "model", "convert_gguf": "model", "embed": "capture", "reviews_corpus": "corpus",
+    "generate": "generate", "steer_sweep": "generate", "steer": "interventions", "steering_vector": "interventions",
+    # sparse-autoencoder features
+    "SAE": "sae", "train_sae": "sae", "evaluate_sae": "sae", "feature_activations": "sae", "feature_card": "sae",
+    "feature_neighbors": "sae", "feature_map": "sae", "clamp": "sae", "FeatureActivations": "sae",
+    "FeatureCard": "sae",
+    # automated explanations
+    "ExplainResult": "explain", "Explainer": "explain", "LocalLM": "explain", "OpenAICompatible": "explain",
+    "explain": "explain",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        if importlib.util.find_spec(f"{__name__}.{name}") is not None:  # a submodule: llmri.store, llmri.viz
+            return importlib.import_module(f".{name}", __name__)
+        raise AttributeError(f"module 'llmri' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+class _Package(types.ModuleType):
+    """Keeps ``llmri.attention``, ``llmri.probe``, ... the functions when their modules load.
+
+    Importing submodule ``llmri.X`` binds the package attribute ``X`` to the module; for the
+    names that are both a module and its main function, the function wins, as it did when
+    ``__init__`` imported everything up front (``from llmri.probe import ...`` still works).
+    """
+
+    def __setattr__(self, name, value):
+        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == name and hasattr(value, name):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -242,7 +242,7 @@ def scan(model, corpus, out, sites=("resid",), pool: str = "auto", layers=None,
          token_sites=(), shard_tokens: int | None = None, device: str = "auto",
          dtype: str = "auto", overwrite: bool = False, worker: tuple[int, int] | None = None,
          progress: bool | None = None, engine: str = "local", workers: int = 1,
-         resources: dict | None = None) -> Scan:
+         resources: dict | None = None, request: str | None = None) -> Scan:
     """Run each document of ``corpus`` through ``model`` once and store a Scan in ``out``.
 
     One pooled vector per document, site and layer; ``token_sites`` (for example
@@ -252,6 +252,8 @@ def scan(model, corpus, out, sites=("resid",), pool: str = "auto", layers=None,
     ``pool="auto"`` is ``mean`` for encoders and ``mean-nosink`` for decoders (:func:`default_pool`).
     ``engine="ray"`` runs it on ``workers`` Ray actors needing ``resources`` each (e.g. ``{"GPU": 1}``),
     writing the same files (see :mod:`llmri.distributed`).
+    ``request`` is stored in the manifest as is: a key of the request (model files, corpus and
+    options as given) that lets the command line answer a repeated scan without loading the model.
 
     >>> import llmri                                              # doctest: +SKIP
     >>> s = llmri.scan("default", llmri.demo_corpus(), "runs/demo")
@@ -264,12 +266,12 @@ def scan(model, corpus, out, sites=("resid",), pool: str = "auto", layers=None,
         return scan_on_ray(model, corpus, out, workers=workers, resources=resources, sites=sites, pool=pool,
                            layers=layers, max_length=max_length, batch_tokens=batch_tokens,
                            token_sites=token_sites, shard_tokens=shard_tokens, device=device, dtype=dtype,
-                           overwrite=overwrite, progress=progress)
+                           overwrite=overwrite, progress=progress, request=request)
     corpus, out = check_scan_args(corpus, out, pool, batch_tokens)
     model = as_model(model, device=device, dtype=dtype)
     plan = plan_scan(model, corpus, out, sites=sites, pool=pool, layers=layers, max_length=max_length,
                      batch_tokens=batch_tokens, token_sites=token_sites, shard_tokens=shard_tokens,
-                     overwrite=overwrite, clean=worker is None)
+                     overwrite=overwrite, clean=worker is None, request=request)
     if plan.cached:
         return Scan.open(out)  # answered from the cache
     todo = [s for s in plan.todo if worker is None or s % worker[1] == worker[0]]
@@ -343,7 +345,8 @@ def check_scan_args(corpus, out, pool: str, batch_tokens: int) -> tuple[Corpus, 
 
 def plan_scan(model: Model, corpus: Corpus, out: Path, sites=("resid",), pool: str = "auto", layers=None,
               max_length: int | None = None, batch_tokens: int = DEFAULT_BATCH_TOKENS, token_sites=(),
-              shard_tokens: int | None = None, overwrite: bool = False, clean: bool = True) -> ScanPlan:
+              shard_tokens: int | None = None, overwrite: bool = False, clean: bool = True,
+              request: str | None = None) -> ScanPlan:
     """Tokenize, plan batches and shards, prepare ``out`` (corpus file, manifest) for the shards.
 
     ``clean`` removes temporary files of a killed writer (not while other workers may be writing).
@@ -398,7 +401,7 @@ def plan_scan(model: Model, corpus: Corpus, out: Path, sites=("resid",), pool: s
     lengths = np.asarray([len(x) for x in ids], dtype=np.int64)
     batches = plan_batches(lengths, batch_tokens)
     shards = plan_shards(batches, lengths, shard_tokens)
-    manifest = dict(head, format_version=FORMAT_VERSION, key=key, sites=pooled, token_sites=tokened,
+    manifest = dict(head, format_version=FORMAT_VERSION, key=key, request=request, sites=pooled, token_sites=tokened,
                     plan=dict(n_shards=len(shards), n_batches=len(batches), truncated=truncated,
                               n_tokens=int(lengths.sum())),
                     complete=False)

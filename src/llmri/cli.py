@@ -81,16 +81,90 @@ def _scan_options(f=None, sites="resid", token_sites=""):
     return wrap(f) if f is not None else wrap
 
 
+def _specs(value: str) -> list[str]:
+    return [x.strip() for x in (value or "").split(",") if x.strip()]
+
+
+def _check_scan_args(model_name, out, sites, token_sites, layers, batch_tokens, max_length, dtype):
+    """Everything that can be checked without the model, checked before it loads (in milliseconds).
+
+    Returns the model's folder on disk (``None`` when it must be downloaded) and the layer list.
+    """
+    from .model import _DTYPES, config_n_layers, model_folder
+    from .sites import expand_sites, parse_site
+
+    for spec in _specs(sites) + _specs(token_sites):
+        parse_site(spec)
+    layer_list = _ints(layers, "--layers") if layers is not None else None
+    if batch_tokens < 1:
+        raise LlmriError(f"--batch-tokens {batch_tokens}: must be a positive integer")
+    if max_length is not None and max_length < 1:
+        raise LlmriError(f"--max-length {max_length}: must be a positive integer")
+    if dtype != "auto" and dtype not in _DTYPES:
+        raise LlmriError(f"--dtype {dtype!r} is not one of auto, float32, bfloat16, float16")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise LlmriError(f"{out}: exists and is not a folder; choose another output folder")
+    folder = model_folder(model_name)
+    n_layers = config_n_layers(folder) if folder is not None else None
+    if n_layers is not None:  # layer ranges, from config.json
+        expand_sites(_specs(sites), n_layers, layer_list)
+        expand_sites(_specs(token_sites), n_layers, layer_list)
+    return folder, layer_list
+
+
+def _cached_scan(out, request: str):
+    """The finished scan in ``out`` made by the same request, else ``None`` (no model needed)."""
+    from .store import Scan, complete_shards, read_manifest
+
+    old = read_manifest(out) if Path(out).is_dir() else None
+    if old is None or old.get("request") != request:
+        return None
+    if len(complete_shards(out, old["plan"]["n_shards"])) < old["plan"]["n_shards"]:
+        return None
+    return Scan.open(out)
+
+
 def _run_scan(corpus, out, model_name, pool, sites, token_sites, layers, batch_tokens, max_length,
-              device, dtype, download, overwrite, shard_tokens=None):
+              device, dtype, download, overwrite, shard_tokens=None, need_model=False):
+    """Scan ``corpus`` into ``out``; an identical earlier request is answered from disk, model unloaded.
+
+    Returns ``(model or None, scan)``; with ``need_model`` the model is loaded in any case.
+    """
+    import hashlib
+    import json
+
+    from .model import files_fingerprint
+
+    folder, layer_list = _check_scan_args(model_name, out, sites, token_sites, layers, batch_tokens,
+                                          max_length, dtype)
+    request = None
+    if folder is not None:
+        options = dict(pool=pool, sites=sites, token_sites=token_sites, layers=layer_list,
+                       batch_tokens=batch_tokens, max_length=max_length, device=device, dtype=dtype,
+                       shard_tokens=shard_tokens)
+        request = hashlib.sha256(json.dumps(dict(model=files_fingerprint(folder), corpus=corpus.fingerprint,
+                                                 options=options), sort_keys=True).encode()).hexdigest()[:20]
+        cached = _cached_scan(out, request)
+        if cached is not None and not need_model:
+            return None, cached
+    if not overwrite:  # a different scan in --out, told before the model loads when the corpus or pool says so
+        from .store import read_manifest
+
+        old = read_manifest(out) if Path(out).is_dir() else None
+        diffs = [] if old is None else (
+            (["corpus"] if old.get("corpus", {}).get("fingerprint") != corpus.fingerprint else [])
+            + ([f"pool {old['settings'].get('pool')} -> {pool}"]
+               if pool != "auto" and old.get("settings", {}).get("pool") != pool else []))
+        if diffs:
+            raise LlmriError(f"{out}: holds a different scan ({', '.join(diffs)}); "
+                             "choose another output folder or pass --overwrite")
     from .capture import scan
     from .model import load_model
 
     model = load_model(model_name, device=device, dtype=dtype, download=download)
-    result = scan(model, corpus, out, sites=sites, pool=pool,
-                  layers=_ints(layers, "--layers") if layers is not None else None,
-                  max_length=max_length, batch_tokens=batch_tokens, token_sites=token_sites,
-                  shard_tokens=shard_tokens, overwrite=overwrite, progress=True)
+    result = scan(model, corpus, out, sites=_specs(sites), pool=pool, layers=layer_list,
+                  max_length=max_length, batch_tokens=batch_tokens, token_sites=_specs(token_sites),
+                  shard_tokens=shard_tokens, overwrite=overwrite, progress=None, request=request)
     return model, result
 
 
@@ -162,7 +236,7 @@ def scan_cmd(corpus, out, text_column, label_column, ray_mode, workers, gpus_per
     result = scan(_model_loader(kw["model_name"], kw["device"], kw["download"], kw["dtype"]), docs, out,
                   sites=kw["sites"], pool=kw["pool"], layers=layers, max_length=kw["max_length"],
                   batch_tokens=kw["batch_tokens"], token_sites=kw["token_sites"], shard_tokens=kw["shard_tokens"],
-                  overwrite=kw["overwrite"], progress=True, **ray)
+                  overwrite=kw["overwrite"], progress=None, **ray)
     click.echo(_summary(result))
 
 
@@ -175,6 +249,9 @@ _REPORT_OPTIONS = [
     click.option("--categories", default=None, help="Comma-separated categories to show (default: all)."),
     click.option("--permutations", type=int, default=200, show_default=True,
                  help="Label permutations for the category comparison p-values."),
+    click.option("--preset", type=click.Choice(["llm-mri"]), default=None,
+                 help="Regions and metrics as LLM-MRI 0.2.1 builds them (standardised layers, pandas.cut "
+                      "bins, sample estimators); scan with --pool first to match it fully."),
     click.option("--seed", type=int, default=0, show_default=True),
 ]
 
@@ -185,13 +262,13 @@ def _report_options(f):
     return f
 
 
-def _run_report(scan, out, reducer, components, grid, categories, permutations, seed, **extra):
+def _run_report(scan, out, reducer, components, grid, categories, permutations, seed, preset=None, **extra):
     from .report import build_report
 
     cats = [c.strip() for c in categories.split(",") if c.strip()] if categories else None
     click.echo(f"building the report ({reducer}, {components} components, {grid}x{grid} grid) ...", err=True)
     return build_report(scan, out, reducer=reducer, n_components=components, grid=grid, categories=cats,
-                        n_permutations=permutations, seed=seed, progress=True, **extra)
+                        n_permutations=permutations, seed=seed, progress=None, preset=preset, **extra)
 
 
 @cli.command("report")
@@ -212,15 +289,15 @@ def report_cmd(scan_dir, out, **kw):
 @click.option("--out", default="llmri-demo", show_default=True, help="Folder for the demo's outputs.")
 @_scan_options(sites="resid,mlp,attn", token_sites="mlp.-1")
 @_report_options
-def demo_cmd(out, reducer, components, grid, categories, permutations, seed, **kw):
+def demo_cmd(out, reducer, components, grid, categories, permutations, seed, preset, **kw):
     """Scan the bundled demo corpus with the embedded default model and write the report."""
     from .corpus import demo_corpus
 
     corpus = demo_corpus()
-    model, result = _run_scan(corpus, Path(out) / "scan", **kw)
+    model, result = _run_scan(corpus, Path(out) / "scan", need_model=True, **kw)
     click.echo(_summary(result))
     path = _run_report(result, Path(out) / "report", reducer, components, grid, categories, permutations, seed,
-                       model=model, attention_text=corpus.texts[0])
+                       preset=preset, model=model, attention_text=corpus.texts[0])
     click.echo(f"report: {path}")
 
 
@@ -342,20 +419,22 @@ def ablate_cmd(corpus, model_name, out, measure, mode, scan_dir, layers, text_co
     scan = Scan.open(scan_dir) if scan_dir else None
     if ray is None:
         model = load_model(model_name, device=device, download=download)
-        df = lesion_map(model, docs, measure=measure, mode=mode, scan=scan, layers=layers, progress=True)
+        df = lesion_map(model, docs, measure=measure, mode=mode, scan=scan, layers=layers, progress=None)
         model_name = model.name
     else:
         from .distributed import lesion_map as lesion_map_on_ray
 
         df = lesion_map_on_ray(_model_loader(model_name, device, download), docs, measure=measure, mode=mode,
-                               scan=scan, layers=layers, progress=True, **ray)
+                               scan=scan, layers=layers, progress=None, **ray)
     top = df.reindex(df["effect"].abs().sort_values(ascending=False).index).head(10)
     click.echo(f"{df.attrs['measure']}: baseline {df.attrs['baseline']:.4g}; largest effects:")
     click.echo(top.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     path = build_page(out, "lesion", f"llmri lesion map: {model_name}",
                       [f"{len(docs)} documents; {mode} ablation of each head and each layer's MLP in turn; "
                        f"measure: {df.attrs['measure']} (baseline {df.attrs['baseline']:.4g})."],
-                      [(lesion_figure(df), lesion_plot(df), "lesion")], [("Effects", df, "lesion")])
+                      [(lesion_figure(df), lesion_plot(df), "lesion")],
+                      [("Effects, largest first", df.reindex(df["effect"].abs().sort_values(ascending=False).index),
+                        "lesion")])
     click.echo(f"lesion map: {path}")
 
 
@@ -378,16 +457,24 @@ def patch_cmd(model_name, clean, corrupted, out, sites, device, download):
     model = load_model(model_name, device=device, dtype="float32", download=download)
     specs = [s.strip() for s in sites.split(",") if s.strip()]
     kinds = list(dict.fromkeys(parse_site(k)[0] for k in specs))
-    res = patch(model, clean, corrupted, sites=specs, progress=True)
+    res = patch(model, clean, corrupted, sites=specs, progress=None)
     click.echo(f"metric: clean {res.clean_metric:.4g}, corrupted {res.corrupted_metric:.4g}")
-    best = res.scores.sort_values("restored", ascending=False).head(5)
-    click.echo(best.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    sc = res.scores
+    last = sc.loc[sc["kind"] == "resid", "layer"].max()
+    trivial = (sc["kind"] == "resid") & (sc["layer"] == last)
+    why = (f"resid.{last} is left out of the ranking: the metric is read from it, so patching it restores 1 at the "
+           "read-out position and 0 elsewhere by construction") if trivial.any() else ""
+    ranked = sc[~trivial].sort_values("restored", ascending=False)
+    click.echo(ranked.head(5).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if why:
+        click.echo(f"({why})")
     path = build_page(out, "patch", f"llmri activation patching: {model.name}",
                       [f"clean: {clean}", f"corrupted: {corrupted}",
                        f"metric: clean {res.clean_metric:.4g}, corrupted {res.corrupted_metric:.4g}; each cell "
                        "restores one site at one position from the clean run."],
                       [(patch_figure(res, k), patch_plot(res, k), f"patch_{k}") for k in kinds],
-                      [("Scores", res.scores, "patch")])
+                      [("Scores, most restored first" + (f" ({why})" if why else ""), ranked, "patch_ranked"),
+                       ("All scores", res.scores, "patch")])
     click.echo(f"patching: {path}")
 
 
@@ -446,7 +533,7 @@ def explain_cmd(scan_dir, site, neuron_spec, sae, feature_spec, backend, model_n
     else:
         be = LocalLM(model_name or "default-decoder", device=device)
     res = explain(scan, site, units, Explainer(be, style=style, seed=seed), scorers=names, encoder=encoder,
-                  baseline=not no_baseline, out=out, progress=True)
+                  baseline=not no_baseline, out=out, progress=None)
     cols = [c for c in res.table.columns if c in ("unit", "simulation_score", "simulation_baseline",
                                                  "detection_balanced_accuracy", "fuzzing_balanced_accuracy", "explanation")]
     click.echo(res.table[cols].to_string(index=False, max_colwidth=60, float_format=lambda v: f"{v:.3f}"))
@@ -625,7 +712,7 @@ def sae_train_cmd(scan_dir, site, target_site, latents, k, arch, epochs, batch_s
     result = train_sae(scan, sites[0] if len(sites) == 1 else sites, n_latents=latents, k=k, arch=arch,
                        target_site=(targets[0] if targets and len(sites) == 1 else targets), epochs=epochs,
                        batch_size=batch_size, lr=lr, l1_coefficient=l1_coefficient, l0_coefficient=l0_coefficient,
-                       seed=seed, device=device, progress=True)
+                       seed=seed, device=device, progress=None)
     saes = {sites[0]: result} if len(sites) == 1 else result
     for name, sae in saes.items():
         folder = out_p if len(saes) == 1 else out_p / name
@@ -653,7 +740,7 @@ def sae_eval_cmd(sae_dir, model_name, corpus, batch_tokens, device, download):
     sae = SAE.load(sae_dir)
     docs = Corpus.from_path(corpus)
     model = load_model(model_name, device=device, dtype="float32", download=download)
-    m = evaluate_sae(sae, model, docs, batch_tokens=batch_tokens, progress=True)
+    m = evaluate_sae(sae, model, docs, batch_tokens=batch_tokens, progress=None)
     scalars = {k: v for k, v in m.items() if k != "feature_density"}
     atomic_write_json(Path(sae_dir) / "eval.json", scalars)
     for key, v in scalars.items():
@@ -682,7 +769,7 @@ def sae_report_cmd(sae_dir, scan_dir, out, model_name, cards, method, device):
     sae = SAE.load(sae_dir)
     scan = Scan.open(scan_dir)
     model = load_model(model_name, device=device, dtype="float32") if model_name else None
-    feats = feature_activations(sae, scan, progress=True)
+    feats = feature_activations(sae, scan, progress=None)
     ev = Path(sae_dir) / "eval.json"
     metrics = json.loads(ev.read_text()) if ev.is_file() else None
     out = Path(out) if out else Path(sae_dir).resolve().parent / f"{Path(sae_dir).resolve().name}-report"

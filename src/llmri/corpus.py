@@ -192,7 +192,14 @@ def _pick_column(p, header, wanted, defaults, what, flag) -> str:
 
 def _read_delimited(p: Path, delimiter: str):
     text = _read_utf8(p)
-    reader = csv.DictReader(text.splitlines(keepends=True), delimiter=delimiter)
+    lines = text.splitlines(keepends=True)
+    if lines and delimiter not in lines[0]:
+        # a single column, or another delimiter: sniff it from the first lines
+        try:
+            delimiter = csv.Sniffer().sniff("".join(lines[:20]), delimiters=",;\t|").delimiter
+        except csv.Error:
+            pass
+    reader = csv.DictReader(lines, delimiter=delimiter)
     header = list(reader.fieldnames or [])
     if not header:
         raise LlmriError(f"{p}: the file is empty (no header row)")
@@ -222,13 +229,37 @@ def _read_jsonl(p: Path):
     return header, rows
 
 
-def demo_corpus() -> Corpus:
-    """The bundled demo corpus: short documents on clearly different topics."""
-    return Corpus.from_path(Path(__file__).parent / "data" / "demo")
+DEMO_CORPORA = {"word_order": "grammatical sentences and the same words scrambled (60 + 60)",
+                "topics": "paragraphs on astronomy, cooking and football (32 each)",
+                "reviews": "short positive and negative reviews of the same things (30 + 30)"}
+
+
+def demo_corpus(name: str = "word_order") -> Corpus:
+    """A bundled demo corpus, written for this project.
+
+    ``"word_order"`` (the default, used by ``llmri demo``): 60 sentences on astronomy, cooking
+    and football labelled ``grammatical``, each with a ``scrambled`` twin holding exactly the
+    same words in a random order. The two categories share their vocabulary, so the embedding
+    layer barely tells them apart and deeper layers do: the layers differ. ``"topics"``: 96
+    paragraphs on three topics, separable by vocabulary alone at every layer.
+
+    >>> c = demo_corpus()
+    >>> c.label_names, c.counts()
+    (['grammatical', 'scrambled'], [60, 60])
+    """
+    return Corpus.from_path(demo_corpus_path(name))
+
+
+def demo_corpus_path(name: str = "word_order") -> Path:
+    """The folder of a bundled demo corpus (one sub-folder per label), e.g. to copy it out."""
+    if name not in DEMO_CORPORA:
+        raise LlmriError(f"demo corpus {name!r} is not one of {', '.join(DEMO_CORPORA)}")
+    return Path(__file__).parent / "data" / ("demo" if name == "topics" else name)
 
 
 def reviews_corpus() -> Corpus:
     """The bundled reviews corpus: 30 positive and 30 negative short reviews of the same kinds of
     things (films, restaurants, hotels, gadgets, books, trips), written for this project; each
-    positive review has a negative counterpart about the same thing. Used by steering examples."""
-    return Corpus.from_path(Path(__file__).parent / "data" / "reviews")
+    positive review has a negative counterpart about the same thing. Used by the steering examples.
+    The same as ``demo_corpus("reviews")``."""
+    return demo_corpus("reviews")

@@ -196,7 +196,8 @@ def _reraise(e: Exception) -> None:
 def scan(model, corpus, out, workers: int = 2, resources: dict | None = None, address: str | None = None,
          retries: int = 2, sites=("resid",), pool: str = "auto", layers=None, max_length: int | None = None,
          batch_tokens: int | None = None, token_sites=(), shard_tokens: int | None = None,
-         device: str = "auto", dtype: str = "auto", overwrite: bool = False, progress: bool | None = None):
+         device: str = "auto", dtype: str = "auto", overwrite: bool = False, progress: bool | None = None,
+         request: str | None = None):
     """:func:`llmri.scan` on Ray: ``workers`` actors, each needing ``resources`` (e.g. ``{"GPU": 1}``).
 
     The plan (tokens, batches, shards) is made once, by the first worker, which holds the model
@@ -222,7 +223,8 @@ def scan(model, corpus, out, workers: int = 2, resources: dict | None = None, ad
     actors = _start(ray, model, device, dtype, workers, opts, retries)
     try:
         options = dict(sites=sites, pool=pool, layers=layers, max_length=max_length, batch_tokens=batch_tokens,
-                       token_sites=token_sites, shard_tokens=shard_tokens, overwrite=overwrite, clean=True)
+                       token_sites=token_sites, shard_tokens=shard_tokens, overwrite=overwrite, clean=True,
+                       request=request)
         plan = _get(ray, actors[0].plan_scan.remote(corpus, str(out), options))
         if plan.cached:
             return Scan.open(out)  # answered from the cache

@@ -25,15 +25,21 @@ METRICS = ("n_nodes", "n_edges", "density",
            "even_clustering", "even_path_length", "odd_clustering", "odd_path_length")
 
 
-def _moments(values: np.ndarray, prefix: str) -> dict[str, float]:
-    """Mean, population variance, skew and excess kurtosis (0 when undefined)."""
+def _moments(values: np.ndarray, prefix: str, sample: bool = False) -> dict[str, float]:
+    """Mean, variance, skew and excess kurtosis (0 when undefined).
+
+    Population estimators by default (the nodes are the whole graph, not a sample of it);
+    ``sample=True`` gives LLM-MRI's pandas estimators: variance with ddof 1, bias-corrected
+    skew and kurtosis (scipy's ``bias=False``).
+    """
     if len(values) == 0:
         return {f"{prefix}_{k}": 0.0 for k in ("mean", "var", "skew", "kurtosis")}
-    var = float(np.var(values))
+    var = float(np.var(values, ddof=1)) if sample and len(values) > 1 else float(np.var(values))
     constant = var <= 1e-12 * max(1.0, float(np.mean(values) ** 2))
+    small = sample and len(values) < 4  # bias-corrected skew needs 3 values, kurtosis 4
     return {f"{prefix}_mean": float(np.mean(values)), f"{prefix}_var": var,
-            f"{prefix}_skew": 0.0 if constant else float(skew(values)),
-            f"{prefix}_kurtosis": 0.0 if constant else float(kurtosis(values))}
+            f"{prefix}_skew": 0.0 if constant or small else float(skew(values, bias=not sample)),
+            f"{prefix}_kurtosis": 0.0 if constant or small else float(kurtosis(values, bias=not sample))}
 
 
 def _layer_position(g: nx.DiGraph) -> dict[int, int]:
@@ -91,12 +97,25 @@ def _strength(g: nx.DiGraph, v) -> float:
                  sum(abs(d["weight"]) for *_, d in g.out_edges(v, data=True)))
 
 
-def graph_metrics(g: nx.DiGraph) -> dict[str, float]:
+def graph_metrics(g: nx.DiGraph, preset: str | None = None) -> dict[str, float]:
     """The LLM-MRI metrics of an NRAG, every one defined.
 
     Degrees count in- and out-edges; strength sums absolute edge weights; the centres of mass
     and strength are the degree- and strength-weighted mean layer position (0 = first layer).
+    Moments are population estimators and assortativity is that of the undirected, unweighted
+    graph; ``preset="llm-mri"`` (the default for an NRAG built from a region map made with that
+    preset) uses LLM-MRI's sample estimators (ddof 1, bias-corrected skew and kurtosis) and its
+    directed (out-degree to in-degree), weighted degree assortativity.
+
+    >>> g = nx.DiGraph(); g.add_edge((0, 0, 0), (1, 0, 0), weight=2); g.add_edge((0, 1, 0), (1, 0, 0), weight=1)
+    >>> nx.set_node_attributes(g, {v: v[0] for v in g}, "layer")
+    >>> graph_metrics(g)["degree_mean"], graph_metrics(g)["degree_var"], graph_metrics(g, "llm-mri")["degree_var"]
+    (1.3333333333333333, 0.2222222222222222, 0.3333333333333333)
     """
+    preset = g.graph.get("preset") if preset is None else preset
+    if preset not in (None, "llm-mri"):
+        raise LlmriError(f"preset {preset!r} is not one of llm-mri")
+    sample = preset == "llm-mri"
     n = g.number_of_nodes()
     if n == 0:
         return {k: 0.0 for k in METRICS}
@@ -106,11 +125,16 @@ def graph_metrics(g: nx.DiGraph) -> dict[str, float]:
     pos = _layer_position(g)
     layer_pos = np.array([pos[g.nodes[v]["layer"]] for v in nodes], dtype=np.float64)
     out = {"n_nodes": float(n), "n_edges": float(g.number_of_edges()), "density": float(nx.density(g))}
-    out.update(_moments(deg, "degree"))
-    out.update(_moments(strength, "strength"))
+    out.update(_moments(deg, "degree", sample))
+    out.update(_moments(strength, "strength", sample))
     try:
         with np.errstate(all="ignore"):
-            a = nx.degree_assortativity_coefficient(g.to_undirected()) if g.number_of_edges() else 0.0
+            if not g.number_of_edges():
+                a = 0.0
+            elif sample:
+                a = nx.degree_assortativity_coefficient(g, weight="weight")
+            else:
+                a = nx.degree_assortativity_coefficient(g.to_undirected())
     except (ValueError, ZeroDivisionError):
         a = 0.0
     out["assortativity"] = 0.0 if not np.isfinite(a) else float(a)
@@ -152,7 +176,8 @@ def compare_categories(regions: RegionMap, a, b, n_permutations: int = 1000, see
     The documents of both categories are pooled and their labels shuffled (group sizes kept)
     ``n_permutations`` times; a metric's two-sided p-value is the share of shuffles whose
     difference is at least as large in magnitude as the observed one, (k + 1) / (n + 1).
-    Returns a DataFrame with columns ``metric``, ``a``, ``b``, ``difference``, ``p_value``.
+    Returns a DataFrame with columns ``metric``, ``a``, ``b``, ``difference``, ``p_value`` and
+    ``q_value`` (Benjamini-Hochberg over the metrics of this comparison).
     """
     if not isinstance(n_permutations, int) or n_permutations < 1:
         raise LlmriError(f"n_permutations must be a positive integer, got {n_permutations!r}")
@@ -175,6 +200,9 @@ def compare_categories(regions: RegionMap, a, b, n_permutations: int = 1000, see
         labels[both] = rng.permutation(pooled)
         *_, d = diff(dataclasses.replace(regions, labels=labels))
         exceed += np.abs(d) >= np.abs(observed) - 1e-12
+    from scipy.stats import false_discovery_control
+
+    p = (exceed + 1) / (n_permutations + 1)
     return pd.DataFrame({"metric": list(METRICS), "a": [ma[k] for k in METRICS],
                          "b": [mb[k] for k in METRICS], "difference": observed,
-                         "p_value": (exceed + 1) / (n_permutations + 1)})
+                         "p_value": p, "q_value": false_discovery_control(p, method="bh")})

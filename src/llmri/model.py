@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -10,19 +11,22 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from .errors import LlmriError
 from .sites import Adapter, adapter_for, base_of, blocks
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_DECODER = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DECODER_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_CACHE_FORMAT = 1
 _CACHE_INDEX = "llmri-cache.json"
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16",
+           "bf16": "bfloat16", "float16": "float16", "fp16": "float16"}
 
 
 def embedded_model_dir() -> Path:
@@ -95,6 +99,11 @@ def _cache_entry_valid(folder: Path) -> bool:
         return False
 
 
+def _gguf_entry(gguf: Path) -> Path:
+    """The cache folder of a GGUF file's conversion, keyed by the file's SHA-256."""
+    return cache_root() / "gguf" / f"{gguf.stem}-{_sha256_file(gguf)[:16]}"
+
+
 def convert_gguf(gguf, progress: bool | None = None) -> Path:
     """Convert a GGUF model file once into a float32 safetensors model folder in llmri's cache.
 
@@ -116,9 +125,8 @@ def convert_gguf(gguf, progress: bool | None = None) -> Path:
     with open(gguf, "rb") as f:
         if f.read(4) != b"GGUF":
             raise LlmriError(f"{gguf}: not a GGUF file (no GGUF magic number)")
-    digest = _sha256_file(gguf)
-    root = cache_root() / "gguf"
-    target = root / f"{gguf.stem}-{digest[:16]}"
+    target = _gguf_entry(gguf)
+    root = target.parent
     if _cache_entry_valid(target):
         return target
     root.mkdir(parents=True, exist_ok=True)
@@ -131,7 +139,7 @@ def convert_gguf(gguf, progress: bool | None = None) -> Path:
     (tmp / ".owner").write_text(str(os.getpid()))
     try:
         _write_converted(gguf, tmp, progress)
-        index = {"format": GGUF_CACHE_FORMAT, "source": gguf.name, "source_sha256": digest,
+        index = {"format": GGUF_CACHE_FORMAT, "source": gguf.name, "source_sha256": _sha256_file(gguf),
                  "files": {p.name: {"size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns,
                                     "sha256": _sha256_file(p)}
                            for p in sorted(tmp.iterdir()) if p.is_file() and p.name != ".owner"}}
@@ -167,6 +175,7 @@ def _write_converted(gguf: Path, folder: Path, progress: bool | None) -> None:
     import contextlib
     import io
 
+    import torch
     import transformers
     from safetensors.torch import save_file
     from transformers import AutoTokenizer
@@ -265,6 +274,8 @@ class Model:
                       "_attn_implementation_autoset", "_attn_implementation"):
                 cfg.pop(k, None)
             h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
+            import torch
+
             with torch.no_grad():
                 for pname, p in self.module.state_dict().items():
                     flat = p.detach().reshape(-1)
@@ -287,6 +298,8 @@ def _ensure_pad_token(tokenizer) -> None:
 
 
 def _resolve_device(device) -> torch.device:
+    import torch
+
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -300,13 +313,44 @@ def _resolve_device(device) -> torch.device:
 
 def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
     """``auto`` is float32 on CPU and bfloat16 on CUDA."""
+    import torch
+
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype in (None, "auto"):
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if dtype not in _DTYPES:
         raise LlmriError(f"dtype {dtype!r} is not one of auto, float32, bfloat16, float16")
-    return _DTYPES[dtype]
+    return getattr(torch, _DTYPES[dtype])
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub (or ``HF_ENDPOINT``) answers a TCP connection within ``timeout`` s."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def quiet_loading():
+    """Hide transformers' per-weight "Loading weights" bar while a model loads (restored after)."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
 
 
 def load_model(name: str = "default", device: str = "auto", dtype: str = "auto",
@@ -337,6 +381,10 @@ def load_model(name: str = "default", device: str = "auto", dtype: str = "auto",
         raise LlmriError(f"{name}: no such model folder")
     dev = _resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
+    if download and not local.exists() and not hub_reachable():
+        why = ("HF_HUB_OFFLINE is set" if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
+               else "the network is unreachable (no connection to the Hugging Face hub)")
+        raise LlmriError(f"model {name!r}: cannot download it, {why}; copy the model folder here and pass its path")
     kw = {} if download else {"local_files_only": True}
     try:
         config = AutoConfig.from_pretrained(path, **kw)
@@ -356,7 +404,8 @@ def load_model(name: str = "default", device: str = "auto", dtype: str = "auto",
             auto_cls = getattr(transformers, cls_name)
             break
     try:
-        module = auto_cls.from_pretrained(path, dtype=torch_dtype, **kw)
+        with quiet_loading():
+            module = auto_cls.from_pretrained(path, dtype=torch_dtype, **kw)
     except (OSError, ValueError) as e:
         raise LlmriError(f"model {display!r}: cannot load the weights ({str(e).splitlines()[0]})") from None
     module.to(dev)
@@ -367,6 +416,74 @@ def is_causal_lm(model: Model) -> bool:
     """A decoder with a language-model head (it can generate)."""
     return model.adapter.causal and hasattr(model.module, "get_output_embeddings") and \
         model.module.get_output_embeddings() is not None
+
+
+# ---------------------------------------------------------------- models on disk, without loading them
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack")
+
+
+def model_folder(name: str = "default") -> Path | None:
+    """The local folder with a model's files, found without loading it; ``None`` when not on disk.
+
+    ``"default"`` is the embedded model, a path is itself, a hub id is its snapshot in the local
+    Hugging Face cache (never fetched).
+
+    >>> (model_folder("default") / "config.json").is_file()        # doctest: +SKIP
+    True
+    """
+    if name in ("default", DEFAULT_MODEL):
+        return embedded_model_dir()
+    if name == "default-decoder" or str(name).lower().endswith(".gguf"):
+        try:  # the converted folder, when the cache already holds a valid one
+            target = _gguf_entry(embedded_decoder_gguf() if name == "default-decoder" else Path(name).expanduser())
+        except (LlmriError, OSError):
+            return None
+        return target if _cache_entry_valid(target) else None
+    local = Path(str(name)).expanduser()
+    if local.exists():
+        return local if (local / "config.json").is_file() else None
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(name), local_files_only=True))
+    except Exception:  # not in the cache, or no hub client: the caller loads the model instead
+        return None
+
+
+def files_fingerprint(folder) -> str:
+    """Hash of a model folder's files: config and tokenizer files whole, weight files by size,
+    header and 16 sampled 64 KiB blocks. Differs when the model does; reads a few MB at most,
+    so a cached scan is recognised without loading the model.
+
+    >>> files_fingerprint(model_folder("default"))                  # doctest: +SKIP
+    '3f2c...'
+    """
+    h = hashlib.sha256()
+    block = 1 << 16
+    for f in sorted(p for p in Path(folder).rglob("*") if p.is_file() and ".git" not in p.parts):
+        rel = f.relative_to(folder).as_posix()
+        size = f.stat().st_size
+        h.update(f"{rel}\0{size}\0".encode())
+        if f.suffix in _WEIGHT_SUFFIXES:
+            with open(f, "rb") as fh:
+                for k in range(17):
+                    fh.seek(0 if k == 0 else max(0, (size - block) * k // 16))
+                    h.update(fh.read(block if k else 1 << 20))
+        elif size <= 16 << 20:
+            h.update(f.read_bytes())
+    return h.hexdigest()[:20]
+
+
+def config_n_layers(folder) -> int | None:
+    """The number of blocks from a model folder's ``config.json``, or ``None`` when it does not say."""
+    try:
+        cfg = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    for k in ("num_hidden_layers", "n_layer", "num_layers", "n_layers"):
+        if isinstance(cfg.get(k), int):
+            return cfg[k]
+    return None
 
 
 def as_model(model, device="auto", dtype="auto") -> Model:

@@ -50,7 +50,9 @@ def neurons(scan, category, site: str = "mlp", layers=None) -> pd.DataFrame:
         raise LlmriError(f"category {scan.label_names[c]!r} and the rest each need at least 2 documents")
     available = scan.layers(site)
     if not available:
-        raise LlmriError(f"site {site!r} was not captured; this scan has {scan.site_kinds}")
+        raise LlmriError(f"site {site!r} was not captured; this scan has {scan.site_kinds}: use "
+                         f"{' or '.join('--site ' + k for k in scan.site_kinds if k in ('resid', 'mlp'))}, "
+                         f"or rescan with --sites {','.join(dict.fromkeys(scan.site_kinds + [site]))}")
     chosen = available if layers is None else list(layers)
     frames = []
     for L in chosen:

@@ -48,7 +48,7 @@ def nrag(regions: RegionMap, categories=None, threshold: float = 0.3, absolute: 
         g = _spearman_graph(regions, cat_ids, chosen, threshold, absolute)
     g.graph.update(layers=list(regions.layers), categories=[regions.label_names[c] for c in cat_ids],
                    reducer=regions.reducer, n_components=regions.n_components, grid=regions.grid,
-                   n_docs=int(chosen.sum()))
+                   n_docs=int(chosen.sum()), preset=getattr(regions, "preset", None))
     return g
 
 

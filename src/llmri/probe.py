@@ -186,7 +186,8 @@ def probe_tokens(scan, layer: int, target, site: str = "resid", cv: int = 5, con
 def evaluate_reduction(scan, regions, cv: int = 5, seed: int = 0) -> pd.DataFrame:
     """Probe accuracy on full activations vs region-map coordinates, per layer and overall.
 
-    Columns: ``layer``, ``full``, ``reduced``, ``delta`` (= reduced - full; mean accuracy over
+    Columns: ``layer``, ``full``, ``reduced``, ``reduced_minus_full`` (the sign is in the name: negative when the map loses accuracy;
+    LLM-MRI's ``evaluate_model`` reports full minus reduced; mean accuracy over
     folds) and ``*_low``/``*_high`` 95% confidence bounds over folds. The last row
     (``layer == "all"``) averages the layers fold by fold.
     """
@@ -206,7 +207,7 @@ def evaluate_reduction(scan, regions, cv: int = 5, seed: int = 0) -> pd.DataFram
 
 def _row(layer, full, reduced) -> dict:
     row = {"layer": layer}
-    for name, v, lo, hi in (("full", full, 0, 1), ("reduced", reduced, 0, 1), ("delta", reduced - full, -1, 1)):
+    for name, v, lo, hi in (("full", full, 0, 1), ("reduced", reduced, 0, 1), ("reduced_minus_full", reduced - full, -1, 1)):
         m, low, high = interval(v)
         row[name], row[f"{name}_low"], row[f"{name}_high"] = m, max(lo, low), min(hi, high)
     return row

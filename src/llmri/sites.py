@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Callable, Iterator
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from .errors import LlmriError
+
+if TYPE_CHECKING:  # torch is imported where it is used, so site names parse without it
+    import torch
+    from torch import nn
 
 KINDS = ("resid", "mlp", "attn_out", "mlp_out", "attn", "attn_z")
 
@@ -64,6 +65,8 @@ SUPPORTED = "GPT-2, BERT, RoBERTa, DistilBERT, Llama, Mistral, Qwen2, GPT-NeoX"
 
 def base_of(module: nn.Module) -> nn.Module:
     """The transformer body of a model that may carry a head (LM, classifier)."""
+    from torch import nn
+
     base = getattr(module, "base_model", None)
     return base if isinstance(base, nn.Module) else module
 
@@ -77,6 +80,8 @@ def _get(root: nn.Module, path: str) -> nn.Module:
 
 def _linear_dims(mod: nn.Module):
     """(in, out) features of a Linear or GPT-2 style Conv1D, else None."""
+    from torch import nn
+
     if isinstance(mod, nn.Linear):
         return mod.in_features, mod.out_features
     if type(mod).__name__ == "Conv1D" and hasattr(mod, "weight") and mod.weight.dim() == 2:
@@ -86,6 +91,8 @@ def _linear_dims(mod: nn.Module):
 
 def discover(module: nn.Module) -> Adapter:
     """Find blocks and sublayers of an unlisted architecture by shape; fail with the supported list."""
+    from torch import nn
+
     cfg = getattr(module, "config", None)
     model_type = getattr(cfg, "model_type", type(module).__name__)
     fail = LlmriError(f"unsupported model family {model_type!r}: llmri supports {SUPPORTED}, "
@@ -198,7 +205,7 @@ def block_of(site: str) -> int:
 
 
 # ---------------------------------------------------------------- hooks
-HookFn = Callable[[torch.Tensor], "torch.Tensor | None"]
+HookFn = Callable[["torch.Tensor"], "torch.Tensor | None"]
 
 
 def _first(x):

@@ -46,6 +46,13 @@ class _Figures:
         return paths
 
 
+def _slug(name: str) -> str:
+    """A file-name-safe form of a category name: ``"Outer space!"`` -> ``"outer_space"``."""
+    import re
+
+    return re.sub(r"[^a-z0-9]+", "_", str(name).lower()).strip("_") or "category"
+
+
 def _output_folder(out) -> Path:
     """The folder a page goes to (static figures are drawn off-screen)."""
     import matplotlib
@@ -124,17 +131,20 @@ def build_page(out, name: str, title: str, intro: list[str], figures: list[tuple
 
 def build_report(scan, out, reducer="pca", n_components: int = 2, grid: int = 10, categories=None,
                  n_permutations: int = 200, seed: int = 0, site: str = "resid", progress: bool | None = None,
-                 model=None, attention_text: str | None = None, top_neurons: int = 10) -> Path:
+                 model=None, attention_text: str | None = None, top_neurons: int = 10,
+                 preset: str | None = None) -> Path:
     """Analyse a Scan and write ``out/report.html`` plus ``out/figures/`` and CSV tables.
 
     Sections for attention heads and neurons appear when the scan captured ``attn`` and ``mlp``;
     with ``model`` and ``attention_text`` the report also holds a head view of that text.
+    ``preset="llm-mri"`` builds the regions and metrics as LLM-MRI 0.2.1 does (see ``llmri.regions``).
+    Static figures are named by content: ``nrag_<category>.png``, ``difference_<a>_vs_<b>.png``.
     Returns the path of the HTML file.
     """
     scan = scan if isinstance(scan, Scan) else Scan.open(scan)
     out = _output_folder(out)
     rm = make_regions(scan, reducer=reducer, n_components=n_components, grid=grid, seed=seed, site=site,
-                      progress=progress)
+                      progress=progress, preset=preset)
     cats = rm.label_names if not categories else [rm.label_names[i] for i in rm.category_ids(list(categories))]
     present = [c for c in cats if rm.category_mask([c]).any()]
     if not present:
@@ -152,12 +162,14 @@ def build_report(scan, out, reducer="pca", n_components: int = 2, grid: int = 10
             if i >= MAX_PAIRS:
                 break
             sections["differences"].append(figs.interactive(difference_figure(rm, a, b)))
-            sections["static"] += figs.static(difference_plot(rm, a, b), f"difference_{i + 1}")
+            sections["static"] += figs.static(difference_plot(rm, a, b), f"difference_{_slug(a)}_vs_{_slug(b)}")
 
     g_all = nrag(rm, present)
-    sections["graphs"].append(figs.interactive(nrag_figure(g_all, fixed=True, colors=colors,
+    # the composed graph of a grid map is a hairball: edges of a single document start hidden
+    light = 2 if n_components == 2 and g_all.number_of_edges() > 100 else 0
+    sections["graphs"].append(figs.interactive(nrag_figure(g_all, fixed=True, colors=colors, min_weight=light,
                                                            title=f"NRAG of {', '.join(present)} (composed)")))
-    sections["static"] += figs.static(draw_nrag(g_all, fixed=True, colors=colors), "nrag_all")
+    sections["static"] += figs.static(draw_nrag(g_all, fixed=True, colors=colors, min_weight=light), "nrag_all")
     per_cat = {}
     for i, c in enumerate(present):
         g = nrag(rm, [c])
@@ -165,7 +177,7 @@ def build_report(scan, out, reducer="pca", n_components: int = 2, grid: int = 10
         sections["graphs"].append(figs.interactive(nrag_figure(g, fixed=True, colors=colors,
                                                                title=f"NRAG of {c}")))
         sections["static"] += figs.static(draw_nrag(g, fixed=True, colors=colors, title=f"NRAG of {c}"),
-                                          f"nrag_{i + 1}")
+                                          f"nrag_{_slug(c)}")
 
     metrics = pd.DataFrame({c: graph_metrics(g) for c, g in per_cat.items()})
     metrics.insert(0, "metric", metrics.index)
@@ -210,7 +222,7 @@ def build_report(scan, out, reducer="pca", n_components: int = 2, grid: int = 10
         generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         model=scan.manifest["model"], n_docs=scan.n_docs,
         counts={c: int(counts([c]).sum()) for c in present}, colors=colors,
-        settings={**scan.settings, "reducer": rm.reducer, "components": n_components, "grid": grid,
+        settings={**scan.settings, "reducer": rm.reducer, "components": n_components, "grid": grid, "preset": preset or "none",
                   "seed": seed, "site": site, "permutations": n_permutations},
         samples=samples, sections=sections,
         metrics=_table(metrics),
@@ -219,7 +231,10 @@ def build_report(scan, out, reducer="pca", n_components: int = 2, grid: int = 10
         evaluation=None if evaluation is None else figs.interactive(evaluation_figure(evaluation)),
         evaluation_table=None if evaluation is None else _table(evaluation),
         n_components=n_components, probe=probe_sec, heads=heads, neurons=neuron_sec, attention=attn_view,
-        attention_text=attention_text)
+        attention_text=attention_text,
+        absent=None if evaluation is not None else (
+            f"No evaluation and probe sections: they compare categories and need at least two with two or more "
+            f"documents each; this report has {', '.join(f'{c} ({int(counts([c]).sum())})' for c in present)}."))
     (out / "figures").mkdir(parents=True, exist_ok=True)
     for name, df in [("metrics", metrics), ("layer_profile", profile)] + \
             [(f"compare_{a}_vs_{b}", df) for a, b, df in comparisons] + \

@@ -38,14 +38,22 @@ def attention_layer_plot(att, layer: int):
 
     H = att.n_heads
     rows, cols = grid_shape(H)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+    toks = _short(att.tokens, 10)
+    n = len(toks)
+    size = max(3.2, 1.2 + 0.16 * n)
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols + 1, size * rows + 0.6), squeeze=False)
+    im = None
     for h, ax in enumerate(axes.flat):
         if h >= H:
             ax.axis("off")
             continue
-        ax.imshow(att.probs[layer, h], cmap="Reds", vmin=0, vmax=1)
+        im = ax.imshow(att.probs[layer, h], cmap="Reds", vmin=0, vmax=1)
         ax.set_title(f"head {h}", fontsize=9)
-        ax.set_xticks([]), ax.set_yticks([])
+        # token labels on both axes: keys along the bottom row, queries down the first column
+        ax.set_xticks(range(n), toks if h // cols == rows - 1 or h + cols >= H else [""] * n,
+                      rotation=90, fontsize=6)
+        ax.set_yticks(range(n), toks if h % cols == 0 else [""] * n, fontsize=6)
+    fig.colorbar(im, ax=axes, shrink=0.6, label="attention probability")
     fig.suptitle(f"layer {layer}: attention of every head (rows: queries, columns: keys)")
     return fig
 

@@ -21,33 +21,47 @@ def _lesion_matrix(df: pd.DataFrame):
 
 
 def lesion_plot(df: pd.DataFrame):
-    """Lesion map: effect of ablating each head (and each layer's MLP), layers x heads."""
+    """Lesion map: effect of ablating each head (layers x heads) and each layer's MLP, each with its own
+    colour scale (an MLP's effect is often far larger than a head's and would wash the heads out)."""
     import matplotlib.pyplot as plt
 
     m, layers, labels = _lesion_matrix(df)
-    lim = np.nanmax(np.abs(m)) or 1
-    fig, ax = plt.subplots(figsize=(1.2 + 0.55 * len(labels), 1.2 + 0.45 * len(layers)))
-    im = ax.imshow(m, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
-    ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=8)
-    ax.set_yticks(range(len(layers)), [f"layer {L}" for L in layers], fontsize=8)
-    fig.colorbar(im, ax=ax, label=f"effect on {df.attrs.get('measure', 'measure')}")
-    ax.set_title(f"Lesion map ({df.attrs.get('mode', 'zero')} ablation)", fontsize=10)
+    heads, mlp = m[:, :-1], m[:, -1:]
+    fig, (ax, ax_mlp) = plt.subplots(1, 2, figsize=(3.2 + 0.55 * len(labels), 1.4 + 0.45 * len(layers)),
+                                     gridspec_kw=dict(width_ratios=[max(1, heads.shape[1]), 1.6]), squeeze=True)
+    what = f"effect on {df.attrs.get('measure', 'measure')}"
+    for a, part, names, title in ((ax, heads, labels[:-1], "heads"), (ax_mlp, mlp, labels[-1:], "MLPs")):
+        lim = (np.nanmax(np.abs(part)) if np.isfinite(part).any() else 0) or 1
+        im = a.imshow(part, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+        a.set_xticks(range(len(names)), names, rotation=90, fontsize=8)
+        a.set_yticks(range(len(layers)), [f"layer {L}" for L in layers], fontsize=8)
+        a.set_title(title, fontsize=9)
+        fig.colorbar(im, ax=a, label=what if title == "MLPs" else None, fraction=0.08 if title == "MLPs" else 0.04)
+    fig.suptitle(f"Lesion map ({df.attrs.get('mode', 'zero')} ablation): each panel has its own colour scale",
+                 fontsize=10)
     fig.tight_layout()
     return fig
 
 
 def lesion_figure(df: pd.DataFrame):
+    """Interactive lesion map: heads and MLPs side by side, each with its own colour scale."""
     import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
 
     m, layers, labels = _lesion_matrix(df)
-    lim = float(np.nanmax(np.abs(m))) or 1
-    fig = go.Figure(go.Heatmap(z=m, x=labels, y=[f"layer {L}" for L in layers], zmin=-lim, zmax=lim,
-                               colorscale="RdBu", reversescale=True, colorbar=dict(title="effect"),
-                               hovertemplate="%{y}, %{x}: %{z:.4g}<extra></extra>"))
+    ys = [f"layer {L}" for L in layers]
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.82, 0.18], horizontal_spacing=0.12,
+                        subplot_titles=["heads", "MLPs"])
+    for col, part, names in ((1, m[:, :-1], labels[:-1]), (2, m[:, -1:], labels[-1:])):
+        lim = float(np.nanmax(np.abs(part))) if np.isfinite(part).any() else 1.0
+        fig.add_trace(go.Heatmap(z=part, x=names, y=ys, zmin=-(lim or 1), zmax=lim or 1, colorscale="RdBu",
+                                 reversescale=True, colorbar=dict(title="effect", x=0.74 if col == 1 else 1.02, len=0.9),
+                                 hovertemplate="%{y}, %{x}: %{z:.4g}<extra></extra>"), row=1, col=col)
     fig.update_layout(title=f"Lesion map: effect on {html.escape(df.attrs.get('measure', 'measure'))} "
-                            f"({df.attrs.get('mode', 'zero')} ablation; baseline {df.attrs.get('baseline', 0):.4g})",
-                      height=160 + 32 * len(layers), margin=dict(l=80, r=20, t=60, b=60),
-                      yaxis=dict(autorange="reversed"))
+                            f"({df.attrs.get('mode', 'zero')} ablation; baseline {df.attrs.get('baseline', 0):.4g}); "
+                            "heads and MLPs on separate colour scales",
+                      height=180 + 32 * len(layers), margin=dict(l=80, r=40, t=70, b=60))
+    fig.update_yaxes(autorange="reversed")
     return fig
 
 

@@ -53,8 +53,13 @@ def _dominant(weights: dict, colors: dict) -> str:
     return colors[max(weights, key=lambda c: abs(weights[c]))] if weights else "#999999"
 
 
-def draw_nrag(g: nx.DiGraph, ax=None, fixed: bool = False, colors: dict | None = None, title: str | None = None):
-    """Static NRAG picture: edges coloured by category, nodes by category share, sized by degree."""
+def draw_nrag(g: nx.DiGraph, ax=None, fixed: bool = False, colors: dict | None = None, title: str | None = None,
+              min_weight: float = 0):
+    """Static NRAG picture: edges coloured by category, nodes by category share, sized by degree.
+
+    ``min_weight`` hides edges whose |weight| is below it (a busy composed graph stays readable);
+    the title says how many are hidden.
+    """
     import matplotlib.pyplot as plt
     from matplotlib.collections import LineCollection
     from matplotlib.lines import Line2D
@@ -65,7 +70,8 @@ def draw_nrag(g: nx.DiGraph, ax=None, fixed: bool = False, colors: dict | None =
     if ax is None:
         _, ax = plt.subplots(figsize=(9, 1.0 + 0.9 * len(g.graph.get("layers", [1]))))
     fig = ax.figure
-    edges = list(g.edges(data=True))
+    edges = [e for e in g.edges(data=True) if abs(e[2]["weight"]) >= min_weight]
+    hidden = g.number_of_edges() - len(edges)
     if edges:
         wmax = max(abs(d["weight"]) for *_, d in edges) or 1
         segs = [(pos[u], pos[v]) for u, v, _ in edges]
@@ -88,12 +94,17 @@ def draw_nrag(g: nx.DiGraph, ax=None, fixed: bool = False, colors: dict | None =
         ax.spines[s].set_visible(False)
     ax.legend(handles=[Line2D([0], [0], color=colors[c], lw=3, label=c) for c in names],
               loc="upper right", bbox_to_anchor=(1.0, 1.12), ncol=max(1, len(names)), frameon=False, fontsize=8)
-    ax.set_title(title or f"NRAG: {', '.join(names)}", loc="left")
+    note = f" ({hidden} edges of weight < {min_weight:g} hidden)" if hidden else ""
+    ax.set_title((title or f"NRAG: {', '.join(names)}") + note, loc="left")
     return fig
 
 
-def nrag_figure(g: nx.DiGraph, fixed: bool = False, colors: dict | None = None, title: str | None = None):
-    """Interactive NRAG (plotly): hover a node for its layer, cell and documents per category."""
+def nrag_figure(g: nx.DiGraph, fixed: bool = False, colors: dict | None = None, title: str | None = None,
+                min_weight: float = 0):
+    """Interactive NRAG (plotly): hover a node for its layer, cell and documents per category.
+
+    Edges with |weight| below ``min_weight`` start hidden; one click on their legend entry shows them.
+    """
     import plotly.graph_objects as go
 
     names = g.graph.get("categories", [])
@@ -101,18 +112,22 @@ def nrag_figure(g: nx.DiGraph, fixed: bool = False, colors: dict | None = None, 
     pos = layered_layout(g, fixed=fixed)
     edges = list(g.edges(data=True))
     wmax = max((abs(d["weight"]) for *_, d in edges), default=1) or 1
-    groups: dict[tuple[str, int], list] = {}
+    groups: dict[tuple[bool, str, int], list] = {}
     for u, v, d in edges:
-        key = (_dominant(d["weights"], colors), min(2, int(3 * abs(d["weight"]) / wmax)))
+        key = (abs(d["weight"]) < min_weight, _dominant(d["weights"], colors), min(2, int(3 * abs(d["weight"]) / wmax)))
         groups.setdefault(key, []).append((u, v))
     fig = go.Figure()
-    for (color, level), pairs in sorted(groups.items()):
+    n_light = sum(len(p) for (light, *_), p in groups.items() if light)
+    for (light, color, level), pairs in sorted(groups.items()):
         xs, ys = [], []
         for u, v in pairs:
             xs += [pos[u][0], pos[v][0], None]
             ys += [pos[u][1], pos[v][1], None]
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
-                                 line=dict(color=color, width=0.8 + 1.6 * level), opacity=0.5))
+        extra = dict(legendgroup="light", name=f"{n_light} edges of weight < {min_weight:g} (click)",
+                     visible="legendonly") if light else {}
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", hoverinfo="skip", opacity=0.5,
+                                 showlegend=bool(light) and (light, color, level) == min(k for k in groups if k[0]),
+                                 line=dict(color=color, width=0.8 + 1.6 * level), **extra))
     shares = _node_shares(g, names)
     nodes = list(g.nodes)
     deg = np.array([g.degree(n) for n in nodes], dtype=float)

@@ -29,10 +29,13 @@ def heatmap_plot(rm: RegionMap, categories=None, cmap: str = "viridis"):
         im = ax.imshow(m, origin="lower", cmap=cmap, vmin=0, vmax=vmax)
         ax.set_title(f"layer {L}")
         ax.set_xticks([]), ax.set_yticks([])
+        _label_axes(ax, rm, L)
     for ax in list(axes.flat)[len(mats):]:
         ax.axis("off")
     fig.colorbar(im, ax=axes, shrink=0.8, label="documents")
-    fig.suptitle(f"{_title(rm, categories)}: documents per region ({rm.reducer}, {rm.grid}x{rm.grid} grid)")
+    fig.suptitle(f"{_title(rm, categories)}: documents per region ({rm.reducer}, {rm.grid}x{rm.grid} grid)\n"
+                 "each layer has its own map: compare categories within a layer, not positions across layers",
+                 fontsize=10)
     return fig
 
 
@@ -48,11 +51,26 @@ def difference_plot(rm: RegionMap, a, b):
         im = ax.imshow(ma[L] - mb[L], origin="lower", cmap="RdBu_r", vmin=-lim, vmax=lim)
         ax.set_title(f"layer {L}")
         ax.set_xticks([]), ax.set_yticks([])
+        _label_axes(ax, rm, L)
     for ax in list(axes.flat)[len(ma):]:
         ax.axis("off")
     fig.colorbar(im, ax=axes, shrink=0.8, label=f"share {a} - share {b}")
     fig.suptitle(f"{a} vs {b}: where each category's documents sit")
     return fig
+
+
+def axis_labels(rm: RegionMap, L: int) -> tuple[str, str]:
+    """Axis titles of layer ``L``'s map: component and explained variance, e.g. ``"PC1 (31%)"``."""
+    var = rm.explained_variance_.get(L)
+    name = "PC" if rm.reducer == "pca" else "dim "
+    return tuple(f"{name}{k + 1}" + (f" ({100 * var[k]:.0f}%)" if var is not None and len(var) > k else "")
+                 for k in (0, 1))
+
+
+def _label_axes(ax, rm: RegionMap, L: int) -> None:
+    x, y = axis_labels(rm, L)
+    ax.set_xlabel(x, fontsize=8, labelpad=1)
+    ax.set_ylabel(y, fontsize=8, labelpad=1)
 
 
 def _title(rm: RegionMap, categories) -> str:
@@ -84,10 +102,14 @@ def _subplots(rm: RegionMap, title: str):
     rows, cols = grid_shape(len(rm.layers))
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=[f"layer {L}" for L in rm.layers],
                         horizontal_spacing=0.04, vertical_spacing=0.08)
-    fig.update_layout(title=title, height=260 * rows + 80, margin=dict(l=20, r=20, t=70, b=20),
+    fig.update_layout(title=title, height=280 * rows + 80, margin=dict(l=20, r=20, t=70, b=20),
                       hoverlabel=dict(align="left"))
     fig.update_xaxes(showticklabels=False)
     fig.update_yaxes(showticklabels=False)
+    for i, L in enumerate(rm.layers):
+        x, y = axis_labels(rm, L)
+        fig.update_xaxes(title_text=x, title_font_size=10, title_standoff=2, row=i // cols + 1, col=i % cols + 1)
+        fig.update_yaxes(title_text=y, title_font_size=10, title_standoff=2, row=i // cols + 1, col=i % cols + 1)
     return fig, cols
 
 
