@@ -124,12 +124,10 @@ def _cached_scan(out, request: str):
     return Scan.open(out)
 
 
-def _run_scan(corpus, out, model_name, pool, sites, token_sites, layers, batch_tokens, max_length,
-              device, dtype, download, overwrite, shard_tokens=None, need_model=False):
-    """Scan ``corpus`` into ``out``; an identical earlier request is answered from disk, model unloaded.
-
-    Returns ``(model or None, scan)``; with ``need_model`` the model is loaded in any case.
-    """
+def _scan_request(corpus, model_name, out, pool, sites, token_sites, layers, batch_tokens, max_length, device,
+                  dtype, shard_tokens):
+    """The checks made before the model loads, and the request key stored in the manifest
+    (None when the model is not on disk yet): ``(layer list, request)``."""
     import hashlib
     import json
 
@@ -137,13 +135,24 @@ def _run_scan(corpus, out, model_name, pool, sites, token_sites, layers, batch_t
 
     folder, layer_list = _check_scan_args(model_name, out, sites, token_sites, layers, batch_tokens,
                                           max_length, dtype)
-    request = None
-    if folder is not None:
-        options = dict(pool=pool, sites=sites, token_sites=token_sites, layers=layer_list,
-                       batch_tokens=batch_tokens, max_length=max_length, device=device, dtype=dtype,
-                       shard_tokens=shard_tokens)
-        request = hashlib.sha256(json.dumps(dict(model=files_fingerprint(folder), corpus=corpus.fingerprint,
-                                                 options=options), sort_keys=True).encode()).hexdigest()[:20]
+    if folder is None:
+        return layer_list, None
+    options = dict(pool=pool, sites=sites, token_sites=token_sites, layers=layer_list,
+                   batch_tokens=batch_tokens, max_length=max_length, device=device, dtype=dtype,
+                   shard_tokens=shard_tokens)
+    return layer_list, hashlib.sha256(json.dumps(dict(model=files_fingerprint(folder), corpus=corpus.fingerprint,
+                                                      options=options), sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _run_scan(corpus, out, model_name, pool, sites, token_sites, layers, batch_tokens, max_length,
+              device, dtype, download, overwrite, shard_tokens=None, need_model=False):
+    """Scan ``corpus`` into ``out``; an identical earlier request is answered from disk, model unloaded.
+
+    Returns ``(model or None, scan)``; with ``need_model`` the model is loaded in any case.
+    """
+    layer_list, request = _scan_request(corpus, model_name, out, pool, sites, token_sites, layers, batch_tokens,
+                                        max_length, device, dtype, shard_tokens)
+    if request is not None:
         cached = _cached_scan(out, request)
         if cached is not None and not need_model:
             return None, cached
@@ -233,10 +242,13 @@ def scan_cmd(corpus, out, text_column, label_column, ray_mode, workers, gpus_per
         return
     from .distributed import scan
 
+    layers, request = _scan_request(docs, kw["model_name"], out, kw["pool"], kw["sites"], kw["token_sites"],
+                                    kw["layers"], kw["batch_tokens"], kw["max_length"], kw["device"], kw["dtype"],
+                                    kw["shard_tokens"])
     result = scan(_model_loader(kw["model_name"], kw["device"], kw["download"], kw["dtype"]), docs, out,
-                  sites=kw["sites"], pool=kw["pool"], layers=layers, max_length=kw["max_length"],
-                  batch_tokens=kw["batch_tokens"], token_sites=kw["token_sites"], shard_tokens=kw["shard_tokens"],
-                  overwrite=kw["overwrite"], progress=None, **ray)
+                  sites=_specs(kw["sites"]), pool=kw["pool"], layers=layers, max_length=kw["max_length"],
+                  batch_tokens=kw["batch_tokens"], token_sites=_specs(kw["token_sites"]),
+                  shard_tokens=kw["shard_tokens"], overwrite=kw["overwrite"], progress=None, request=request, **ray)
     click.echo(_summary(result))
 
 
