@@ -59,7 +59,8 @@ def reference(model: llmri.Model, kind: str, texts):
 
 
 def pool_ref(x: np.ndarray, how: str) -> np.ndarray:  # x [T, D]
-    return {"mean": x.mean(0), "first": x[0], "last": x[-1], "max": x.max(0)}[how]
+    nosink = x[1:].mean(0) if len(x) > 1 else x.mean(0)   # every token but the first (a lone token stays)
+    return {"mean": x.mean(0), "mean-nosink": nosink, "first": x[0], "last": x[-1], "max": x.max(0)}[how]
 
 
 @pytest.mark.parametrize("kind", FAMILIES)
