@@ -99,9 +99,9 @@ def _cache_entry_valid(folder: Path) -> bool:
         return False
 
 
-def _gguf_entry(gguf: Path) -> Path:
-    """The cache folder of a GGUF file's conversion, keyed by the file's SHA-256."""
-    return cache_root() / "gguf" / f"{gguf.stem}-{_sha256_file(gguf)[:16]}"
+def _gguf_entry(gguf: Path, digest: str | None = None) -> Path:
+    """The cache folder of a GGUF file's conversion, keyed by the file's SHA-256 (``digest``)."""
+    return cache_root() / "gguf" / f"{gguf.stem}-{(digest or _sha256_file(gguf))[:16]}"
 
 
 def convert_gguf(gguf, progress: bool | None = None) -> Path:
@@ -125,7 +125,8 @@ def convert_gguf(gguf, progress: bool | None = None) -> Path:
     with open(gguf, "rb") as f:
         if f.read(4) != b"GGUF":
             raise LlmriError(f"{gguf}: not a GGUF file (no GGUF magic number)")
-    target = _gguf_entry(gguf)
+    digest = _sha256_file(gguf)
+    target = _gguf_entry(gguf, digest)
     root = target.parent
     if _cache_entry_valid(target):
         return target
@@ -139,7 +140,7 @@ def convert_gguf(gguf, progress: bool | None = None) -> Path:
     (tmp / ".owner").write_text(str(os.getpid()))
     try:
         _write_converted(gguf, tmp, progress)
-        index = {"format": GGUF_CACHE_FORMAT, "source": gguf.name, "source_sha256": _sha256_file(gguf),
+        index = {"format": GGUF_CACHE_FORMAT, "source": gguf.name, "source_sha256": digest,
                  "files": {p.name: {"size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns,
                                     "sha256": _sha256_file(p)}
                            for p in sorted(tmp.iterdir()) if p.is_file() and p.name != ".owner"}}
