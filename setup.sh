@@ -8,9 +8,13 @@ PY=${PYTHON:-python3}
 if [ "${1:-}" = "--test" ]; then
   "$PY" -m pip install -q -e ".[test]"
   # The report tests open the HTML in Debian's Chromium, driven by Playwright (no downloaded browser).
-  if ! command -v chromium >/dev/null 2>&1; then
+  # python3-doc: real English text (the Python documentation's sources) for llmri.english_corpus.
+  APT=()
+  command -v chromium >/dev/null 2>&1 || APT+=(chromium)
+  ls -d /usr/share/doc/python3*/html/_sources >/dev/null 2>&1 || APT+=(python3-doc)
+  if [ ${#APT[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
-    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${APT[@]}" >/dev/null
   fi
 else
   "$PY" -m pip install -q -e .

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -263,3 +264,74 @@ def reviews_corpus() -> Corpus:
     positive review has a negative counterpart about the same thing. Used by the steering examples.
     The same as ``demo_corpus("reviews")``."""
     return demo_corpus("reviews")
+
+
+# Real English prose that ships offline: the reStructuredText sources of the Python documentation
+# in Debian's ``python3-doc`` package (PSF licence), installed by ``setup.sh --test``. About 400k
+# words of modern technical English (tutorial, how-tos, FAQ, language reference, what's new,
+# library reference) once code, tables and directives are stripped: enough for SAE training runs
+# of a few hundred thousand tokens, which the demo corpora (about 5k tokens) are not.
+ENGLISH_SECTIONS = ("tutorial", "howto", "faq", "reference", "whatsnew", "library")
+_RST_ROLE = re.compile(r":[a-z]+(?::[a-z]+)?:`!?~?([^`<]*?)(?:\s*<[^>]*>)?`")
+_RST_RULE = re.compile(r"([=\-~*^#\"'`+])\1{2,}")
+
+
+def _python_doc_root() -> Path | None:
+    found = sorted(Path("/usr/share/doc").glob("python3*/html/_sources"))
+    return found[-1] if found else None
+
+
+def _rst_paragraphs(text: str) -> list[str]:
+    """The prose paragraphs of one reST file: unindented blocks that are not directives, headings
+    or code, with inline markup reduced to its text; paragraphs under 12 words are dropped."""
+    blocks, cur = [], []
+    for line in text.splitlines():
+        if not line.strip() or line[0] in " \t" or line.startswith(".."):
+            if cur:
+                blocks.append(cur)
+            cur = []
+        elif _RST_RULE.fullmatch(line.strip()):
+            cur = []                                    # the line above was a heading
+        else:
+            cur.append(line.strip())
+    if cur:
+        blocks.append(cur)
+    out = []
+    for b in blocks:
+        s = _RST_ROLE.sub(r"\1", " ".join(b))
+        s = re.sub(r"``([^`]*)``", r"\1", s)
+        s = re.sub(r"`([^`<]*?)\s*<[^>]*>`_+", r"\1", s)
+        s = re.sub(r"\*\*([^*]+)\*\*|\*([^*]+)\*", lambda m: m.group(1) or m.group(2), s)
+        s = re.sub(r"`([^`]*)`_*", r"\1", s).replace("::", ":")
+        s = re.sub(r"\s+", " ", s).strip()
+        if len(s.split()) >= 12 and s[-1] in ".:?!)" and not s.startswith(("+", "|", ">>>")):
+            out.append(s)
+    return out
+
+
+def english_corpus(sections: Sequence[str] = ENGLISH_SECTIONS, max_docs: int | None = None,
+                   seed: int = 0) -> Corpus:
+    """Real English text for SAE training and explanation runs: the paragraphs of the Python
+    documentation shipped by Debian's ``python3-doc`` package, labelled by section (``tutorial``,
+    ``howto``, ``faq``, ``reference``, ``whatsnew``, ``library``). About 10,000 paragraphs,
+    400k words (about 500k tokens for SmolLM2's tokenizer). ``max_docs`` keeps a seeded random
+    sample of that many paragraphs, in corpus order."""
+    root = _python_doc_root()
+    if root is None:
+        raise LlmriError("english_corpus needs Debian's python3-doc package "
+                         "(/usr/share/doc/python3*/html/_sources): apt-get install python3-doc, "
+                         "or run setup.sh --test")
+    unknown = [s for s in sections if not (root / s).is_dir()]
+    if unknown or not sections:
+        raise LlmriError(f"english_corpus: unknown section(s) {', '.join(unknown) or '(none given)'}; "
+                         f"choose from {', '.join(ENGLISH_SECTIONS)}")
+    texts, labels = [], []
+    for sec in sections:
+        for f in sorted((root / sec).rglob("*.rst.txt")):
+            for p in _rst_paragraphs(f.read_text(encoding="utf-8", errors="replace")):
+                texts.append(p)
+                labels.append(sec)
+    if max_docs is not None and max_docs < len(texts):
+        keep = np.sort(np.random.default_rng(seed).choice(len(texts), max_docs, replace=False))
+        texts, labels = [texts[i] for i in keep], [labels[i] for i in keep]
+    return Corpus(texts, labels)
