@@ -67,6 +67,59 @@ def test_flow_by_hand():
         att.flow(5)
 
 
+def _max_flow_lp(att, k, w):
+    """Max flow from input token k to a sink fed by top-layer positions with capacities w,
+    solved as a linear programme (an independent reference for networkx's max flow)."""
+    from scipy.optimize import linprog
+
+    A = att.residual_attention()
+    L, T = A.shape[0], A.shape[-1]
+    edges = [((l - 1, j), (l, i), A[l - 1][i, j]) for l in range(1, L + 1) for i in range(T) for j in range(T)]
+    edges += [((L, p), "sink", w[p]) for p in range(T)]
+    nodes = sorted({u for u, _, _ in edges} | {v for _, v, _ in edges} - {"sink", (0, k)}, key=str)
+    nodes = [n for n in nodes if n != (0, k)]
+    A_eq = np.zeros((len(nodes), len(edges)))
+    for e, (u, v, _) in enumerate(edges):
+        if u in nodes:
+            A_eq[nodes.index(u), e] -= 1
+        if v in nodes:
+            A_eq[nodes.index(v), e] += 1
+    # nodes at layer 0 other than k are sources that must not send flow: force their out-flow to 0
+    bounds = [(0, 0 if (u[0] == 0 and u != (0, k)) else c) for u, _, c in edges]
+    c = np.array([-1.0 if v == "sink" else 0.0 for _, v, _ in edges])
+    res = linprog(c, A_eq=A_eq, b_eq=np.zeros(len(nodes)), bounds=bounds, method="highs")
+    return -res.fun
+
+
+def test_targets_by_hand():
+    att = hand_example()
+    R = att.rollout()
+    np.testing.assert_allclose(att.contributions(2), R[2])
+    np.testing.assert_allclose(att.contributions("mean"), R.mean(0))
+    np.testing.assert_allclose(att.contributions("mean-nosink"), R[1:].mean(0))
+    np.testing.assert_allclose(att.contributions([0, 2]), (R[0] + R[2]) / 2)
+    np.testing.assert_allclose(att.contributions("last"), R[-1])
+    for target, w in (("mean", np.full(3, 1 / 3)), ([1, 2], np.array([0, 0.5, 0.5])), (1, np.eye(3)[1])):
+        want = [_max_flow_lp(att, k, w) for k in range(3)]
+        np.testing.assert_allclose(att.flow(target), want, atol=1e-7)
+    assert att.target_label("mean") == "the mean of all 3 tokens"
+    assert att.target_label(-1) == "token 2 ('c')"
+    with pytest.raises(llmri.LlmriError, match="target 'middle' is not a position"):
+        att.contributions("middle")
+    with pytest.raises(llmri.LlmriError, match="at least one position"):
+        att.flow([])
+
+
+@pytest.mark.parametrize("kind, pool", [("bert", "mean"), ("llama", "mean-nosink")])
+def test_default_target_fits_pooling(kind, pool):
+    """A mean-pooled encoder's embedding reads every position, so rollout explains all of them;
+    a decoder's default pooling skips the attention sink."""
+    att = llmri.attention(make_model(kind), TEXTS[3])
+    assert att.pool == pool and att.default_target == pool
+    np.testing.assert_allclose(att.contributions(), att.contributions(pool))
+    np.testing.assert_allclose(att.flow(), att.flow(pool))
+
+
 def stats_from_matrices(probs, ids, special_ids):
     """Head statistics computed from the full matrices of one document, with plain loops."""
     L, H, T, _ = probs.shape

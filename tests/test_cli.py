@@ -92,8 +92,11 @@ def test_attention_command(tmp_path):
     html = (tmp_path / "a" / "attention.html").read_text(encoding="utf-8")
     assert "&lt;script&gt;x&lt;/script&gt;" in html and "<script>x</script>" not in html
     assert (tmp_path / "a" / "heads_layer5.png").is_file() and (tmp_path / "a" / "rollout.svg").is_file()
-    assert_one_line_error(run("attention", "hi", "--out", "b", "--position", "40", cwd=tmp_path),
+    assert "largest rollout to the mean of all" in proc.stdout   # mean-pooled encoder: every token
+    assert_one_line_error(run("attention", "hi", "--out", "b", "--target", "40", cwd=tmp_path),
                           "position 40 is out of range")
+    assert_one_line_error(run("attention", "hi", "--out", "b", "--target", "middle", cwd=tmp_path),
+                          "--target 'middle' is not a token position")
 
 
 @pytest.mark.integration

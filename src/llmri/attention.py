@@ -10,10 +10,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .capture import ATTN_STATS
+from .capture import ATTN_STATS, POOLS, default_pool
 from .errors import LlmriError
 from .model import as_model
 from .sites import eager_attention, hooks
+
+
+TARGETS = POOLS  # "mean", "mean-nosink", "first", "last", "max": what rollout and flow explain
 
 
 @dataclass
@@ -34,20 +37,74 @@ class Attention:
     def n_heads(self) -> int:
         return self.probs.shape[1]
 
+    pool: str = ""
+
     @property
     def default_position(self) -> int:
-        """The position whose inputs rollout and flow explain: CLS/first token for encoders,
-        the last token for decoders."""
+        """The single position closest to the model's pooling: CLS/first token for encoders, the
+        last token for decoders."""
         return len(self.tokens) - 1 if self.causal else 0
+
+    @property
+    def default_target(self):
+        """The target that fits how the model's documents are pooled (``pool``, set by
+        :func:`attention` from the model's default pooling): ``"mean"`` for a mean-pooled encoder
+        (every position feeds the embedding), ``"mean-nosink"`` for decoders; with no pooling
+        known, :attr:`default_position`."""
+        return self.pool if self.pool in TARGETS else self.default_position
 
     def position(self, position: int | None = None) -> int:
         """A validated token position (negative counts from the end); None is the default position."""
         T = len(self.tokens)
         if position is None:
             return self.default_position
+        if isinstance(position, bool) or not isinstance(position, (int, np.integer)):
+            raise LlmriError(f"position {position!r}: give a token position (an integer)")
         if not -T <= position < T:
             raise LlmriError(f"position {position} is out of range for {T} tokens")
-        return position % T
+        return int(position) % T
+
+    def target_weights(self, target=None) -> np.ndarray:
+        """Weights over query positions (summing to 1) of what rollout and flow explain.
+
+        ``target``: a position, a list of positions (averaged), ``"first"``, ``"last"``,
+        ``"mean"`` (all positions: what a mean-pooled embedding reads), ``"mean-nosink"`` (all but
+        the first) or ``"max"`` (all positions); None is :attr:`default_target`.
+        """
+        T = len(self.tokens)
+        target = self.default_target if target is None else target
+        w = np.zeros(T)
+        if isinstance(target, str):
+            if target not in TARGETS:
+                raise LlmriError(f"target {target!r} is not a position or one of {', '.join(TARGETS)}")
+            if target == "first":
+                w[0] = 1
+            elif target == "last":
+                w[-1] = 1
+            elif target == "mean-nosink" and T > 1:
+                w[1:] = 1
+            else:
+                w[:] = 1
+        elif isinstance(target, (list, tuple, np.ndarray)):
+            if len(target) == 0:
+                raise LlmriError("target: give at least one position")
+            for p in target:
+                w[self.position(p)] += 1
+        else:
+            w[self.position(target)] = 1
+        return w / w.sum()
+
+    def target_label(self, target=None) -> str:
+        """Words for a target, e.g. ``token 0 ('[CLS]')`` or ``the mean of all 9 tokens``."""
+        w = self.target_weights(target)
+        nz = np.flatnonzero(w)
+        if len(nz) == 1:
+            return f"token {nz[0]} ({self.tokens[nz[0]]!r})"
+        if len(nz) == len(w):
+            return f"the mean of all {len(w)} tokens"
+        if len(nz) == len(w) - 1 and w[0] == 0:
+            return f"the mean of tokens 1-{len(w) - 1} (all but the first, the attention sink)"
+        return "the mean of tokens " + ", ".join(map(str, nz))
 
     def residual_attention(self) -> np.ndarray:
         """A'_l per layer: heads averaged, half identity added for the residual, rows renormalised."""
@@ -61,10 +118,16 @@ class Attention:
             r = a @ r
         return r
 
-    def flow(self, position: int | None = None) -> np.ndarray:
-        """Attention flow: the max-flow value from each input token to ``position`` at the top layer,
-        through a layered network whose capacities are A'_l."""
-        position = self.position(position)
+    def contributions(self, target=None) -> np.ndarray:
+        """Rollout contribution of each input token to ``target`` (see :meth:`target_weights`):
+        the target's weights times the rollout matrix; sums to 1."""
+        return self.target_weights(target) @ self.rollout()
+
+    def flow(self, target=None) -> np.ndarray:
+        """Attention flow: the max-flow value from each input token to ``target`` at the top layer,
+        through a layered network whose capacities are A'_l. A target of several positions is a
+        sink fed by each of them with capacity equal to its weight, so values stay in [0, 1]."""
+        w = self.target_weights(target)
         T = self.probs.shape[-1]
         g = nx.DiGraph()
         for layer, a in enumerate(self.residual_attention(), start=1):
@@ -72,7 +135,9 @@ class Attention:
                 for j in range(T):
                     if a[i, j] > 0:
                         g.add_edge((layer - 1, j), (layer, i), capacity=float(a[i, j]))
-        sink = (self.n_layers, position)
+        sink = "sink"
+        for i in np.flatnonzero(w):
+            g.add_edge((self.n_layers, int(i)), sink, capacity=float(w[i]))
         return np.array([nx.maximum_flow_value(g, (0, k), sink) if g.has_node((0, k)) else 0.0
                          for k in range(T)])
 
@@ -102,7 +167,8 @@ def attention(model, text: str, max_length: int | None = None) -> Attention:
         model.base(input_ids=torch.tensor([ids], device=model.device),
                    attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=model.device))
     tokens = model.tokenizer.convert_ids_to_tokens(ids)
-    return Attention(np.stack([probs[L] for L in range(n)]), list(tokens), list(ids), model.adapter.causal, text)
+    return Attention(np.stack([probs[L] for L in range(n)]), list(tokens), list(ids), model.adapter.causal, text,
+                     pool=default_pool(model))
 
 
 # ---------------------------------------------------------------- corpus level

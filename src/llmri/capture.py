@@ -22,11 +22,10 @@ from tqdm.auto import tqdm
 from .corpus import Corpus
 from .errors import LlmriError
 from .model import Model, as_model
-from .sites import block_of, eager_attention, expand_sites, hooks, parse_site
+from .sites import POOLS, block_of, eager_attention, expand_sites, hooks, parse_site
 from .store import (CORPUS_FILE, FORMAT_VERSION, MANIFEST, Scan, atomic_write_json,
                     complete_shards, read_manifest, shard_name, write_corpus, write_shard)
 
-POOLS = ("mean", "mean-nosink", "first", "last", "max")
 DEFAULT_BATCH_TOKENS = 8192
 TOKEN_SHARD_BYTES = 256 * 2**20  # bound on token-level activations held in memory per shard
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from .errors import LlmriError
+from .sites import POOLS
 
 _DEBUG = False
 
@@ -52,7 +53,7 @@ def _scan_option_list(sites: str, token_sites: str):
     click.option("--model", "model_name", default="default", show_default=True,
                  help="Hugging Face id, local folder or .gguf file; 'default' is the embedded all-MiniLM-L6-v2, "
                       "'default-decoder' the embedded SmolLM2-135M-Instruct."),
-    click.option("--pool", type=click.Choice(["auto", "mean", "mean-nosink", "first", "last", "max"]),
+    click.option("--pool", type=click.Choice(["auto", *POOLS]),
                  default="auto", show_default=True,
                  help="How token vectors become one vector per document; auto is mean for encoders and "
                       "mean-nosink (leaving out the attention-sink first token) for decoders."),
@@ -317,23 +318,31 @@ def demo_cmd(out, reducer, components, grid, categories, permutations, seed, pre
 @click.argument("text")
 @click.option("--model", "model_name", default="default", show_default=True, help="Hugging Face id or local folder.")
 @click.option("--out", required=True, help="Folder for attention.html and the PNG/SVG figures.")
-@click.option("--position", type=int, default=None,
-              help="Token whose inputs rollout and flow explain (default: first for encoders, last for decoders).")
+@click.option("--target", default=None,
+              help="What rollout and flow explain: a token position (0, -1, ...) or mean, mean-nosink, first, "
+                   "last (default: what fits the model's pooling: mean for encoders, mean-nosink for decoders).")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--download", is_flag=True, help="Allow fetching the model from the Hugging Face hub.")
-def attention_cmd(text, model_name, out, position, device, download):
+def attention_cmd(text, model_name, out, target, device, download):
     """Attention of one TEXT: every head, an interactive head view, rollout and flow."""
     from .attention import attention
     from .model import load_model
     from .report import build_attention_page
 
+    if target is not None:
+        try:
+            target = int(target)
+        except ValueError:
+            if target not in POOLS:
+                raise LlmriError(f"--target {target!r} is not a token position or one of {', '.join(POOLS)}")
     model = load_model(model_name, device=device, dtype="float32", download=download)
     att = attention(model, text)
-    path = build_attention_page(att, out, position=position, model_name=model.name)
-    roll = att.rollout()[att.position(position)]
+    roll = att.contributions(target)
+    path = build_attention_page(att, out, target=target, model_name=model.name)
     top = sorted(range(len(att.tokens)), key=lambda k: -roll[k])[:5]
     click.echo(f"{len(att.tokens)} tokens, {att.n_layers} layers x {att.n_heads} heads; "
-               f"largest rollout: " + ", ".join(f"{att.tokens[k]} {roll[k]:.3f}" for k in top))
+               f"largest rollout to {att.target_label(target)}: "
+               + ", ".join(f"{att.tokens[k]} {roll[k]:.3f}" for k in top))
     click.echo(f"attention: {path}")
 
 

@@ -24,6 +24,9 @@ if TYPE_CHECKING:  # torch is imported where it is used, so site names parse wit
     from torch import nn
 
 KINDS = ("resid", "mlp", "attn_out", "mlp_out", "attn", "attn_z")
+# How a document's tokens are pooled into one vector per site (llmri.capture); here, in a module
+# without torch, so the command line checks names before anything heavy loads.
+POOLS = ("mean", "mean-nosink", "first", "last", "max")
 
 
 @dataclass(frozen=True)

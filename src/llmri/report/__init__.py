@@ -75,24 +75,25 @@ def _environment():
     return Environment(loader=PackageLoader("llmri", "report"), autoescape=select_autoescape(["html", "j2"]))
 
 
-def _attention_parts(att, figs: "_Figures", position=None, prefix: str = "") -> dict:
-    """Head view, rollout and flow over the text, and static figures of one text's attention."""
-    position = att.position(position)
-    static = figs.static(rollout_plot(att, position), f"{prefix}rollout")
+def _attention_parts(att, figs: "_Figures", target=None, prefix: str = "") -> dict:
+    """Head view, rollout and flow over the text, and static figures of one text's attention.
+    ``target``: what rollout and flow explain (default: what fits the model's pooling)."""
+    static = figs.static(rollout_plot(att, target), f"{prefix}rollout")
     for L in range(att.n_layers):
         static += figs.static(attention_layer_plot(att, L), f"{prefix}heads_layer{L}")
-    return {"head_view": Markup(head_view_html(att)), "position": position,
-            "position_token": att.tokens[position],
-            "rollout": Markup(token_highlight_html(att.tokens, att.rollout()[position])),
-            "flow": Markup(token_highlight_html(att.tokens, att.flow(position), color="31,119,180")),
+    return {"head_view": Markup(head_view_html(att)), "target": att.target_label(target),
+            "rollout": Markup(token_highlight_html(att.tokens, att.contributions(target))),
+            "flow": Markup(token_highlight_html(att.tokens, att.flow(target), color="31,119,180")),
             "static": static}
 
 
-def build_attention_page(att, out, position=None, model_name: str = "") -> Path:
-    """Write ``out/attention.html`` (head view, rollout, flow) and PNG/SVG figures of one text."""
+def build_attention_page(att, out, target=None, model_name: str = "") -> Path:
+    """Write ``out/attention.html`` (head view, rollout, flow) and PNG/SVG figures of one text.
+    ``target``: a position or a pooling (``"mean"``, ``"mean-nosink"``, ``"first"``, ``"last"``)
+    whose inputs rollout and flow explain; default: the one that fits the model's pooling."""
     out = _output_folder(out)
     figs = _Figures(out)
-    parts = _attention_parts(att, figs, position)
+    parts = _attention_parts(att, figs, target)
     page = _environment().get_template("attention.html.j2").render(
         title=f"llmri attention: {model_name}", text=att.text, n_tokens=len(att.tokens),
         n_layers=att.n_layers, n_heads=att.n_heads, **parts)

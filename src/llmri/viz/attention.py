@@ -58,20 +58,20 @@ def attention_layer_plot(att, layer: int):
     return fig
 
 
-def rollout_plot(att, position: int | None = None):
-    """How much each input token contributes to ``position``: rollout and flow, over the text."""
+def rollout_plot(att, target=None):
+    """How much each input token contributes to ``target`` (a position, or a pooling such as
+    ``"mean"``; default: the one that fits the model's pooling): rollout and flow, over the text."""
     import matplotlib.pyplot as plt
 
-    position = att.position(position)
-    roll = att.rollout()[position]
-    flow = att.flow(position)
+    roll = att.contributions(target)
+    flow = att.flow(target)
     toks = _short(att.tokens)
     fig, axes = plt.subplots(2, 1, figsize=(max(6, 0.32 * len(toks) + 2), 5), sharex=True)
     for ax, values, name in ((axes[0], roll, "rollout"), (axes[1], flow, "flow")):
         ax.bar(range(len(toks)), values, color="#d62728" if name == "rollout" else "#1f77b4")
         ax.set_ylabel(name)
     axes[1].set_xticks(range(len(toks)), toks, rotation=90, fontsize=8)
-    axes[0].set_title(f"contribution of each input token to position {position} ({att.tokens[position]!r}) "
+    axes[0].set_title(f"contribution of each input token to {att.target_label(target)} "
                       "through all layers (Abnar and Zuidema, 2020)", fontsize=9)
     fig.tight_layout()
     return fig
