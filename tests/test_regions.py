@@ -213,22 +213,33 @@ def two_category_scan(path, different: bool, n=40, seed=0):
 def test_permutation_test(tmp_path):
     rm = llmri.regions(two_category_scan(tmp_path / "d", True), reducer=FirstColumns(), grid=6)
     df = llmri.compare_categories(rm, "a", "b", n_permutations=199)
-    assert list(df.columns) == ["metric", "a", "b", "difference", "p_value", "q_value"]
-    # Benjamini-Hochberg by hand: q_(i) = min over j >= i of p_(j) * m / j, in p order
-    p = df["p_value"].to_numpy()
+    assert list(df.columns) == ["metric", "a", "b", "difference", "p_value", "q_value", "constant"]
+    # Grid mode: every document passes every layer, so each layer transition carries the same total
+    # weight and the centre of strength is the middle layer (1.5 of 0..3) for any labels: untested.
+    cos = df.set_index("metric").loc["center_of_strength"]
+    assert cos["a"] == pytest.approx(1.5) and cos["b"] == pytest.approx(1.5)
+    assert cos["constant"] and np.isnan(cos["p_value"]) and np.isnan(cos["q_value"])
+    # here center_of_mass (the mean edge midpoint) is also the same under every shuffle: with 40
+    # documents spread over 36 cells, each layer transition has one edge per document
+    assert set(df.loc[df["constant"], "metric"]) == {"center_of_strength", "center_of_mass"}
+    assert (df.loc[df["constant"], "difference"] == 0).all()
+    tested = df[~df["constant"]]
+    # Benjamini-Hochberg by hand over the tested metrics: q_(i) = min over j >= i of p_(j) * m / j
+    p = tested["p_value"].to_numpy()
     order = np.argsort(p)
     m = len(p)
     q_sorted = np.minimum.accumulate((p[order] * m / np.arange(1, m + 1))[::-1])[::-1]
     q = np.empty(m)
     q[order] = np.minimum(q_sorted, 1)
-    np.testing.assert_allclose(df["q_value"], q)
+    np.testing.assert_allclose(tested["q_value"], q)
     row = df.set_index("metric").loc["n_nodes"]
     assert row["a"] < row["b"] and row["difference"] == row["a"] - row["b"]
     assert row["p_value"] == pytest.approx(1 / 200)
     same = llmri.regions(two_category_scan(tmp_path / "s", False), reducer=FirstColumns(), grid=6)
     df2 = llmri.compare_categories(same, "a", "b", n_permutations=199)
     assert df2.set_index("metric").loc["n_nodes", "p_value"] > 0.05
-    assert (df2["p_value"] > 0.05).mean() >= 0.75 and df2["p_value"].median() > 0.2
+    p2 = df2.loc[~df2["constant"], "p_value"]
+    assert (p2 > 0.05).mean() >= 0.75 and p2.median() > 0.2
     with pytest.raises(llmri.LlmriError, match="unknown category 'c'"):
         llmri.compare_categories(same, "a", "c")
 

@@ -117,6 +117,19 @@ def test_report_has_attention_and_neuron_sections(browser, report):
     page.close()
 
 
+def test_comparison_tables_name_categories_and_mark_constants(browser, report):
+    page, errors, _ = open_page(browser, report)
+    table = page.locator("#metrics table").nth(1)          # the first comparison: red vs green
+    heads = table.locator("th").all_inner_texts()
+    assert heads[:4] == ["metric", "red", "green", "red - green"]
+    rows = {r.locator("td").first.inner_text(): r.locator("td").all_inner_texts()
+            for r in table.locator("tbody tr").all()}
+    assert rows["center_of_strength"][4] == "constant" and rows["center_of_strength"][5] == ""
+    assert float(rows["n_nodes"][4]) > 0                  # a tested metric keeps its p-value
+    assert errors == []
+    page.close()
+
+
 def test_head_view_shows_what_a_token_attends_to(browser, tmp_path):
     model = make_model("llama")
     text = "the comet runs near the sun and the moon"

@@ -176,8 +176,10 @@ def compare_categories(regions: RegionMap, a, b, n_permutations: int = 1000, see
     The documents of both categories are pooled and their labels shuffled (group sizes kept)
     ``n_permutations`` times; a metric's two-sided p-value is the share of shuffles whose
     difference is at least as large in magnitude as the observed one, (k + 1) / (n + 1).
-    Returns a DataFrame with columns ``metric``, ``a``, ``b``, ``difference``, ``p_value`` and
-    ``q_value`` (Benjamini-Hochberg over the metrics of this comparison).
+    Returns a DataFrame with columns ``metric``, ``a``, ``b``, ``difference`` (a - b), ``p_value``,
+    ``q_value`` (Benjamini-Hochberg over the metrics of this comparison) and ``constant``: True
+    where the difference is 0 for the real labels and under every shuffle (such a metric, e.g.
+    ``center_of_strength`` in grid mode, is constant by construction and gets NaN p and q values).
     """
     if not isinstance(n_permutations, int) or n_permutations < 1:
         raise LlmriError(f"n_permutations must be a positive integer, got {n_permutations!r}")
@@ -195,14 +197,22 @@ def compare_categories(regions: RegionMap, a, b, n_permutations: int = 1000, see
     both = np.flatnonzero(np.isin(regions.labels, [ia, ib]))
     pooled = regions.labels[both]
     exceed = np.zeros(len(METRICS))
+    varies = np.abs(observed) > 1e-12
     for _ in tqdm(range(n_permutations), desc=f"permutations ({regions.label_names[ia]} vs {regions.label_names[ib]})", disable=None if progress is None else not progress):
         labels = regions.labels.copy()
         labels[both] = rng.permutation(pooled)
         *_, d = diff(dataclasses.replace(regions, labels=labels))
         exceed += np.abs(d) >= np.abs(observed) - 1e-12
+        varies |= np.abs(d) > 1e-12
     from scipy.stats import false_discovery_control
 
-    p = (exceed + 1) / (n_permutations + 1)
+    # A metric whose difference is 0 for the real labels and for every shuffle cannot tell the
+    # categories apart (center_of_strength in grid mode is constant by construction): it gets no
+    # p-value and does not dilute the Benjamini-Hochberg correction of the others.
+    p = np.where(varies, (exceed + 1) / (n_permutations + 1), np.nan)
+    q = np.full(len(METRICS), np.nan)
+    if varies.any():
+        q[varies] = false_discovery_control(p[varies], method="bh")
     return pd.DataFrame({"metric": list(METRICS), "a": [ma[k] for k in METRICS],
                          "b": [mb[k] for k in METRICS], "difference": observed,
-                         "p_value": p, "q_value": false_discovery_control(p, method="bh")})
+                         "p_value": p, "q_value": q, "constant": ~varies})

@@ -69,6 +69,15 @@ def _table(df: pd.DataFrame) -> Markup:
                              float_format=lambda v: f"{v:.4g}"))
 
 
+def _named_comparison(df: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
+    """A compare_categories table for reading: category names as headers, the difference's sign
+    in its header, and metrics that are constant under every shuffle marked instead of tested."""
+    out = df.drop(columns="constant").rename(columns={"a": a, "b": b, "difference": f"{a} - {b}"})
+    out["p_value"] = [("constant" if c else f"{v:.4g}") for v, c in zip(df["p_value"], df["constant"])]
+    out["q_value"] = [("" if c else f"{v:.4g}") for v, c in zip(df["q_value"], df["constant"])]
+    return out
+
+
 def _environment():
     from jinja2 import Environment, PackageLoader, select_autoescape
 
@@ -227,7 +236,7 @@ def build_report(scan, out, reducer="pca", n_components: int = 2, grid: int = 10
                   "seed": seed, "site": site, "permutations": n_permutations},
         samples=samples, sections=sections,
         metrics=_table(metrics),
-        comparisons=[(a, b, _table(df)) for a, b, df in comparisons],
+        comparisons=[(a, b, _table(_named_comparison(df, a, b))) for a, b, df in comparisons],
         profile=_table(profile),
         evaluation=None if evaluation is None else figs.interactive(evaluation_figure(evaluation)),
         evaluation_table=None if evaluation is None else _table(evaluation),
