@@ -183,6 +183,8 @@ def _write_converted(gguf: Path, folder: Path, progress: bool | None) -> None:
 
     from .store import atomic_write_json
 
+    # transformers' GGUF reader draws a plain tqdm bar that its progress-bar switch (quiet_loading)
+    # does not reach, so the conversion silences stderr itself unless progress is asked for.
     quiet = contextlib.redirect_stderr(io.StringIO()) if not progress else contextlib.nullcontext()
     try:
         with quiet:
