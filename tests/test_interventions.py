@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -202,6 +203,31 @@ def test_lesion_map_matches_weight_edits():
         mlp.weight.zero_(), mlp.bias.zero_()
     row = df[(df["component"] == "mlp") & (df["layer"] == 0)].iloc[0]
     assert row["value"] == pytest.approx(loss_of(edited), rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "bert", "llama", "gpt_neox"])
+def test_lesion_map_replays_unablated_blocks(kind, monkeypatch):
+    """A lesion in block L replays blocks 0..L-1 from one unablated pass: the table is the same as
+    recomputing them, and block 0 runs in the recording pass only."""
+    import llmri.interventions as I
+
+    model = make_model(kind)
+    corpus = llmri.Corpus(TEXTS * 2, ["a", "b"] * len(TEXTS))
+    calls = []
+    attn0 = submodule(model.module, model.adapter, 0, "attn")
+    handle = attn0.register_forward_pre_hook(lambda *a: calls.append(1))
+    replayed = llmri.lesion_map(model, corpus, layers=[1, 2])
+    replay_calls = len(calls)
+    monkeypatch.setattr(I, "REPLAY_BYTES", 0)
+    calls.clear()
+    recomputed = llmri.lesion_map(model, corpus, layers=[1, 2])
+    handle.remove()
+    batches, rest = divmod(len(calls), len(recomputed) + 1)    # the baseline pass and one per lesion
+    assert rest == 0 and batches >= 1
+    # replaying: the baseline pass records (a loss), or the representation's clean pass plus a recording
+    assert replay_calls == batches * (1 if replayed.attrs["measure"].endswith("loss") else 2)
+    pd.testing.assert_frame_equal(replayed, recomputed)
+    assert replayed.attrs == recomputed.attrs
 
 
 def test_lesion_map_on_an_encoder_uses_representation_change():

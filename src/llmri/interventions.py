@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 from .capture import engine_options, pad_batch, plan_batches, tokenize
 from .errors import LlmriError
 from .model import Model, as_model, is_causal_lm
-from .sites import _linear_dims, expand_sites, hooks, layer_count, n_heads, parse_site, submodule
+from .sites import (_linear_dims, expand_sites, hooks, layer_count, n_heads, parse_site, recorded_blocks,
+                    submodule)
 
 MODES = ("zero", "mean", "resample")
 
@@ -290,13 +291,44 @@ def lesion_values(model: Model, corpus, jobs: list[tuple], measure="auto", mode:
     """Run the lesions ``jobs`` (any subset of :func:`lesion_jobs`): the measure's name, the unablated
     value (None when ``baseline`` is False and it would cost a pass) and one value per job."""
     name, run, known = make_measure(model, corpus, measure, batch_tokens)
+    upto = _replay_depth(model, corpus, jobs, measure, batch_tokens, baseline and known is None)
+    store: list[list] = [[] for _ in range(upto)]
     values = []
     with torch.inference_mode():
-        base = known if known is not None or not baseline else run()
-        for _, _, _, spec in tqdm(jobs, desc="lesions", disable=None if progress is None else not progress):
-            with ablate(model, spec, mode=mode, scan=scan, seed=seed):
+        base = known
+        if upto or (baseline and known is None):
+            with recorded_blocks(model.module, model.adapter, upto, store):
+                clean = run()
+            base = clean if known is None else known
+        base = base if baseline else known
+        for _, L, _, spec in tqdm(jobs, desc="lesions", disable=None if progress is None else not progress):
+            with ablate(model, spec, mode=mode, scan=scan, seed=seed), \
+                    recorded_blocks(model.module, model.adapter, min(L, upto), store, replay=True):
                 values.append(run())
     return name, base, values
+
+
+REPLAY_BYTES = 2 * 2**30  # most memory a lesion map spends on replaying unablated blocks
+
+
+def _replay_depth(model: Model, corpus, jobs: list[tuple], measure, batch_tokens: int, baseline_pass: bool) -> int:
+    """How many leading blocks a lesion map records once and replays for every lesion in a later block
+    (0: none). A lesion in block L leaves blocks 0..L-1 as they were, so replaying them saves L/n of
+    a pass per lesion; recording costs one pass (free when the baseline needs one anyway) and
+    memory for every block output of the corpus, bounded by ``REPLAY_BYTES``. A measure given as a
+    function runs passes llmri does not control, so it is never replayed."""
+    if callable(measure) or not jobs:
+        return 0
+    upto = max(L for _, L, _, _ in jobs)
+    saved = sum(L for _, L, _, _ in jobs) / model.n_layers
+    if upto == 0 or saved <= (0 if baseline_pass else 1):
+        return 0
+    ids, _ = tokenize(model, corpus.texts, model.max_length)
+    lengths = np.asarray([len(x) for x in ids])
+    padded = sum(len(b) * int(lengths[b].max()) for b in plan_batches(lengths, batch_tokens))
+    cfg = model.module.config
+    d = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", None) or 4096
+    return upto if padded * d * 4 * upto <= REPLAY_BYTES else 0
 
 
 def lesion_table(jobs: list[tuple], values: list[float], name: str, baseline: float, mode: str) -> pd.DataFrame:

@@ -298,3 +298,45 @@ def hooks(module: nn.Module, adapter: Adapter, fns: dict[str, HookFn]) -> Iterat
     finally:
         for h in handles:
             h.remove()
+
+
+@contextlib.contextmanager
+def recorded_blocks(module: nn.Module, adapter: Adapter, upto: int, store: list[list],
+                    replay: bool = False) -> Iterator[None]:
+    """Record, or replay, the outputs of blocks ``0..upto-1`` call by call.
+
+    Recording (``replay=False``) appends each block's output to ``store[i]`` in call order.
+    Replaying runs none of those blocks: the k-th call of block i returns ``store[i][k]`` as it
+    was recorded. A lesion in block L leaves the blocks before it unchanged, so a lesion map
+    replays them from one unablated pass instead of recomputing them for every lesion. A call
+    whose input does not have the recorded shape (another batch order) raises RuntimeError.
+    Everything is restored on exit, even after an error.
+    """
+    blks = blocks(module, adapter)
+    handles, patched = [], []
+    try:
+        for i in range(upto):
+            if not replay:
+                handles.append(blks[i].register_forward_hook(
+                    lambda mod, args, output, i=i: store[i].append(output)))
+                continue
+            calls = iter(store[i])
+
+            def forward(*args, _calls=calls, _i=i, **kwargs):
+                x = args[0] if args else kwargs.get("hidden_states")
+                out = next(_calls, None)
+                if out is None or x is None or _first(out).shape != x.shape:
+                    raise RuntimeError(f"block {_i}: no recorded output for this call")
+                return out
+
+            patched.append((blks[i], blks[i].__dict__.get("forward")))
+            blks[i].forward = forward          # an instance attribute shadows the class's forward
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        for blk, before in patched:
+            if before is None:
+                blk.__dict__.pop("forward", None)
+            else:
+                blk.forward = before
