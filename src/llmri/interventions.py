@@ -251,7 +251,9 @@ def lesion_map(model, corpus, measure="auto", mode: str = "zero", scan=None, lay
     Returns a DataFrame with columns ``component`` (``head`` or ``mlp``), ``layer``, ``head``
     (-1 for an MLP), ``value`` and ``effect`` (value minus the unablated value); its ``attrs``
     hold the measure's name and the baseline. ``engine="ray"`` deals the lesions out to
-    ``workers`` Ray actors (same table; see :mod:`llmri.distributed`).
+    ``workers`` Ray actors (same table; see :mod:`llmri.distributed`). The blocks before a
+    lesion's own are replayed from one recorded unablated pass instead of recomputed (see
+    ``REPLAY_BYTES``); the table is the same.
     """
     if engine_options(engine, workers, resources):
         from .distributed import lesion_map as lesion_map_on_ray
