@@ -236,3 +236,37 @@ def test_default_target_is_the_top_token(llama):
         top = int(llama.module(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
     assert g.info["target_ids"] == [top]
     assert llmri.attribute is attribute
+
+
+def test_cli_train_several_sites_then_circuit(tmp_path):
+    """llmri sae train --sites (one SAE per site), then llmri circuit writes the page and the JSON."""
+    from conftest import LABELS, TEXTS, make_module, make_tokenizer
+    from test_cli import assert_one_line_error, run
+
+    make_module("llama").save_pretrained(tmp_path / "tiny")
+    make_tokenizer("llama").save_pretrained(tmp_path / "tiny")
+    rows = "".join(f"{t},{lab}\n" for t, lab in zip(TEXTS * 3, LABELS * 3))
+    (tmp_path / "c.csv").write_text("text,label\n" + rows)
+    proc = run("scan", "c.csv", "--model", "tiny", "--token-sites", "resid.1,resid.2", "--out", "s", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    proc = run("sae", "train", "s", "--sites", "resid.1,resid.2", "--latents", "32", "--k", "4", "--batch-size", "32",
+               "--epochs", "2", "--out", "saes", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "saes" / "resid.1" / "cfg.json").is_file() and (tmp_path / "saes" / "resid.2" / "cfg.json").is_file()
+    proc = run("circuit", "the star shines over the", "--model", "tiny", "--saes", "saes", "--target", "moon",
+               "--k", "2,4", "--out", "circ", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "validation: Spearman" in proc.stdout
+    page = (tmp_path / "circ" / "circuit.html").read_text()
+    for part in ("Validation", "Top features", "replacement score", "the star shines over the", "Plotly.newPlot"):
+        assert part in page
+    data = json.loads((tmp_path / "circ" / "graph.json").read_text())
+    assert data["metadata"]["prompt"] == "the star shines over the" and data["nodes"] and data["links"]
+    assert (tmp_path / "circ" / "circuit.png").is_file() and (tmp_path / "circ" / "top_features.csv").is_file()
+    assert_one_line_error(run("circuit", "the star", "--model", "tiny", "--saes", "saes", "--target", "moon sun",
+                              "--out", "bad", cwd=tmp_path), "not one token")
+    assert_one_line_error(run("circuit", "the star", "--saes", "nowhere", "--out", "bad", cwd=tmp_path),
+                          "no such folder")
+    assert_one_line_error(run("circuit", "the star", "--saes", "saes", "--edge-threshold", "2", "--out", "bad",
+                              cwd=tmp_path), "edge-threshold")
+    assert not (tmp_path / "bad").exists()
