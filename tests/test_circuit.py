@@ -240,13 +240,10 @@ def test_default_target_is_the_top_token(llama):
 
 def test_cli_train_several_sites_then_circuit(tmp_path):
     """llmri sae train --sites (one SAE per site), then llmri circuit writes the page and the JSON."""
-    from conftest import LABELS, TEXTS, make_module, make_tokenizer
+    from conftest import tiny_cli_folder
     from test_cli import assert_one_line_error, run
 
-    make_module("llama").save_pretrained(tmp_path / "tiny")
-    make_tokenizer("llama").save_pretrained(tmp_path / "tiny")
-    rows = "".join(f"{t},{lab}\n" for t, lab in zip(TEXTS * 3, LABELS * 3))
-    (tmp_path / "c.csv").write_text("text,label\n" + rows)
+    tiny_cli_folder(tmp_path)
     proc = run("scan", "c.csv", "--model", "tiny", "--token-sites", "resid.1,resid.2", "--out", "s", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     proc = run("sae", "train", "s", "--sites", "resid.1,resid.2", "--latents", "32", "--k", "4", "--batch-size", "32",
