@@ -280,19 +280,24 @@ def _edge_pass(model, saes, ids, k: int, rows: list[tuple[int, int, float]], ski
     state: dict = {}
     target = saes[k]
 
+    # The prompt runs as one row up to the upstream layer, which is then copied into B rows:
+    # the layers before it are computed once, not B times.
+    def rows_of(t):
+        return t.detach().expand(B, *t.shape[1:]).clone().requires_grad_()
+
     def up_fn(sae):
         def fn(x):
             xf = x.float()
             with torch.no_grad():
                 f = _encode(sae, xf, skip_first)
                 err = xf - sae.decode(f)
-            fl, el = f.requires_grad_(), err.requires_grad_()
+            fl, el = rows_of(f), rows_of(err)
             state["up"] = (fl, el)
             return (sae.decode(fl) + el).to(x.dtype)
         return fn
 
     def emb(x):
-        e = x.detach().float().requires_grad_()
+        e = rows_of(x.float())
         state["up"] = (e,)
         return e.to(x.dtype)
 
@@ -312,7 +317,7 @@ def _edge_pass(model, saes, ids, k: int, rows: list[tuple[int, int, float]], ski
             fns["resid.0"] = emb
     else:
         fns[saes[k - 1].site] = up_fn(saes[k - 1])
-    inputs, _ = pad_batch(model, [ids] * B)
+    inputs, _ = pad_batch(model, [ids])
     with hooks(model.module, model.adapter, fns), torch.enable_grad():
         try:
             model.module(**inputs)
