@@ -428,8 +428,8 @@ class AttributionGraph:
     def prune(self, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> "AttributionGraph":
         """A pruned copy: the fewest feature nodes whose influence on the target adds up to
         ``node_threshold`` of the total, then the fewest edges whose influence adds up to
-        ``edge_threshold`` (circuit-tracer's ``prune_graph``). Token, error and logit nodes stay;
-        features left without a path to the target go."""
+        ``edge_threshold`` (circuit-tracer's ``prune_graph``); then every node left without a
+        path to the target goes (circuit-tracer keeps token and error nodes regardless)."""
         import networkx as nx
 
         for name, v in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
@@ -449,7 +449,7 @@ class AttributionGraph:
         g.remove_edges_from([e for e in edges if e not in kept])
         logit = self.nodes(LOGIT)[0]
         alive = nx.ancestors(g, logit) | {logit}
-        g.remove_nodes_from([n for n, d in list(g.nodes(data=True)) if d["kind"] == FEATURE and n not in alive])
+        g.remove_nodes_from([n for n in list(g.nodes) if n not in alive])
         for n, v in _influence(g).items():
             g.nodes[n]["influence"] = v
         out = AttributionGraph(g, self.features, self.tokens, self.token_ids, self.target, self.metric,
