@@ -72,6 +72,8 @@ class PeakRSS:
 
 
 def fwd_bwd(model, prompt: str, target: int) -> None:
+    """The baseline: one forward and one backward pass to the activations (parameters do not
+    require gradients, as in every pass ``attribute`` makes)."""
     ids = torch.tensor([model.tokenizer(prompt)["input_ids"]])
     emb = model.module.get_input_embeddings()(ids).detach().requires_grad_()
     out = model.module(inputs_embeds=emb)
@@ -93,17 +95,20 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--saes", default="/work/runs/saes-dec/saes")
     ap.add_argument("--max-nodes", type=int, default=200)
-    ap.add_argument("--prompts", type=int, default=len(PROMPTS))
+    ap.add_argument("--prompts", type=int, default=len(PROMPTS), help="Prompts for faithfulness (0: cost only).")
+    ap.add_argument("--no-cost", action="store_true", help="Skip the cost part.")
     args = ap.parse_args()
     torch.manual_seed(0)
     model = llmri.load_model("default-decoder", dtype="float32")
     saes = load_saes(args.saes, model)
+    for p in model.module.parameters():
+        p.requires_grad_(False)
     print(f"model {model.name}, SAEs at {', '.join(s.site for s in saes)} ({saes[0].d_sae} latents), "
           f"{torch.get_num_threads()} threads")
     tok = model.tokenizer
     paris = tok(" Paris", add_special_tokens=False)["input_ids"][0]
     short = "The capital of the country where the Eiffel Tower stands is"
-    for name, prompt in (("10-token", " ".join(short.split()[:9]) + " is"), ("100-token", LONG)):
+    for name, prompt in () if args.no_cost else (("10-token", " ".join(short.split()[:9]) + " is"), ("100-token", LONG)):
         n = len(tok(prompt)["input_ids"])
         fwd_bwd(model, prompt, paris)  # warm-up
         t0, m0 = timed(lambda: fwd_bwd(model, prompt, paris), repeat=3)
@@ -115,7 +120,9 @@ def main() -> None:
               f"{t1:.2f} s ({t1 / t0:.0f}x), {m1 / 2**20:.0f} MiB ({m1 / m0:.1f}x); "
               f"{g.graph.number_of_nodes()} nodes, {g.graph.number_of_edges()} edges, "
               f"{len(g.features)} active features; scores {g.scores()}")
-    tops, rnds, rhos, pears, gaps = {}, {}, [], [], []
+    if not args.prompts:
+        return
+    tops, rnds, rhos, pears = {}, {}, [], []
     t = time.perf_counter()
     for prompt in PROMPTS[:args.prompts]:
         g = attribute(model, saes, prompt, max_feature_nodes=1)
