@@ -117,7 +117,8 @@ def main() -> None:
                                                            max_feature_nodes=args.max_nodes)))
         g = holder["g"]
         print(f"{name} prompt ({n} tokens): forward+backward {t0:.3f} s, {m0 / 2**20:.0f} MiB; attribute "
-              f"{t1:.2f} s ({t1 / t0:.0f}x), {m1 / 2**20:.0f} MiB ({m1 / m0:.1f}x); "
+              f"{t1:.2f} s ({t1 / t0:.0f}x), {m1 / 2**20:.0f} MiB"
+              + (f" ({m1 / m0:.1f}x)" if m0 >= 2**20 else "") + "; "
               f"{g.graph.number_of_nodes()} nodes, {g.graph.number_of_edges()} edges, "
               f"{len(g.features)} active features; scores {g.scores()}")
     if not args.prompts:
