@@ -102,3 +102,13 @@ def corpus():
     import llmri
 
     return llmri.Corpus(TEXTS, LABELS)
+
+
+def tiny_cli_folder(tmp, kind: str = "llama"):
+    """A folder holding a tiny model saved as ``tiny/`` and the test corpus as ``c.csv`` (x3),
+    for tests that run the ``llmri`` command."""
+    make_module(kind).save_pretrained(tmp / "tiny")
+    make_tokenizer(kind).save_pretrained(tmp / "tiny")
+    rows = "".join(f"{t},{lab}\n" for t, lab in zip(TEXTS * 3, LABELS * 3))
+    (tmp / "c.csv").write_text("text,label\n" + rows)
+    return tmp

@@ -11,13 +11,9 @@ from test_cli import assert_one_line_error, run
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
-    from conftest import LABELS, TEXTS, make_module, make_tokenizer
+    from conftest import tiny_cli_folder
 
-    tmp = tmp_path_factory.mktemp("saecli")
-    make_module("llama").save_pretrained(tmp / "tiny")
-    make_tokenizer("llama").save_pretrained(tmp / "tiny")
-    rows = "".join(f"{t},{lab}\n" for t, lab in zip(TEXTS * 3, LABELS * 3))
-    (tmp / "c.csv").write_text("text,label\n" + rows)
+    tmp = tiny_cli_folder(tmp_path_factory.mktemp("saecli"))
     proc = run("scan", "c.csv", "--model", "tiny", "--token-sites", "resid.2", "--out", "s", cwd=tmp)
     assert proc.returncode == 0, proc.stderr
     return tmp

@@ -45,6 +45,8 @@ _EXPORTS = {
     # automated explanations
     "ExplainResult": "explain", "Explainer": "explain", "LocalLM": "explain", "OpenAICompatible": "explain",
     "explain": "explain",
+    # feature circuits
+    "AttributionGraph": "circuits", "attribute": "circuits", "validate_circuit": "circuits",
 }
 __all__ = sorted(_EXPORTS)
 

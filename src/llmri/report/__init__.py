@@ -334,3 +334,47 @@ def build_feature_browser(sae, feats, out, model=None, metrics: dict | None = No
     path = out / "features.html"
     atomic_write_bytes(path, page.encode("utf-8"))
     return path
+
+
+def build_circuit_page(ag, out, pruned=None, model=None, saes=None, n_top: int = 20) -> Path:
+    """``out/circuit.html`` for an attribution graph (``llmri.attribute``): the layered graph
+    (``pruned`` when given), the prompt shaded by each token's attribution, the top features,
+    per-layer totals, graph scores and ``ag.validation`` when present; plus ``graph.json``
+    (circuit-tracer's viewer format), CSVs and PNG/SVG of the graph."""
+    from ..viz import circuit_figure, circuit_plot
+
+    shown = pruned if pruned is not None else ag
+    scores = ag.scores()
+    probs = [d.get("prob") for _, d in ag.graph.nodes(data=True) if d["kind"] == "logit"]
+    intro = [f"prompt: {ag.info['prompt']!r} ({len(ag.tokens)} tokens), model {ag.info['model']}",
+             f"target {ag.target!r}: {ag.info['metric_name']} {ag.metric:.4g}"
+             + (f" (p = {probs[0]:.3f})" if probs and probs[0] is not None and ag.info["metric_name"] != "logit difference" else ""),
+             f"SAEs at {', '.join(ag.info['sites'])}; attention patterns and norm scales "
+             + ("frozen (Ameisen et al. 2025)" if ag.info["freeze"] else "not frozen (gradients of the model itself)"),
+             f"graph shown: {shown.graph.number_of_nodes()} nodes, {shown.graph.number_of_edges()} edges"
+             + (f" (pruned: node threshold {shown.info['node_threshold']}, edge threshold {shown.info['edge_threshold']})"
+                if "node_threshold" in shown.info else ""),
+             f"feature share of |attribution| {scores['feature_share']:.3f} (the rest sits on SAE error nodes); "
+             f"replacement score {scores['replacement_score']:.3f}, completeness score {scores['completeness_score']:.3f} "
+             "(Ameisen et al. 2025)"]
+    v = ag.validation
+    tables = [("Top features by |attribution|", ag.top_features(n_top, model=model, saes=saes), "top_features"),
+              ("Per SAE layer: attribution on features and on error nodes", ag.layer_totals(), "layer_totals"),
+              ("Per token: attribution of its embedding and of the features active there", ag.token_totals(),
+               "token_totals")]
+    blocks = [("Prompt, shaded by each token embedding's attribution (hover for the value)",
+               token_highlight_html(ag.tokens, ag.info["embedding_attribution"]))]
+    if v:
+        tables.insert(1, (f"Validation: ablating ({v['mode']}) the top-k features vs k random active features "
+                          "(drop of the metric)", pd.DataFrame(v["topk"]), "validation_topk"))
+        tables.insert(2, ("Validation: single-feature ablations, predicted (attribution) vs actual drop",
+                          pd.DataFrame(v["single"]["rows"]), "validation_single"))
+        intro.append(f"validation: attribution vs actual single-feature ablation over {v['single']['n']} features: "
+                     f"Spearman {v['single']['spearman']:.3f}, Pearson {v['single']['pearson']:.3f}; "
+                     + "; ".join(f"top-{r['k']} drop {r['top_drop']:.3g} vs random {r['random_drop_mean']:.3g} "
+                                 f"± {r['random_drop_std']:.2g}" for r in v["topk"]))
+    out = _output_folder(out)
+    path = build_page(out, "circuit", f"llmri circuit: {ag.info['prompt']!r} -> {ag.target!r}", intro,
+                      [(circuit_figure(shown), circuit_plot(shown), "circuit")], tables, blocks)
+    shown.to_json(out / "graph.json", slug="circuit")
+    return path

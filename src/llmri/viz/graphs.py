@@ -49,16 +49,30 @@ def _node_shares(g: nx.DiGraph, names) -> dict:
     return shares
 
 
+def _sizes(g: nx.DiGraph, nodes, attr: str | None) -> np.ndarray:
+    """Node sizes before scaling: degree, or |attribute| when ``attr`` is given."""
+    if attr:
+        return np.array([abs(float(g.nodes[n].get(attr, 0.0))) for n in nodes], dtype=float)
+    return np.array([g.degree(n) for n in nodes], dtype=float)
+
+
+def _row_labels(g: nx.DiGraph, layers) -> list[str]:
+    labels = g.graph.get("row_labels") or {}
+    return [labels.get(L, f"layer {L}") for L in layers]
+
+
 def _dominant(weights: dict, colors: dict) -> str:
     return colors[max(weights, key=lambda c: abs(weights[c]))] if weights else "#999999"
 
 
 def draw_nrag(g: nx.DiGraph, ax=None, fixed: bool = False, colors: dict | None = None, title: str | None = None,
-              min_weight: float = 0):
-    """Static NRAG picture: edges coloured by category, nodes by category share, sized by degree.
+              min_weight: float = 0, node_size: str | None = None):
+    """Static NRAG picture: edges coloured by category, nodes by category share, sized by degree
+    (or by the absolute value of the node attribute ``node_size``).
 
     ``min_weight`` hides edges whose |weight| is below it (a busy composed graph stays readable);
-    the title says how many are hidden.
+    the title says how many are hidden. Rows are labelled ``layer L`` unless
+    ``g.graph["row_labels"]`` maps a layer to another label.
     """
     import matplotlib.pyplot as plt
     from matplotlib.collections import LineCollection
@@ -81,12 +95,12 @@ def draw_nrag(g: nx.DiGraph, ax=None, fixed: bool = False, colors: dict | None =
     nodes = list(g.nodes)
     if nodes:
         shares = _node_shares(g, names)
-        deg = np.array([g.degree(n) for n in nodes], dtype=float)
+        deg = _sizes(g, nodes, node_size)
         xy = np.array([pos[n] for n in nodes])
-        ax.scatter(xy[:, 0], xy[:, 1], s=20 + 120 * deg / max(deg.max(), 1),
+        ax.scatter(xy[:, 0], xy[:, 1], s=20 + 120 * deg / (deg.max() or 1),
                    c=[blend(colors, shares[n]) for n in nodes], edgecolors="black", linewidths=0.4, zorder=2)
     layers = g.graph.get("layers", [])
-    ax.set_yticks([-i for i in range(len(layers))], [f"layer {L}" for L in layers])
+    ax.set_yticks([-i for i in range(len(layers))], _row_labels(g, layers))
     ax.set_xticks([])
     ax.set_xlim(-0.05, 1.05)
     ax.set_ylim(-len(layers) + 0.5, 0.5)
@@ -100,8 +114,9 @@ def draw_nrag(g: nx.DiGraph, ax=None, fixed: bool = False, colors: dict | None =
 
 
 def nrag_figure(g: nx.DiGraph, fixed: bool = False, colors: dict | None = None, title: str | None = None,
-                min_weight: float = 0):
-    """Interactive NRAG (plotly): hover a node for its layer, cell and documents per category.
+                min_weight: float = 0, node_size: str | None = None, hover: str | None = None):
+    """Interactive NRAG (plotly): hover a node for its layer, cell and documents per category
+    (or its node attribute ``hover``, an HTML snippet); nodes sized by degree or by |``node_size``|.
 
     Edges with |weight| below ``min_weight`` start hidden; one click on their legend entry shows them.
     """
@@ -130,18 +145,21 @@ def nrag_figure(g: nx.DiGraph, fixed: bool = False, colors: dict | None = None, 
                                  line=dict(color=color, width=0.8 + 1.6 * level), **extra))
     shares = _node_shares(g, names)
     nodes = list(g.nodes)
-    deg = np.array([g.degree(n) for n in nodes], dtype=float)
-    hover = []
+    deg = _sizes(g, nodes, node_size)
+    texts = []
     for n in nodes:
         d = g.nodes[n]
+        if hover:
+            texts.append(str(d.get(hover, n)))
+            continue
         where = f"cell ({d['x']}, {d['y']})" if "x" in d else f"component {d.get('component')}"
         parts = [f"{c}: {v:.3g}" for c, v in shares[n].items()]
-        hover.append(f"layer {d['layer']}, {where}<br>degree {g.degree(n)}<br>" + "<br>".join(parts))
+        texts.append(f"layer {d['layer']}, {where}<br>degree {g.degree(n)}<br>" + "<br>".join(parts))
     fig.add_trace(go.Scatter(
         x=[pos[n][0] for n in nodes], y=[pos[n][1] for n in nodes], mode="markers", showlegend=False,
-        marker=dict(size=6 + 14 * deg / max(deg.max(), 1) if len(nodes) else 6,
+        marker=dict(size=6 + 14 * deg / (deg.max() or 1) if len(nodes) else 6,
                     color=[blend(colors, shares[n]) for n in nodes], line=dict(color="black", width=0.5)),
-        text=hover, hovertemplate="%{text}<extra></extra>"))
+        text=texts, hovertemplate="%{text}<extra></extra>"))
     for c in names:
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=c, line=dict(color=colors[c], width=4)))
     layers = g.graph.get("layers", [])
@@ -149,6 +167,87 @@ def nrag_figure(g: nx.DiGraph, fixed: bool = False, colors: dict | None = None, 
                       margin=dict(l=60, r=20, t=60, b=20), plot_bgcolor="white",
                       legend=dict(orientation="h", y=1.02, x=1, xanchor="right", yanchor="bottom"))
     fig.update_xaxes(visible=False, range=[-0.05, 1.05])
-    fig.update_yaxes(tickvals=[-i for i in range(len(layers))], ticktext=[f"layer {L}" for L in layers],
+    fig.update_yaxes(tickvals=[-i for i in range(len(layers))], ticktext=_row_labels(g, layers),
                      showgrid=False, zeroline=False)
+    return fig
+
+
+# ---------------------------------------------------------------- attribution graphs (llmri.circuits)
+CIRCUIT_CATEGORIES = ("promotes", "suppresses")
+
+
+def _circuit_nrag(ag, max_nodes_per_cell: int = 6) -> nx.DiGraph:
+    """An attribution graph in the NRAG drawing's terms: rows = layers (target on top, token
+    embeddings at the bottom), columns = prompt positions, colour = sign (promotes / suppresses
+    the target), so that ``draw_nrag`` and ``nrag_figure`` draw it."""
+    import html
+
+    g = ag.graph
+    T = len(ag.tokens)
+    layers = sorted({d["layer"] for _, d in g.nodes(data=True)}, reverse=True)
+    labels = {}
+    for L in layers:
+        kinds = {d["kind"] for _, d in g.nodes(data=True) if d["layer"] == L}
+        labels[L] = ("target" if "logit" in kinds else "tokens" if "embedding" in kinds else f"resid.{L}")
+    h = nx.DiGraph(layers=layers, n_components=T + 1, categories=list(CIRCUIT_CATEGORIES), row_labels=labels)
+    cells: dict = {}
+    biggest = max((abs(d.get("attribution", 0.0)) for _, d in g.nodes(data=True) if d["kind"] != "logit"), default=1.0)
+    for n, d in g.nodes(data=True):
+        cells.setdefault((d["layer"], d["pos"]), []).append(n)
+    for (L, p), members in cells.items():
+        members.sort(key=lambda n: -abs(g.nodes[n].get("attribution", 0.0)))
+        for j, n in enumerate(members):
+            d = g.nodes[n]
+            a = float(d.get("attribution", 0.0))
+            text = [html.escape(str(d.get("label", n))), f"attribution {a:.4g}"]
+            if d["kind"] == "feature":
+                text.append(f"activation {d['activation']:.4g}")
+                if d.get("density") is not None:
+                    text.append(f"density {d['density']:.3g}")
+                for key in ("top_tokens", "explanation"):
+                    if d.get(key):
+                        text.append(f"{key.replace('_', ' ')}: {html.escape(str(d[key]))}")
+            if d.get("influence") is not None:
+                text.append(f"influence {d['influence']:.3g}")
+            offset = 0.8 * (j % max_nodes_per_cell) / max_nodes_per_cell
+            if d["kind"] == "logit":  # the target: drawn as large as the largest node, in the promoting colour
+                h.add_node(n, layer=L, component=p + offset, size=biggest, hover="<br>".join(text),
+                           counts={"promotes": 1.0, "suppresses": 0.0})
+                continue
+            h.add_node(n, layer=L, component=p + offset, size=a, hover="<br>".join(text),
+                       counts={"promotes": max(a, 0.0), "suppresses": max(-a, 0.0)})
+    for u, v, e in g.edges(data=True):
+        w = float(e["weight"])
+        h.add_edge(u, v, weight=w, weights={"promotes": max(w, 0.0), "suppresses": max(-w, 0.0)})
+    return h
+
+
+def _circuit_title(ag, title):
+    return title or f"{ag.info['prompt']!r} -> {ag.target!r}: attribution graph"
+
+
+def circuit_plot(ag, ax=None, title: str | None = None):
+    """Static picture of an attribution graph (``llmri.attribute``), drawn by ``draw_nrag``:
+    positions as columns, layers as rows, node size by |attribution|, edge width by |weight|."""
+    import matplotlib.pyplot as plt
+
+    h = _circuit_nrag(ag)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(7.0, 0.9 * len(ag.tokens)), 1.2 + 0.8 * len(h.graph["layers"])))
+    colors = {"promotes": "#1f77b4", "suppresses": "#d62728"}
+    fig = draw_nrag(h, ax=ax, fixed=True, colors=colors, title=_circuit_title(ag, title), node_size="size")
+    ax.set_xticks([(p + 0.3) / len(ag.tokens) for p in range(len(ag.tokens))], ag.tokens, rotation=45,
+                  ha="right", fontsize=8)
+    return fig
+
+
+def circuit_figure(ag, title: str | None = None):
+    """Interactive attribution graph (plotly), drawn by ``nrag_figure``: hover a node for its
+    attribution, activation, density, top output tokens and explanation when known."""
+    h = _circuit_nrag(ag)
+    colors = {"promotes": "#1f77b4", "suppresses": "#d62728"}
+    fig = nrag_figure(h, fixed=True, colors=colors, title=_circuit_title(ag, title), node_size="size",
+                      hover="hover")
+    fig.update_xaxes(visible=True, showgrid=False, tickangle=-45,
+                     tickvals=[(p + 0.3) / len(ag.tokens) for p in range(len(ag.tokens))], ticktext=ag.tokens)
     return fig
