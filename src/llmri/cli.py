@@ -510,8 +510,9 @@ def patch_cmd(model_name, clean, corrupted, out, sites, device, download):
 @click.option("--out", required=True, help="Folder for the tables, the page and the call cache.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@_ray_options
 def explain_cmd(scan_dir, site, neuron_spec, sae, feature_spec, backend, model_name, base_url, api_key_env,
-                completion_logprobs, scorers, style, no_baseline, out, device, seed):
+                completion_logprobs, scorers, style, no_baseline, out, device, seed, ray_mode, workers, gpus_per_worker):
     """Explain neurons (or SAE features) of the Scan in SCAN_DIR with a language model and score
     the explanations by simulation, detection and fuzzing."""
     from .explain import Explainer, LocalLM, OpenAICompatible, explain, parse_units
@@ -519,6 +520,7 @@ def explain_cmd(scan_dir, site, neuron_spec, sae, feature_spec, backend, model_n
     from .sites import parse_site
     from .store import Scan
 
+    ray = _check_ray(ray_mode, workers, gpus_per_worker)
     if sae and neuron_spec:
         raise LlmriError("--neurons and --sae exclude each other; with --sae choose --features")
     spec = feature_spec if sae else neuron_spec
@@ -545,7 +547,8 @@ def explain_cmd(scan_dir, site, neuron_spec, sae, feature_spec, backend, model_n
     else:
         be = LocalLM(model_name or "default-decoder", device=device)
     res = explain(scan, site, units, Explainer(be, style=style, seed=seed), scorers=names, encoder=encoder,
-                  baseline=not no_baseline, out=out, progress=None)
+                  baseline=not no_baseline, out=out, progress=None,
+                  **({} if ray is None else dict(engine="ray", **ray)))
     cols = [c for c in res.table.columns if c in ("unit", "simulation_score", "simulation_baseline",
                                                  "detection_balanced_accuracy", "fuzzing_balanced_accuracy", "explanation")]
     click.echo(res.table[cols].to_string(index=False, max_colwidth=60, float_format=lambda v: f"{v:.3f}"))
