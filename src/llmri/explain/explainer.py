@@ -315,7 +315,8 @@ def _token_strings(scan, tokenizer):
 
 def explain(scan, site: str, units, explainer: Explainer, scorers=SCORERS, encoder=None, baseline: bool = True,
             tokenizer=None, out=None, page: bool = True, progress: bool | None = None, engine: str = "local",
-            workers: int = 1, resources: dict | None = None, address: str | None = None) -> ExplainResult:
+            workers: int = 1, resources: dict | None = None, address: str | None = None,
+            meta: dict | None = None) -> ExplainResult:
     """Explain and score units of a Scan with token-level records.
 
     Units are the neurons of ``site`` (e.g. ``"mlp.10"``), or, with ``encoder`` (an SAE: a
@@ -325,6 +326,8 @@ def explain(scan, site: str, units, explainer: Explainer, scorers=SCORERS, encod
     and every backend call is cached in ``out/calls``. ``engine="ray"`` runs the units on
     ``workers`` Ray actors (``resources`` each, e.g. ``{"GPU": 1}``; ``address`` as in
     :func:`llmri.distributed.connect`), each with its own copy of the backend, sharing the cache.
+    ``meta`` is stored in ``explain.json`` (e.g. ``{"sae": "runs/sae15"}``, which lets
+    ``llmri sae report`` find the run beside that SAE).
 
     >>> ex = llmri.Explainer(backend=llmri.LocalLM("default-decoder"))              # doctest: +SKIP
     >>> res = llmri.explain(scan, "mlp.10", [12, 40], explainer=ex, out="runs/explain")
@@ -348,10 +351,53 @@ def explain(scan, site: str, units, explainer: Explainer, scorers=SCORERS, encod
         raise LlmriError("units: none given")
     acts = unit_activations(scan, site, units, encoder)
     tokens = _token_strings(scan, tokenizer)
-    meta = dict(scan=str(scan.folder), site=site, unit_kind="feature" if encoder is not None else "neuron")
+    meta = dict(meta or {}, scan=str(Path(scan.folder).resolve()), site=site,
+                unit_kind="feature" if encoder is not None else "neuron")
     return explain_units(acts, scan.token_offsets, tokens, units, explainer, scorers=scorers, baseline=baseline,
                          progress=progress, out=out, page=page, meta=meta, engine=engine, workers=workers,
                          resources=resources, address=address)
+
+
+def unit_explanations(explanations, site: str, unit_kind: str) -> dict[int, dict]:
+    """``{unit: row}`` (explanation, scores, baselines) of explain runs for the neurons
+    (``unit_kind="neuron"``) or SAE features (``"feature"``) of ``site``, for neuron cards and
+    feature dashboards. ``explanations``: an :class:`ExplainResult`, an explain output folder, or
+    a list of them (a later run wins for a unit both explain). A run of another site or kind is a
+    one-line error naming its folder.
+
+    >>> unit_explanations("runs/explain", "mlp.10", "neuron")[12]["simulation_score"]  # doctest: +SKIP
+    """
+    runs = explanations if isinstance(explanations, (list, tuple)) else [explanations]
+    out: dict[int, dict] = {}
+    for run in runs:
+        res = run if isinstance(run, ExplainResult) else ExplainResult.load(run)
+        where = "the explain run" if isinstance(run, ExplainResult) else str(run)
+        got = (res.info.get("site"), res.info.get("unit_kind", "neuron"))
+        if got != (site, unit_kind):
+            raise LlmriError(f"{where}: explains the {got[1]}s of {got[0]}, not the {unit_kind}s of {site}")
+        for row in res.table.to_dict("records"):
+            if row.get("status", "ok") == "ok":
+                out[int(row["unit"])] = _no_nan(row)
+    return out
+
+
+def find_explanations(folder, site: str, unit_kind: str) -> list[Path]:
+    """Explain runs beside ``folder`` (a Scan for neurons, an SAE for features): the sibling
+    folders whose ``explain.json`` names that folder (``scan``, or ``sae`` for features), ``site``
+    and ``unit_kind``, oldest first. This is how ``llmri report`` and ``llmri sae report`` find
+    explanations when none are given."""
+    folder = Path(folder).resolve()
+    key = "sae" if unit_kind == "feature" else "scan"
+    found = []
+    for info_file in sorted(folder.parent.glob("*/explain.json")):
+        try:
+            info = json.loads(info_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if (info.get(key) and Path(info[key]).resolve() == folder and info.get("site") == site
+                and info.get("unit_kind", "neuron") == unit_kind and (info_file.parent / "explanations.csv").is_file()):
+            found.append((info_file.stat().st_mtime_ns, info_file.parent))
+    return [f for _, f in sorted(found)]
 
 
 def parse_units(spec: str):

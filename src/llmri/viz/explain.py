@@ -54,10 +54,23 @@ def explain_score_plot(table):
     return fig
 
 
+def _fmt(v) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"
+
+
+def explanation_summary_html(row: dict) -> str:
+    """A unit's explanation with its scores, each next to its random-explanation baseline, for
+    neuron cards and feature dashboards (``row``: a row of an explain table)."""
+    scores = [f"{name.split(' ')[0]} {_fmt(row.get(s))} (random explanation {_fmt(row.get(b))})"
+              for s, b, name in _SCORES if row.get(s) is not None]
+    return (f"<p class='explanation'><b>explanation</b>: {html.escape(str(row.get('explanation', '')))}<br>"
+            f"<span class='note'>{'; '.join(scores)}</span></p>")
+
+
 def explanation_html(record: dict) -> str:
     """One unit: its explanation and scores, then every held-out window twice, shaded by the
     true activation (red, 0-10 scale) and by the simulated one (blue)."""
-    fmt = lambda v: "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"
+    fmt = _fmt
     parts = [f"<h3 id='unit-{int(record['unit'])}'>unit {int(record['unit'])}: {html.escape(str(record['explanation']))}</h3>",
              f"<p class='note'>simulation {fmt(record.get('simulation_score'))} (baseline "
              f"{fmt(record.get('simulation_baseline'))}); detection {fmt(record.get('detection_balanced_accuracy'))}; "
