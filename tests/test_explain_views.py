@@ -21,6 +21,7 @@ from llmri.cli import cli
 from conftest import LABELS, TEXTS, make_module, make_tokenizer
 from llmri.explain import LocalLM, find_explanations, unit_explanations
 from test_explain_local import tiny_chat_model
+from test_report import browser  # noqa: F401  (the headless browser fixture)
 
 SRC = Path(llmri.__file__).resolve().parents[1]
 
@@ -110,3 +111,18 @@ def test_feature_browser_shows_explanations_and_the_map_by_score(work):
     assert sorted(scored.index) == sorted(feats.table["unit"])
     np.testing.assert_allclose(scored.loc[feats.table["unit"], "simulation_score"], feats.table["simulation_score"])
     assert page.count("colorbar") >= 1 and "no simulation_score" in page
+
+
+def test_explain_page_table_sorts_by_score_on_click(work, browser):
+    from test_report import open_page
+
+    tmp, scan, sae, neurons, feats = work
+    page, errors, requests = open_page(browser, tmp / "explain" / "explain.html")
+    t = neurons.table
+    col = list(t.columns).index("simulation_score")
+    first_unit = "document.querySelector('table.table tbody tr').cells[0].textContent.trim()"
+    page.click(f"table.table thead th:nth-child({col + 1})")
+    assert int(page.evaluate(first_unit)) == int(t.loc[t["simulation_score"].idxmin(), "unit"])
+    page.click(f"table.table thead th:nth-child({col + 1})")
+    assert int(page.evaluate(first_unit)) == int(t.loc[t["simulation_score"].idxmax(), "unit"])
+    assert errors == [] and requests == []
