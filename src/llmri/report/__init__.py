@@ -291,7 +291,7 @@ def _neurons_section(scan, present, figs: _Figures, top: int, explanations=None)
     parts = []
     token_layers = [int(s.split(".")[1]) for s in scan.token_sites if s.startswith("mlp.")]
     for i, c in enumerate(present):
-        if len(scan.label_names) < 2:
+        if len(scan.label_names) < 2 or not scan.layers("mlp"):    # rankings need pooled mlp sites
             break
         df = neurons(scan, c)
         best = df[df["layer"].isin(token_layers)].iloc[0] if token_layers else df.iloc[0]
