@@ -103,7 +103,7 @@ def main() -> None:
                       layers=[args.layer], token_sites=(site,), progress=False)
     n_tok = int(scan.token_offsets[-1])
     print(f"scan: {scan.n_docs} paragraphs of english_corpus, {n_tok} tokens, {site} ({time.perf_counter() - t:.0f} s)")
-    sae = None
+    sae = sae_dir = None
     if "features" in args.kinds:
         sae_dir = work / f"sae-{site.replace('.', '')}"
         if not (sae_dir / "cfg.json").is_file():
@@ -130,13 +130,14 @@ def main() -> None:
         fresh = not (out / "calls").exists()
         ex.backend.set_cache(out / "calls")
         t = time.perf_counter()
+        meta = {"sae": str(sae_dir.resolve())} if encoder is not None else None    # llmri sae report finds it
         res = llmri.explain(scan, site, units, ex, encoder=encoder, scorers=("simulation",),
-                            tokenizer=model.tokenizer, out=out)
+                            tokenizer=model.tokenizer, out=out, meta=meta)
         t1 = time.perf_counter() - t
         st = dict(res.info["stats"])
         t = time.perf_counter()
         again = llmri.explain(scan, site, units, ex, encoder=encoder, scorers=("simulation",),
-                              tokenizer=model.tokenizer, out=out)
+                              tokenizer=model.tokenizer, out=out, meta=meta)
         t2 = time.perf_counter() - t
         s = summary(res.table)
         s.update(first_run_s=t1, fresh=fresh, calls=st["calls"], cache_hits=st["cache_hits"], rerun_s=t2,
