@@ -148,17 +148,24 @@ def test_a_failed_shard_leaves_an_incomplete_scan_that_a_rerun_finishes(cluster,
     assert files(tmp_path / "ray") == files(tmp_path / "local")
 
 
-def test_scan_command_on_ray_writes_the_local_scan(cluster, model_dir, tmp_path):
-    csv = tmp_path / "c.csv"
-    csv.write_text("text,label\n" + "".join(f"{t},{lab}\n" for t, lab in zip(TEXTS, LABELS)))
-    args = ["scan", str(csv), "--model", str(model_dir), "--sites", "resid,attn_out", "--token-sites", "mlp.1",
-            "--batch-tokens", "32", "--shard-tokens", "30"]
+def run_local_and_on_ray(args, tmp_path):
+    """The command into tmp_path/local (one torch thread) and into tmp_path/ray on two workers;
+    the second run's result."""
     with one_thread():
         r = CliRunner().invoke(llmri.cli.cli, args + ["--out", str(tmp_path / "local")], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(llmri.cli.cli, args + ["--out", str(tmp_path / "ray"), "--ray", "local", "--workers", "2"],
                            catch_exceptions=False)
     assert r.exit_code == 0, r.output
+    return r
+
+
+def test_scan_command_on_ray_writes_the_local_scan(cluster, model_dir, tmp_path):
+    csv = tmp_path / "c.csv"
+    csv.write_text("text,label\n" + "".join(f"{t},{lab}\n" for t, lab in zip(TEXTS, LABELS)))
+    args = ["scan", str(csv), "--model", str(model_dir), "--sites", "resid,attn_out", "--token-sites", "mlp.1",
+            "--batch-tokens", "32", "--shard-tokens", "30"]
+    r = run_local_and_on_ray(args, tmp_path)
     assert "10 documents" in r.output
     assert llmri.Scan.open(tmp_path / "ray").manifest["plan"]["n_shards"] >= 2
     assert files(tmp_path / "ray") == files(tmp_path / "local")
@@ -172,6 +179,97 @@ def test_lesion_map_on_ray_equals_the_local_one(cluster, model_dir):
     assert len(df) == 3 * 4 + 3
     assert df.equals(ref) and df.attrs == ref.attrs
     assert df["effect"].abs().max() > 0
+
+
+# ---------------------------------------------------------------- explanations
+@pytest.fixture(scope="module")
+def chat_dir(tmp_path_factory):
+    """The tiny chat model of the explain tests, saved so that each Ray worker loads its own copy."""
+    from test_explain_local import tiny_chat_model
+
+    d = tmp_path_factory.mktemp("tiny-chat")
+    m = tiny_chat_model()
+    m.module.save_pretrained(d)
+    m.tokenizer.save_pretrained(d)
+    return d
+
+
+def token_scan(model_dir, out):
+    with one_thread():
+        return llmri.scan(str(model_dir), llmri.Corpus(TEXTS * 3, LABELS * 3), out, sites=("resid",), layers=[1],
+                          token_sites=("mlp.1",), progress=False)
+
+
+def explain_run(chat_dir, scan, out, **kw):
+    from llmri.explain import LocalLM
+
+    ex = llmri.Explainer(LocalLM(str(chat_dir)), window=6, n_explain=3, n_quantiles=2, per_quantile=2,
+                         n_non_activating=2, max_new_tokens=4)
+    return ex, llmri.explain(scan, "mlp.1", "top:4", explainer=ex, out=out, progress=False, **kw)
+
+
+def cache_files(out) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((Path(out) / "calls").rglob("*.json"))}
+
+
+def test_explanations_on_ray_equal_the_local_ones_and_reuse_the_cache(cluster, model_dir, chat_dir, tmp_path):
+    import pandas as pd
+
+    scan = token_scan(model_dir, tmp_path / "scan")
+    with one_thread():
+        _, ref = explain_run(chat_dir, scan, tmp_path / "local")
+    ex, res = explain_run(chat_dir, scan, tmp_path / "ray", engine="ray", workers=2)
+    assert ex.backend._model is None             # the calls ran on the workers: the driver never loaded the model
+    assert len(res.table) == 4 and res.table["simulation_baseline"].notna().all()
+    pd.testing.assert_frame_equal(res.table, ref.table)
+    assert res.records == ref.records
+    st, st_ref = res.info["stats"], ref.info["stats"]
+    assert st["calls"] > 0 and st["calls"] + st["cache_hits"] == st_ref["calls"] + st_ref["cache_hits"]
+    assert st["prompt_tokens"] == st_ref["prompt_tokens"]
+    assert res.info["model"] == ref.info["model"] and res.info["engine"] == {"engine": "ray", "workers": 2}
+    # the workers wrote the same cache entries (same keys, same answers) as the local run
+    assert cache_files(tmp_path / "ray") == cache_files(tmp_path / "local")
+    assert (tmp_path / "ray" / "explain.html").is_file()
+    # a rerun on Ray pays for nothing: every call comes from the cache, no entry is rewritten
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "ray" / "calls").rglob("*.json")}
+    _, again = explain_run(chat_dir, scan, tmp_path / "ray", engine="ray", workers=2)
+    assert again.info["stats"]["calls"] == 0
+    assert again.info["stats"]["cache_hits"] == st["calls"] + st["cache_hits"]
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "ray" / "calls").rglob("*.json")} == before
+    pd.testing.assert_frame_equal(again.table, ref.table)
+    # and the local path reads the cache the workers wrote
+    ex2, local_again = explain_run(chat_dir, scan, tmp_path / "ray")
+    assert local_again.info["stats"]["calls"] == 0
+
+
+def test_explain_command_on_ray_writes_the_local_table(cluster, model_dir, chat_dir, tmp_path):
+    token_scan(model_dir, tmp_path / "scan")
+    args = ["explain", str(tmp_path / "scan"), "--site", "mlp.1", "--neurons", "top:3", "--model-name", str(chat_dir),
+            "--scorers", "simulation,detection"]
+    r = run_local_and_on_ray(args, tmp_path)
+    local, dist = (tmp_path / "local" / "explanations.csv").read_text(), (tmp_path / "ray" / "explanations.csv").read_text()
+    assert dist == local and len(local.splitlines()) == 4
+    assert cache_files(tmp_path / "ray") == cache_files(tmp_path / "local")
+
+
+def test_explain_on_ray_errors_are_one_line(cluster, model_dir, tmp_path):
+    from llmri.explain import LocalLM, OpenAICompatible
+
+    scan = token_scan(model_dir, tmp_path / "scan")
+    # an unreachable server: the worker's one-line error comes back as itself; nothing is written
+    be = OpenAICompatible("http://127.0.0.1:9/v1", "m", max_retries=0, timeout=5)
+    with pytest.raises(llmri.LlmriError, match=r"^http://127.0.0.1:9/v1: cannot connect to the server$"):
+        llmri.explain(scan, "mlp.1", [0, 1], llmri.Explainer(be), scorers=("simulation",), out=tmp_path / "out",
+                      engine="ray", workers=2, progress=False)
+    assert not (tmp_path / "out" / "explanations.csv").exists()
+    with pytest.raises(llmri.LlmriError, match="on Ray give LocalLM the model's name or folder"):
+        llmri.explain(scan, "mlp.1", [0], llmri.Explainer(LocalLM(make_model("llama"))), engine="ray")
+    with pytest.raises(llmri.LlmriError, match="workers and resources apply to engine='ray'"):
+        llmri.explain(scan, "mlp.1", [0], llmri.Explainer(be), workers=2)
+    r = CliRunner().invoke(llmri.cli.cli, ["explain", str(tmp_path / "scan"), "--site", "mlp.1", "--neurons", "0",
+                                           "--out", str(tmp_path / "o"), "--workers", "2"])
+    assert r.exit_code != 0 and "--workers and --gpus-per-worker need --ray" in (r.output + str(r.exception))
+    assert not (tmp_path / "o").exists()
 
 
 def test_nothing_imports_ray_without_the_ray_engine(tmp_path):
@@ -188,10 +286,21 @@ llmri.lesion_map(m, llmri.Corpus(TEXTS, LABELS), layers=[0])
 m.module.save_pretrained({str(tmp_path / 'm')!r}); m.tokenizer.save_pretrained({str(tmp_path / 'm')!r})
 open({str(tmp_path / 'c.csv')!r}, "w").write("text,label\\n" + "".join(f"{{t}},{{l}}\\n" for t, l in zip(TEXTS, LABELS)))
 r = CliRunner().invoke(cli, ["scan", {str(tmp_path / 'c.csv')!r}, "--model", {str(tmp_path / 'm')!r},
-                             "--out", {str(tmp_path / 'b')!r}])
+                             "--token-sites", "mlp.1", "--out", {str(tmp_path / 'b')!r}])
 assert r.exit_code == 0, r.output
 r = CliRunner().invoke(cli, ["ablate", {str(tmp_path / 'c.csv')!r}, "--model", {str(tmp_path / 'm')!r},
                              "--layers", "0", "--out", {str(tmp_path / 'les')!r}])
+assert r.exit_code == 0, r.output
+from test_explain_local import tiny_chat_model
+chat = tiny_chat_model()
+chat.module.save_pretrained({str(tmp_path / 'chat')!r}); chat.tokenizer.save_pretrained({str(tmp_path / 'chat')!r})
+s = llmri.scan(m, llmri.Corpus(TEXTS, LABELS), {str(tmp_path / 't')!r}, layers=[1], token_sites=("mlp.1",))
+ex = llmri.Explainer(llmri.LocalLM(chat), window=4, n_explain=2, n_quantiles=1, per_quantile=1, n_non_activating=1,
+                     max_new_tokens=2)
+assert len(llmri.explain(s, "mlp.1", [0, 1], ex, scorers=("simulation",), tokenizer=m.tokenizer).table) == 2
+r = CliRunner().invoke(cli, ["explain", {str(tmp_path / 'b')!r}, "--site", "mlp.1", "--neurons", "0",
+                             "--model-name", {str(tmp_path / 'chat')!r}, "--scorers", "simulation",
+                             "--out", {str(tmp_path / 'ex')!r}])
 assert r.exit_code == 0, r.output
 for name in cli.commands:
     assert CliRunner().invoke(cli, [name, "--help"]).exit_code == 0

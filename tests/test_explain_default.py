@@ -63,3 +63,31 @@ def test_explain_loop_runs_on_planted_units(decoder, tmp_path):
     t = res.table
     assert t["simulation_score"].between(-1, 1).all() and t["simulation_baseline"].between(-1, 1).all()
     assert (t["explanation"].str.len() > 0).all() and (t["status"] == "ok").all()
+
+
+@pytest.mark.xfail(strict=True, reason="SmolLM2-135M as simulator rates digit tokens high whatever the explanation "
+                   "says (measured: r = 0.46 with the right explanation, 0.47 and 0.48 with two wrong ones); "
+                   "strict, so a default simulator that reads explanations makes this test pass and the mark go")
+def test_right_explanation_of_a_planted_digit_unit_beats_a_wrong_one(decoder):
+    """A unit that fires exactly on digit tokens: the simulator given the right explanation
+    should predict it better than given wrong ones (what the random-explanation baseline measures).
+    The 135M default decoder does not: it is a working offline backend, not a good simulator."""
+    from llmri.explain import score
+    from llmri.explain.examples import unit_examples
+
+    rng = np.random.default_rng(1)
+    docs = []
+    for _ in range(24):
+        text = (f"The shop sold {rng.integers(2, 99)} lamps on Monday and {rng.integers(2, 99)} chairs "
+                f"on Friday, while the old clock kept ticking near the window.")
+        docs.append([decoder.tokenizer.decode([i]) for i in decoder.tokenizer(text, add_special_tokens=False)["input_ids"]])
+    flat = [t for d in docs for t in d]
+    acts = np.asarray([4.0 * t.strip().isdigit() for t in flat], dtype=np.float32)
+    offsets = np.concatenate([[0], np.cumsum([len(d) for d in docs])])
+    ex = unit_examples(acts, offsets, lambda d: docs[d], 0, window=12, n_explain=2, n_quantiles=2, per_quantile=2,
+                       n_non_activating=2)
+    lm = LocalLM(decoder)
+    right = score(lm, "numbers and digits", ex, scorers=("simulation",))["simulation_score"]
+    wrong = {w: score(lm, w, ex, scorers=("simulation",))["simulation_score"]
+             for w in ("the word and between two phrases", "words about cooking and food")}
+    assert all(right > w + 0.05 for w in wrong.values()), (right, wrong)

@@ -152,7 +152,13 @@ def test_explain_end_to_end_on_a_scan(tmp_path):
     page = (tmp_path / "out" / "explain.html").read_text()
     for u, text in zip(t["unit"], t["explanation"]):
         assert f"id='unit-{u}'" in page
-    assert page.count("simulated: ") == sum(len(r["held_out_windows"]) for r in recs)
+    # held-out windows: one row each, true and simulated side by side; the top windows above them
+    assert page.count("<td class='tokens' style='text-align:left'>") == 2 * sum(len(r["held_out_windows"]) for r in recs)
+    assert page.count("<th>held out: true</th><th>simulated</th>") == len(recs)
+    assert page.count("Top windows shown to the explainer") == len(recs)
+    for r in recs:
+        w = r["held_out_windows"][0]
+        assert llmri.viz.token_highlight_html(w["tokens"], w["simulated"], color="31,119,180", top=10.0) in page
     loaded = llmri.ExplainResult.load(tmp_path / "out")
     assert list(loaded.table["explanation"]) == list(t["explanation"]) and len(loaded.records) == 3
     np.testing.assert_allclose(loaded.table["simulation_score"], t["simulation_score"])

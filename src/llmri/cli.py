@@ -287,14 +287,19 @@ def _run_report(scan, out, reducer, components, grid, categories, permutations, 
 @cli.command("report")
 @click.argument("scan_dir")
 @click.option("--out", default=None, help="Folder for report.html, figures and tables (default: SCAN_DIR-report).")
+@click.option("--explanations", multiple=True, help="An llmri explain output folder of mlp neurons of this scan "
+              "(repeatable); default: the explain runs found beside SCAN_DIR.")
 @_report_options
-def report_cmd(scan_dir, out, **kw):
+def report_cmd(scan_dir, out, explanations, **kw):
     """Analyse the Scan in SCAN_DIR: regions, NRAGs, metrics, evaluation, one HTML file."""
     from .store import Scan
 
+    for e in explanations:
+        if not (Path(e) / "explanations.csv").is_file():
+            raise LlmriError(f"--explanations {e}: no explanations.csv there; run llmri explain with --out {e}")
     scan = Scan.open(scan_dir)
     out = Path(out) if out else Path(scan_dir).resolve().parent / f"{Path(scan_dir).resolve().name}-report"
-    path = _run_report(scan, out, **kw)
+    path = _run_report(scan, out, explanations=list(explanations) or None, **kw)
     click.echo(f"report: {path}")
 
 
@@ -519,8 +524,9 @@ def patch_cmd(model_name, clean, corrupted, out, sites, device, download):
 @click.option("--out", required=True, help="Folder for the tables, the page and the call cache.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@_ray_options
 def explain_cmd(scan_dir, site, neuron_spec, sae, feature_spec, backend, model_name, base_url, api_key_env,
-                completion_logprobs, scorers, style, no_baseline, out, device, seed):
+                completion_logprobs, scorers, style, no_baseline, out, device, seed, ray_mode, workers, gpus_per_worker):
     """Explain neurons (or SAE features) of the Scan in SCAN_DIR with a language model and score
     the explanations by simulation, detection and fuzzing."""
     from .explain import Explainer, LocalLM, OpenAICompatible, explain, parse_units
@@ -528,6 +534,7 @@ def explain_cmd(scan_dir, site, neuron_spec, sae, feature_spec, backend, model_n
     from .sites import parse_site
     from .store import Scan
 
+    ray = _check_ray(ray_mode, workers, gpus_per_worker)
     if sae and neuron_spec:
         raise LlmriError("--neurons and --sae exclude each other; with --sae choose --features")
     spec = feature_spec if sae else neuron_spec
@@ -554,7 +561,9 @@ def explain_cmd(scan_dir, site, neuron_spec, sae, feature_spec, backend, model_n
     else:
         be = LocalLM(model_name or "default-decoder", device=device)
     res = explain(scan, site, units, Explainer(be, style=style, seed=seed), scorers=names, encoder=encoder,
-                  baseline=not no_baseline, out=out, progress=None)
+                  meta={"sae": str(Path(sae).resolve())} if sae else None,
+                  baseline=not no_baseline, out=out, progress=None,
+                  **({} if ray is None else dict(engine="ray", **ray)))
     cols = [c for c in res.table.columns if c in ("unit", "simulation_score", "simulation_baseline",
                                                  "detection_balanced_accuracy", "fuzzing_balanced_accuracy", "explanation")]
     click.echo(res.table[cols].to_string(index=False, max_colwidth=60, float_format=lambda v: f"{v:.3f}"))
@@ -776,8 +785,10 @@ def sae_eval_cmd(sae_dir, model_name, corpus, batch_tokens, device, download):
 @click.option("--model", "model_name", default=None, help="Model, for output tokens (W_dec @ W_U).")
 @click.option("--cards", type=int, default=200, show_default=True, help="Features with a dashboard in the page.")
 @click.option("--map", "method", type=click.Choice(["pca", "umap"]), default="pca", show_default=True)
+@click.option("--explanations", multiple=True, help="An llmri explain --sae output folder of this SAE "
+              "(repeatable); default: the explain runs found beside SAE_DIR.")
 @click.option("--device", default="auto", show_default=True)
-def sae_report_cmd(sae_dir, scan_dir, out, model_name, cards, method, device):
+def sae_report_cmd(sae_dir, scan_dir, out, model_name, cards, method, explanations, device):
     """Feature browser of SAE_DIR over a Scan: map, searchable table, dashboards, categories."""
     import json
 
@@ -786,16 +797,23 @@ def sae_report_cmd(sae_dir, scan_dir, out, model_name, cards, method, device):
     from .sae import SAE, feature_activations
     from .store import Scan
 
+    from .explain.explainer import find_explanations
+
     if cards < 0:
         raise LlmriError(f"--cards must be >= 0, got {cards}")
+    for e in explanations:
+        if not (Path(e) / "explanations.csv").is_file():
+            raise LlmriError(f"--explanations {e}: no explanations.csv there; run llmri explain --sae with --out {e}")
     sae = SAE.load(sae_dir)
+    explanations = list(explanations) or find_explanations(sae_dir, sae.site, "feature")
     scan = Scan.open(scan_dir)
     model = load_model(model_name, device=device, dtype="float32") if model_name else None
     feats = feature_activations(sae, scan, progress=None)
     ev = Path(sae_dir) / "eval.json"
     metrics = json.loads(ev.read_text()) if ev.is_file() else None
     out = Path(out) if out else Path(sae_dir).resolve().parent / f"{Path(sae_dir).resolve().name}-report"
-    path = build_feature_browser(sae, feats, out, model=model, metrics=metrics, n_cards=cards, method=method)
+    path = build_feature_browser(sae, feats, out, model=model, metrics=metrics, n_cards=cards, method=method,
+                                 explanations=explanations)
     click.echo(f"features: {path}")
 
 

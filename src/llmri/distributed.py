@@ -1,11 +1,14 @@
-"""Ray execution of capture and lesion maps, writing exactly what the local path writes.
+"""Ray execution of capture, lesion maps and explanations, writing exactly what the local path writes.
 
 The work is the local work cut into pieces: capture runs :func:`llmri.capture.plan_scan` once,
 :func:`~llmri.capture.capture_shards` for each shard on whichever worker is free, and
 :func:`~llmri.capture.finish_scan` at the end, so a distributed Scan is byte-identical to a
 local one. Each worker is a Ray actor that loads the model once. A shard is written atomically
 by the worker that captures it; a worker that dies or raises loses only its shard, which Ray
-retries (``retries`` times) and a rerun of the same call finishes. Ray is imported only here,
+retries (``retries`` times) and a rerun of the same call finishes. Explanations send each unit's
+backend calls (explain, then score) to actors that each hold a copy of the explainer's backend;
+every call goes through the same on-disk call cache, so the table is the local one and a rerun
+pays for nothing twice. Ray is imported only here,
 and only when one of these functions is called: ``import llmri`` never imports it.
 
 The model reaches the workers as a name or folder (each worker calls ``load_model``) or as a
@@ -19,6 +22,7 @@ argument); the Scan format itself never pickles anything.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from numbers import Number
@@ -305,3 +309,78 @@ def lesion_map(model, corpus, measure="auto", mode: str = "zero", scan=None, lay
         if k == 0:
             baseline = base
     return lesion_table(jobs, values, name, baseline, mode)
+
+
+# ---------------------------------------------------------------- explanations
+class _Explainer:
+    """One copy of an :class:`~llmri.explain.Explainer` on one worker (a ``LocalLM`` loads its
+    model on the first call, once); Ray runs it as an actor."""
+
+    def __init__(self, explainer):
+        self.explainer = explainer
+
+    def run(self, job):
+        from .explain.explainer import run_job
+
+        return run_job(self.explainer, job)
+
+    def stats(self) -> tuple[dict, str]:
+        be = self.explainer.backend
+        return dict(be.stats), be.model_name
+
+
+class _ExplainPool:
+    """``pool(jobs, done)``: the results of :func:`llmri.explain.explainer.run_job` in job order;
+    ``pool.stats()``: the call statistics summed over the workers, and the model's name."""
+
+    def __init__(self, ray, actors, retries: int):
+        self.ray, self.actors, self.retries = ray, actors, retries
+
+    def __call__(self, jobs, done):
+        jobs = list(jobs)
+        calls = [lambda a, j=j: a.run.options(retry_exceptions=True).remote(j) for j in jobs]
+        results, errors = _each(self.ray, self.actors, calls, lambda r: done(1))
+        if errors:
+            _reraise(errors[0])
+            raise LlmriError(f"explain: {len(errors)} of {len(jobs)} units failed after {self.retries} retries "
+                             f"({_why(errors[0])}); rerun the same command: the calls already made are cached")
+        order = {j[1]: i for i, j in enumerate(jobs)}           # one job per unit in each round
+        return sorted(results, key=lambda r: order[r[0]])
+
+    def stats(self) -> tuple[dict, str]:
+        got = _get(self.ray, [a.stats.remote() for a in self.actors])
+        total = {k: sum(s[k] for s, _ in got) for k in got[0][0]}
+        return total, got[0][1]
+
+
+def _check_backend(backend) -> None:
+    from .explain.backends import LocalLM
+    from .model import Model
+
+    if isinstance(backend, LocalLM) and isinstance(backend._spec, Model):
+        raise LlmriError("backend: on Ray give LocalLM the model's name or folder (e.g. LocalLM('default-decoder')), "
+                         "so that each worker loads its own copy (got a loaded Model)")
+
+
+@contextlib.contextmanager
+def explainers(explainer, workers: int = 2, resources: dict | None = None, address: str | None = None,
+               retries: int = 2):
+    """``workers`` Ray actors, each holding a copy of ``explainer`` (its backend rebuilt on the
+    worker: a ``LocalLM`` loads its model there, an ``OpenAICompatible`` reads its API key from
+    the worker's environment). Yields a pool that maps explain jobs over them (Ray's ActorPool,
+    whichever actor is free); the actors are killed on exit. Every call goes through the
+    backend's on-disk cache (``cache_dir``, made absolute on the driver), which must be a folder
+    the driver and the workers see at the same path. Used by ``llmri.explain(..., engine="ray")``.
+
+    >>> res = llmri.explain(scan, "mlp.10", "top:50", ex, engine="ray", workers=4, out="/shared/explain")  # doctest: +SKIP
+    """
+    opts = check_options(workers, resources, retries, address)
+    _check_backend(explainer.backend)
+    ray = connect(address)
+    actor = ray.remote(max_restarts=retries, max_task_retries=retries)(_Explainer)
+    actors = [actor.options(**opts).remote(explainer) for _ in range(workers)]
+    try:
+        yield _ExplainPool(ray, actors, retries)
+    finally:
+        for a in actors:
+            ray.kill(a)

@@ -85,6 +85,7 @@ class NeuronCard:
     values: np.ndarray                 # pooled activation of every document
     labels: np.ndarray
     label_names: list[str]
+    explanation: dict | None = None    # a row of an explain run of this neuron (llmri.explain), if any
 
     def histogram(self, bins: int = 30):
         """Activation histogram per category (matplotlib)."""
@@ -98,11 +99,13 @@ class NeuronCard:
         return neuron_card_html(self)
 
 
-def neuron_card(scan, layer: int, neuron: int, site: str = "mlp", top: int = 10, tokenizer=None) -> NeuronCard:
+def neuron_card(scan, layer: int, neuron: int, site: str = "mlp", top: int = 10, tokenizer=None,
+                explanations=None) -> NeuronCard:
     """Top-activating documents of one neuron, with token-level activations where the scan kept them.
 
     Token strings come from ``tokenizer`` (or the scanned model's own tokenizer when it can be
-    loaded offline); otherwise token ids are shown.
+    loaded offline); otherwise token ids are shown. ``explanations`` (an explain output folder,
+    an ``ExplainResult`` or a list of them, for this site) adds the neuron's explanation and scores.
     """
     X = scan.activations(layer, site)
     if not 0 <= neuron < X.shape[1]:
@@ -119,7 +122,12 @@ def neuron_card(scan, layer: int, neuron: int, site: str = "mlp", top: int = 10,
             acts = scan.token_activations(layer, site, doc=int(d))[:, neuron]
             strs = tok.convert_ids_to_tokens(ids.tolist()) if tok is not None else [str(i) for i in ids]
             tokens.append((int(d), list(strs), acts))
-    return NeuronCard(layer, neuron, site, table, tokens, values, scan.labels, scan.label_names)
+    explanation = None
+    if explanations is not None:
+        from .explain.explainer import unit_explanations
+
+        explanation = unit_explanations(explanations, f"{site}.{layer}", "neuron").get(int(neuron))
+    return NeuronCard(layer, neuron, site, table, tokens, values, scan.labels, scan.label_names, explanation)
 
 
 def _scan_tokenizer(scan):

@@ -10,11 +10,12 @@ millions of features in large language models" (detection and fuzzing).
 
 from .backends import Backend, CallCache, LocalLM, OpenAICompatible
 from .examples import UnitExamples, Window, unit_activations, unit_examples
-from .explainer import ExplainResult, Explainer, explain, explain_units, parse_units
+from .explainer import (ExplainResult, Explainer, explain, explain_units, find_explanations, parse_units,
+                        unit_explanations)
 from .scoring import (SCORERS, balanced_accuracy, expected_value, mean_window_correlation, parse_binary,
                       parse_values, pearson, pooled_correlation, score)
 
 __all__ = ["Backend", "CallCache", "ExplainResult", "Explainer", "LocalLM", "OpenAICompatible", "SCORERS",
-           "UnitExamples", "Window", "balanced_accuracy", "expected_value", "explain", "explain_units",
+           "UnitExamples", "Window", "balanced_accuracy", "expected_value", "explain", "explain_units", "find_explanations",
            "mean_window_correlation", "parse_binary", "parse_units", "parse_values", "pearson",
-           "pooled_correlation", "score", "unit_activations", "unit_examples"]
+           "pooled_correlation", "score", "unit_activations", "unit_examples", "unit_explanations"]

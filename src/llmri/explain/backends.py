@@ -72,6 +72,23 @@ class Backend:
         self._local = threading.local()
         self.reset_stats()
 
+    # --- a copy for another process (a Ray worker): settings only, no lock, model or client ---
+    _runtime = ("_lock", "_local")
+
+    def __getstate__(self) -> dict:
+        state = {k: v for k, v in self.__dict__.items() if k not in self._runtime}
+        if state.get("cache_dir") is not None:     # the worker's working folder may differ
+            state["cache_dir"] = str(Path(state["cache_dir"]).resolve())
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        for name, empty in (("_model", None), ("_prefix", (None, None, None)), ("_client", None)):
+            if name in self._runtime:
+                setattr(self, name, empty)
+
     # --- what subclasses provide ---
     @property
     def model_name(self) -> str:
@@ -173,6 +190,7 @@ class LocalLM(Backend):
     """
 
     kind = "local"
+    _runtime = ("_lock", "_local", "_model", "_prefix")
 
     def __init__(self, model="default-decoder", chat: bool | None = None, device: str = "auto",
                  dtype: str = "auto", cache_dir=None):
@@ -313,6 +331,7 @@ class OpenAICompatible(Backend):
     """
 
     kind = "openai-compatible"
+    _runtime = ("_lock", "_local", "_client")
 
     def __init__(self, base_url: str, model: str, api_key_env: str | None = None, timeout: float = 60.0,
                  max_retries: int = 3, concurrency: int = 4, completion_logprobs: bool = False,

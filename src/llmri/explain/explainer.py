@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from dataclasses import dataclass, field
@@ -157,15 +158,21 @@ def _derangement(n: int, seed: int) -> np.ndarray:
 
 def explain_units(acts: np.ndarray, offsets, tokens, units, explainer: Explainer, scorers=SCORERS,
                   baseline: bool = True, progress: bool | None = None, out=None, page: bool = True,
-                  meta: dict | None = None) -> ExplainResult:
+                  meta: dict | None = None, engine: str = "local", workers: int = 1, resources: dict | None = None,
+                  address: str | None = None) -> ExplainResult:
     """Explain and score units from their token activations ``acts`` ``[n_tokens, len(units)]``
     (corpus order, documents at ``offsets``); ``tokens(doc)`` gives a document's token strings.
 
     This is the source-agnostic core of :func:`explain`: any per-token activation array works.
+    ``engine="ray"`` sends the backend calls of each unit to ``workers`` Ray actors (see
+    :func:`llmri.distributed.explainers`); the table is the same as the local one.
     """
     import pandas as pd
     from tqdm.auto import tqdm
 
+    from ..capture import engine_options
+
+    on_ray = engine_options(engine, workers, resources)
     scorers = _check_scorers(scorers)
     units = [int(u) for u in units]
     acts = np.asarray(acts, dtype=np.float32)
@@ -180,30 +187,18 @@ def explain_units(acts: np.ndarray, offsets, tokens, units, explainer: Explainer
     explanations: dict[int, str] = {}
     scores: dict[int, dict] = {}
     usage: dict[int, dict] = {}
+    base: dict[int, dict] = {}
+    perm = _derangement(len(live), explainer.seed) if baseline else []
 
-    def work(u):
-        with be.meter() as used:
-            text = explainer.explain_unit(examples[u])
-            s = explainer.score_unit(text, examples[u], scorers)
-        return u, text, s, used
-
-    bar = tqdm(total=len(live) * (2 if baseline and len(live) > 1 else 1), unit="unit", desc="explaining",
+    bar = tqdm(total=len(live) + len(perm), unit="unit", desc="explaining" + (f" on {workers} workers" if on_ray else ""),
                disable=None if progress is None else not progress, file=sys.stderr, dynamic_ncols=True)
-    with bar:
-        for u, text, s, use in _map(work, live, be.concurrency):
+    with bar, _runner(explainer, on_ray, workers, resources, address) as run:
+        for u, (text, s, use) in run([("explain", u, examples[u], scorers) for u in live], bar.update):
             explanations[u], scores[u], usage[u] = text, s, use
-            bar.update(1)
-        base: dict[int, dict] = {}
-        if baseline and len(live) > 1:
-            perm = _derangement(len(live), explainer.seed)
-
-            def work_base(i):
-                u = live[i]
-                return u, explainer.score_unit(explanations[live[perm[i]]], examples[u], scorers)
-
-            for u, s in _map(work_base, range(len(live)), be.concurrency):
-                base[u] = s
-                bar.update(1)
+        jobs = [("score", u, examples[u], scorers, explanations[live[perm[i]]]) for i, u in enumerate(live[:len(perm)])]
+        for u, s in run(jobs, bar.update):
+            base[u] = s
+        stats, model_name = run.stats()
 
     rows, records = [], []
     for u in units:
@@ -226,16 +221,58 @@ def explain_units(acts: np.ndarray, offsets, tokens, units, explainer: Explainer
             rec["held_out_windows"] = [_window_record(w, ex.max_activation, p) for w, p in zip(ex.held_out, sim)]
         records.append(rec)
     table = pd.DataFrame(rows)
-    info = dict(meta or {}, backend=be.kind, model=be.model_name, style=explainer.style, scorers=list(scorers),
+    info = dict(meta or {}, backend=be.kind, model=model_name, style=explainer.style, scorers=list(scorers),
                 window=explainer.window, n_explain=explainer.n_explain, n_quantiles=explainer.n_quantiles,
                 per_quantile=explainer.per_quantile, n_non_activating=explainer.n_non_activating,
-                seed=explainer.seed, units=units, stats=dict(be.stats))
+                seed=explainer.seed, units=units, stats=stats)
+    if on_ray:
+        info["engine"] = dict(engine="ray", workers=workers)
     res = ExplainResult(table, records, info)
     if out is not None:
         res.save(out)
         if page:
             res.page(out)
     return res
+
+
+def run_job(explainer: Explainer, job: tuple):
+    """One independent piece of an explain run, the same locally and on a Ray worker:
+    ``("explain", unit, examples, scorers)`` -> ``(unit, (explanation, scores, tokens used))``;
+    ``("score", unit, examples, scorers, explanation)`` -> ``(unit, scores)`` (the baseline)."""
+    kind, u, ex, scorers = job[:4]
+    if kind == "score":
+        return u, explainer.score_unit(job[4], ex, scorers)
+    with explainer.backend.meter() as used:
+        text = explainer.explain_unit(ex)
+        s = explainer.score_unit(text, ex, scorers)
+    return u, (text, s, used)
+
+
+class _Local:
+    """Jobs run in this process, ``backend.concurrency`` at a time (threads, for HTTP backends)."""
+
+    def __init__(self, explainer: Explainer):
+        self.explainer = explainer
+
+    def __call__(self, jobs, done):
+        for r in _map(lambda j: run_job(self.explainer, j), jobs, self.explainer.backend.concurrency):
+            done(1)
+            yield r
+
+    def stats(self):
+        be = self.explainer.backend
+        return dict(be.stats), be.model_name
+
+
+@contextlib.contextmanager
+def _runner(explainer: Explainer, on_ray: bool, workers: int, resources, address):
+    if not on_ray:
+        yield _Local(explainer)
+        return
+    from ..distributed import explainers
+
+    with explainers(explainer, workers=workers, resources=resources, address=address) as run:
+        yield run
 
 
 def _map(fn, items, concurrency: int):
@@ -277,14 +314,20 @@ def _token_strings(scan, tokenizer):
 
 
 def explain(scan, site: str, units, explainer: Explainer, scorers=SCORERS, encoder=None, baseline: bool = True,
-            tokenizer=None, out=None, page: bool = True, progress: bool | None = None) -> ExplainResult:
+            tokenizer=None, out=None, page: bool = True, progress: bool | None = None, engine: str = "local",
+            workers: int = 1, resources: dict | None = None, address: str | None = None,
+            meta: dict | None = None) -> ExplainResult:
     """Explain and score units of a Scan with token-level records.
 
     Units are the neurons of ``site`` (e.g. ``"mlp.10"``), or, with ``encoder`` (an SAE: a
     callable or an object with ``encode`` mapping ``[n_tokens, d]`` to ``[n_tokens, n_features]``),
     its features. ``units`` is a list of indices or ``"top:K"`` (the K with the largest maximum).
     With ``out``, the tables (and with ``page`` the HTML page ``explain.html``) are written there
-    and every backend call is cached in ``out/calls``.
+    and every backend call is cached in ``out/calls``. ``engine="ray"`` runs the units on
+    ``workers`` Ray actors (``resources`` each, e.g. ``{"GPU": 1}``; ``address`` as in
+    :func:`llmri.distributed.connect`), each with its own copy of the backend, sharing the cache.
+    ``meta`` is stored in ``explain.json`` (e.g. ``{"sae": "runs/sae15"}``, which lets
+    ``llmri sae report`` find the run beside that SAE).
 
     >>> ex = llmri.Explainer(backend=llmri.LocalLM("default-decoder"))              # doctest: +SKIP
     >>> res = llmri.explain(scan, "mlp.10", [12, 40], explainer=ex, out="runs/explain")
@@ -292,7 +335,10 @@ def explain(scan, site: str, units, explainer: Explainer, scorers=SCORERS, encod
     """
     from ..store import Scan
 
+    from ..capture import engine_options
+
     scan = scan if isinstance(scan, Scan) else Scan.open(scan)
+    engine_options(engine, workers, resources)
     if not isinstance(explainer, Explainer):
         raise LlmriError(f"explainer: expected an llmri.Explainer, got {type(explainer).__name__}")
     scorers = _check_scorers(scorers)
@@ -305,9 +351,53 @@ def explain(scan, site: str, units, explainer: Explainer, scorers=SCORERS, encod
         raise LlmriError("units: none given")
     acts = unit_activations(scan, site, units, encoder)
     tokens = _token_strings(scan, tokenizer)
-    meta = dict(scan=str(scan.folder), site=site, unit_kind="feature" if encoder is not None else "neuron")
+    meta = dict(meta or {}, scan=str(Path(scan.folder).resolve()), site=site,
+                unit_kind="feature" if encoder is not None else "neuron")
     return explain_units(acts, scan.token_offsets, tokens, units, explainer, scorers=scorers, baseline=baseline,
-                         progress=progress, out=out, page=page, meta=meta)
+                         progress=progress, out=out, page=page, meta=meta, engine=engine, workers=workers,
+                         resources=resources, address=address)
+
+
+def unit_explanations(explanations, site: str, unit_kind: str) -> dict[int, dict]:
+    """``{unit: row}`` (explanation, scores, baselines) of explain runs for the neurons
+    (``unit_kind="neuron"``) or SAE features (``"feature"``) of ``site``, for neuron cards and
+    feature dashboards. ``explanations``: an :class:`ExplainResult`, an explain output folder, or
+    a list of them (a later run wins for a unit both explain). A run of another site or kind is a
+    one-line error naming its folder.
+
+    >>> unit_explanations("runs/explain", "mlp.10", "neuron")[12]["simulation_score"]  # doctest: +SKIP
+    """
+    runs = explanations if isinstance(explanations, (list, tuple)) else [explanations]
+    out: dict[int, dict] = {}
+    for run in runs:
+        res = run if isinstance(run, ExplainResult) else ExplainResult.load(run)
+        where = "the explain run" if isinstance(run, ExplainResult) else str(run)
+        got = (res.info.get("site"), res.info.get("unit_kind", "neuron"))
+        if got != (site, unit_kind):
+            raise LlmriError(f"{where}: explains the {got[1]}s of {got[0]}, not the {unit_kind}s of {site}")
+        for row in res.table.to_dict("records"):
+            if row.get("status", "ok") == "ok":
+                out[int(row["unit"])] = _no_nan(row)
+    return out
+
+
+def find_explanations(folder, site: str, unit_kind: str) -> list[Path]:
+    """Explain runs beside ``folder`` (a Scan for neurons, an SAE for features): the sibling
+    folders whose ``explain.json`` names that folder (``scan``, or ``sae`` for features), ``site``
+    and ``unit_kind``, oldest first. This is how ``llmri report`` and ``llmri sae report`` find
+    explanations when none are given."""
+    folder = Path(folder).resolve()
+    key = "sae" if unit_kind == "feature" else "scan"
+    found = []
+    for info_file in sorted(folder.parent.glob("*/explain.json")):
+        try:
+            info = json.loads(info_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if (info.get(key) and Path(info[key]).resolve() == folder and info.get("site") == site
+                and info.get("unit_kind", "neuron") == unit_kind and (info_file.parent / "explanations.csv").is_file()):
+            found.append((info_file.stat().st_mtime_ns, info_file.parent))
+    return [f for _, f in sorted(found)]
 
 
 def parse_units(spec: str):

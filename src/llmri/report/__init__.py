@@ -142,12 +142,14 @@ def build_page(out, name: str, title: str, intro: list[str], figures: list[tuple
 def build_report(scan, out, reducer="pca", n_components: int = 2, grid: int = 10, categories=None,
                  n_permutations: int = 200, seed: int = 0, site: str = "resid", progress: bool | None = None,
                  model=None, attention_text: str | None = None, top_neurons: int = 10,
-                 preset: str | None = None) -> Path:
+                 preset: str | None = None, explanations=None) -> Path:
     """Analyse a Scan and write ``out/report.html`` plus ``out/figures/`` and CSV tables.
 
     Sections for attention heads and neurons appear when the scan captured ``attn`` and ``mlp``;
     with ``model`` and ``attention_text`` the report also holds a head view of that text.
     ``preset="llm-mri"`` builds the regions and metrics as LLM-MRI 0.2.1 does (see ``llmri.regions``).
+    ``explanations`` (explain output folders of ``mlp.L`` neurons; default: the runs found beside
+    the scan, :func:`llmri.explain.find_explanations`) add explanations and scores to the neurons.
     Static figures are named by content: ``nrag_<category>.png``, ``difference_<a>_vs_<b>.png``.
     Returns the path of the HTML file.
     """
@@ -213,7 +215,7 @@ def build_report(scan, out, reducer="pca", n_components: int = 2, grid: int = 10
         atomic_write_text(out / "probe.csv", probes.to_csv(index=False))
         probe_sec = {"figure": figs.interactive(probe_figure(probes)), "table": _table(probes)}
     heads = _heads_section(scan, present, figs) if "attn" in scan.site_kinds else None
-    neuron_sec = _neurons_section(scan, present, figs, top_neurons) if "mlp" in scan.site_kinds else None
+    neuron_sec = _neurons_section(scan, present, figs, top_neurons, explanations) if "mlp" in scan.site_kinds else None
     attn_view = None
     if model is not None and attention_text:
         from ..attention import attention
@@ -273,21 +275,70 @@ def _heads_section(scan, present, figs: _Figures) -> dict:
     return {"figures": figures, "tables": tables}
 
 
-def _neurons_section(scan, present, figs: _Figures, top: int) -> dict:
+def _neuron_explanations(scan, explanations) -> dict[tuple[int, int], dict]:
+    """``{(layer, neuron): explain row}`` from explain runs of ``mlp.L`` neurons (given, or found
+    beside the scan)."""
+    from ..explain.explainer import ExplainResult, find_explanations, unit_explanations
+
+    if explanations is None:
+        explanations = [f for s in scan.token_sites if s.startswith("mlp.")
+                        for f in find_explanations(scan.folder, s, "neuron")]
+    out = {}
+    for run in explanations if isinstance(explanations, (list, tuple)) else [explanations]:
+        res = run if isinstance(run, ExplainResult) else ExplainResult.load(run)
+        site = str(res.info.get("site", ""))
+        if not site.startswith("mlp."):
+            raise LlmriError(f"{run}: explains {site or 'units'} {res.info.get('unit_kind', '')}s, not mlp neurons")
+        for u, row in unit_explanations(res, site, res.info.get("unit_kind", "neuron")).items():
+            out[(int(site.split(".")[1]), u)] = row
+    return out
+
+
+def _neurons_section(scan, present, figs: _Figures, top: int, explanations=None) -> dict:
     from ..neurons import neuron_card, neurons
 
+    explained = _neuron_explanations(scan, explanations)
     parts = []
     token_layers = [int(s.split(".")[1]) for s in scan.token_sites if s.startswith("mlp.")]
     for i, c in enumerate(present):
-        if len(scan.label_names) < 2:
+        if len(scan.label_names) < 2 or not scan.layers("mlp"):    # rankings need pooled mlp sites
             break
         df = neurons(scan, c)
         best = df[df["layer"].isin(token_layers)].iloc[0] if token_layers else df.iloc[0]
         card = neuron_card(scan, int(best["layer"]), int(best["neuron"]), top=5)
+        card.explanation = explained.get((int(best["layer"]), int(best["neuron"])))
         static = figs.static(card.histogram(), f"neuron_{i + 1}_histogram")
-        parts.append({"category": c, "table": _table(df.head(top)), "card": Markup(card.to_html()),
+        head = df.head(top)
+        if explained:
+            rows = [explained.get((int(r.layer), int(r.neuron)), {}) for r in head.itertuples()]
+            head = head.assign(explanation=[r.get("explanation", "") for r in rows],
+                               simulation_score=[r.get("simulation_score") for r in rows])
+        parts.append({"category": c, "table": _table(head), "card": Markup(card.to_html()),
                       "histogram": static[0]})
-    return {"parts": parts}
+    score = lambda kv: -kv[1]["simulation_score"] if kv[1].get("simulation_score") is not None else 2.0
+    best = sorted(explained.items(), key=score)[:top]
+    table = pd.DataFrame([{"layer": k[0], "neuron": k[1], "explanation": r.get("explanation"),
+                           "simulation_score": r.get("simulation_score"),
+                           "simulation_baseline": r.get("simulation_baseline")} for k, r in best])
+    return {"parts": parts, "explained": _table(table) if len(table) else None, "n_explained": len(explained)}
+
+
+def _feature_explanations(sae, explanations, table, figs: _Figures, blocks: list, files: list) -> dict[int, dict]:
+    """The explained features ``{feature: explain row}``; their explanation and scores become columns
+    of ``table``, and the map coloured by simulation score is added to ``blocks``/``files``."""
+    from ..explain.explainer import unit_explanations
+    from ..viz import feature_map_figure, feature_map_plot
+
+    explained = unit_explanations(explanations, sae.site, "feature") if explanations else {}
+    if not explained:
+        return explained
+    rows = [explained.get(int(f), {}) for f in table["feature"]]
+    table["explanation"] = [r.get("explanation", "") for r in rows]
+    table["simulation_score"] = [r.get("simulation_score", float("nan")) for r in rows]
+    table["simulation_score"] = table["simulation_score"].astype(float)
+    blocks.append(figs.interactive(feature_map_figure(table, "simulation_score")))
+    files += figs.static(feature_map_plot(table, "simulation_score"), "feature_map_score")
+    return explained
 
 
 def _safe(name: str) -> str:
@@ -295,16 +346,19 @@ def _safe(name: str) -> str:
 
 
 def build_feature_browser(sae, feats, out, model=None, metrics: dict | None = None, n_cards: int = 200,
-                          color: str = "category", method: str = "pca", seed: int = 0) -> Path:
+                          color: str = "category", method: str = "pca", seed: int = 0, explanations=None) -> Path:
     """Write ``out/features.html``: the feature map, a searchable feature table and a dashboard per
     feature on click (the ``n_cards`` most category-selective and densest), plus PNG/SVG and CSV.
+    ``explanations`` (explain output folders of this SAE's features, see ``llmri explain --sae``)
+    put each explained feature's explanation and scores in its dashboard and the table, and add
+    the map coloured by simulation score.
 
     >>> build_feature_browser(sae, llmri.feature_activations(sae, scan), "runs/sae15-report")  # doctest: +SKIP
     """
     import plotly.offline
 
     from ..sae.features import feature_card, feature_map
-    from ..viz import density_histogram, feature_map_plot
+    from ..viz import density_histogram, explanation_summary_html, feature_map_plot
 
     out = _output_folder(out)
     figs = _Figures(out)
@@ -314,13 +368,15 @@ def build_feature_browser(sae, feats, out, model=None, metrics: dict | None = No
     blocks = [figs.interactive(fig)]
     files = figs.static(feature_map_plot(table, color), "feature_map")
     files += figs.static(density_histogram(feats.density), "feature_density")
+    explained = _feature_explanations(sae, explanations, table, figs, blocks, files)
     live = table[table["density"] > 0]
     chosen = list(dict.fromkeys(
-        live.sort_values("effect_size", ascending=False)["feature"].head(n_cards // 2).tolist()
-        + live.sort_values("density", ascending=False)["feature"].tolist()))[:n_cards]
-    cards = {str(int(f)): feature_card(feats, int(f), model=model).to_html() for f in chosen}
-    shown = table[[c for c in ("feature", "density", "max", "category", "effect_size", "top_tokens")
-                   if c in table.columns]].sort_values("density", ascending=False)
+        list(explained) + live.sort_values("effect_size", ascending=False)["feature"].head(n_cards // 2).tolist()
+        + live.sort_values("density", ascending=False)["feature"].tolist()))[:max(n_cards, len(explained))]
+    cards = {str(int(f)): (explanation_summary_html(explained[int(f)]) if int(f) in explained else "")
+             + feature_card(feats, int(f), model=model).to_html() for f in chosen}
+    shown = table[[c for c in ("feature", "density", "max", "category", "effect_size", "simulation_score",
+                               "explanation", "top_tokens") if c in table.columns]].sort_values("density", ascending=False)
     atomic_write_text(out / "features.csv", table.to_csv(index=False))
     files.append("features.csv")
     metric_rows = pd.DataFrame([(k, v) for k, v in (metrics or {}).items() if isinstance(v, (int, float))],

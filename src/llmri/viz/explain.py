@@ -54,19 +54,42 @@ def explain_score_plot(table):
     return fig
 
 
+def _fmt(v) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"
+
+
+def explanation_summary_html(row: dict) -> str:
+    """A unit's explanation with its scores, each next to its random-explanation baseline, for
+    neuron cards and feature dashboards (``row``: a row of an explain table)."""
+    scores = [f"{name.split(' ')[0]} {_fmt(row.get(s))} (random explanation {_fmt(row.get(b))})"
+              for s, b, name in _SCORES if row.get(s) is not None]
+    return (f"<p class='explanation'><b>explanation</b>: {html.escape(str(row.get('explanation', '')))}<br>"
+            f"<span class='note'>{'; '.join(scores)}</span></p>")
+
+
 def explanation_html(record: dict) -> str:
-    """One unit: its explanation and scores, then every held-out window twice, shaded by the
-    true activation (red, 0-10 scale) and by the simulated one (blue)."""
-    fmt = lambda v: "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"
+    """One unit: its explanation and scores; the top windows the explainer saw, shaded by the
+    activation (red, 0-10 scale); then every held-out window in a row, shaded by the true
+    activation (red) in one cell and the simulated one (blue) in the cell beside it."""
+    fmt = _fmt
     parts = [f"<h3 id='unit-{int(record['unit'])}'>unit {int(record['unit'])}: {html.escape(str(record['explanation']))}</h3>",
              f"<p class='note'>simulation {fmt(record.get('simulation_score'))} (baseline "
              f"{fmt(record.get('simulation_baseline'))}); detection {fmt(record.get('detection_balanced_accuracy'))}; "
              f"fuzzing {fmt(record.get('fuzzing_balanced_accuracy'))}</p>"]
-    for w in record.get("held_out_windows", []):
-        true = np.asarray(w["scaled"], dtype=float)
-        parts.append(f"<p class='tokens'><b>doc {int(w['doc'])}</b> true: "
-                     f"{token_highlight_html(w['tokens'], true, top=10.0)}")
-        if w.get("simulated") is not None:
-            parts.append(f"<br>simulated: {token_highlight_html(w['tokens'], w['simulated'], color='31,119,180', top=10.0)}")
-        parts.append("</p>")
+    top = record.get("explain_windows", [])
+    if top:
+        parts.append("<p class='note'>Top windows shown to the explainer:</p>")
+        parts += [f"<p class='tokens'><b>doc {int(w['doc'])}</b> {token_highlight_html(w['tokens'], np.asarray(w['scaled'], dtype=float), top=10.0)}</p>"
+                  for w in top]
+    held = record.get("held_out_windows", [])
+    if held:
+        rows = []
+        for w in held:
+            sim = (token_highlight_html(w["tokens"], w["simulated"], color="31,119,180", top=10.0)
+                   if w.get("simulated") is not None else "<span class='note'>not simulated</span>")
+            rows.append(f"<tr><td>{int(w['doc'])}</td><td class='tokens' style='text-align:left'>"
+                        f"{token_highlight_html(w['tokens'], np.asarray(w['scaled'], dtype=float), top=10.0)}</td>"
+                        f"<td class='tokens' style='text-align:left'>{sim}</td></tr>")
+        parts.append("<table class='table windows'><tr><th>doc</th><th>held out: true</th><th>simulated</th></tr>"
+                     + "".join(rows) + "</table>")
     return "\n".join(parts)

@@ -31,8 +31,15 @@ def feature_map_figure(table, color: str = "density"):
         values = table[color].to_numpy(dtype=float)
         if color == "density":
             values = np.log10(np.maximum(values, 1e-7))
-        fig.add_trace(go.Scattergl(x=table.x, y=table.y, mode="markers", text=hover, hoverinfo="text",
-                                   marker=dict(size=5, color=values, colorscale="Viridis", showscale=True,
+        has = np.isfinite(values)           # features without a value (e.g. not explained) in grey
+        if not has.all():
+            fig.add_trace(go.Scattergl(x=table.x[~has], y=table.y[~has], mode="markers", name=f"no {color}",
+                                       text=[h for h, k in zip(hover, has) if not k], hoverinfo="text",
+                                       marker=dict(size=4, color="#d0d0d0")))
+        fig.add_trace(go.Scattergl(x=table.x[has], y=table.y[has], mode="markers", name=color, hoverinfo="text",
+                                   text=[h for h, k in zip(hover, has) if k], showlegend=not has.all(),
+                                   marker=dict(size=5 if has.all() else 8, color=values[has], colorscale="Viridis",
+                                               showscale=True,
                                                colorbar=dict(title="log10 density" if color == "density" else color))))
     fig.update_layout(title="Feature map: decoder directions", xaxis_title="map 1", yaxis_title="map 2",
                       template="plotly_white", height=560)
@@ -55,7 +62,11 @@ def feature_map_plot(table, color: str = "density"):
         values = table[color].to_numpy(dtype=float)
         if color == "density":
             values = np.log10(np.maximum(values, 1e-7))
-        sc = ax.scatter(table.x, table.y, s=6, c=values, cmap="viridis")
+        has = np.isfinite(values)
+        if not has.all():
+            ax.scatter(table.x[~has], table.y[~has], s=4, color="#d0d0d0", label=f"no {color}")
+            ax.legend(fontsize=7)
+        sc = ax.scatter(table.x[has], table.y[has], s=6 if has.all() else 14, c=values[has], cmap="viridis")
         fig.colorbar(sc, ax=ax, label="log10 density" if color == "density" else color)
     ax.set_title("Feature map: decoder directions")
     return fig

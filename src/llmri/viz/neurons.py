@@ -35,6 +35,10 @@ def neuron_card_html(card) -> str:
     parts = [f"<h4>{html.escape(card.site)}.{card.layer} neuron {card.neuron}</h4>",
              "<table class='table'><tr><th>doc</th><th>category</th><th>activation</th><th>text</th></tr>",
              rows, "</table>"]
+    if getattr(card, "explanation", None):
+        from .explain import explanation_summary_html
+
+        parts.insert(1, explanation_summary_html(card.explanation))
     if card.tokens:
         parts.append("<p class='note'>Tokens of the top documents, shaded by this neuron's activation:</p>")
         for doc, toks, acts in card.tokens:
