@@ -121,6 +121,61 @@ def test_batchtopk_trains_per_batch_and_infers_with_threshold():
     np.testing.assert_array_equal(sae.activate(pre).numpy(), [[5, 0, 0], [4, 3, 0]])
 
 
+def test_batch_topk_select_equals_the_dense_reference():
+    from llmri.sae.model import batch_topk_relu
+    from llmri.sae.train import batch_topk_select
+
+    g = torch.Generator().manual_seed(0)
+    pre = torch.randn(64, 50, generator=g)
+    pre[3] += 4.0    # one row holds far more than 2k winners: it must be searched in full
+    pre[7] = -1.0    # a row with nothing positive
+    for k in (1, 3, 20, 50):
+        rows, cols = batch_topk_select(pre, k)
+        dense = torch.zeros_like(pre)
+        dense[rows, cols] = torch.relu(pre[rows, cols])
+        assert torch.equal(dense, batch_topk_relu(pre, k))
+        assert torch.all(rows[1:] >= rows[:-1])     # sorted by row, as embedding_bag's offsets need
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_sparse_training_step_has_the_dense_gradients(arch):
+    """The TopK/BatchTopK step decodes only the selected latents (embedding_bag); its loss and
+    gradients equal autograd through the dense formulation, AuxK over dead latents included."""
+    from llmri.sae.model import batch_topk_relu, topk_relu
+    from llmri.sae.train import _Trainer
+
+    g = torch.Generator().manual_seed(1)
+    sae = SAE(12, 40, arch=arch, k=4)
+    with torch.no_grad():
+        for p in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec):
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    x = torch.randn(16, 12, generator=g)
+    tr = _Trainer(sae, 1e-3, 10, 5.0, 0.05, 0.05, aux_k=6, aux_coefficient=0.5, dead_tokens=100)
+    dead = torch.zeros(40, dtype=torch.bool)
+    dead[::3] = True
+    tr.since_fired[dead] = 1000
+    got = {}
+
+    def capture(loss):
+        loss.backward()
+        got.update(loss=float(loss.detach()), **{n: getattr(sae, n).grad.clone() for n in ("W_enc", "b_enc", "W_dec", "b_dec")})
+
+    tr._update = capture
+    tr.step(x, x)
+    sae.zero_grad()
+    pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+    f = topk_relu(pre, 4) if arch == "topk" else batch_topk_relu(pre, 4)
+    err = x - (f @ sae.W_dec + sae.b_dec)
+    masked = torch.where(dead, pre, torch.full_like(pre, -torch.inf))
+    aux = (err.detach() - topk_relu(masked, 6) @ sae.W_dec).pow(2).sum(-1).mean()
+    loss = err.pow(2).sum(-1).mean() + 0.5 * aux
+    loss.backward()
+    assert got["loss"] == pytest.approx(float(loss), rel=1e-5)
+    for n in ("W_enc", "b_enc", "W_dec", "b_dec"):
+        torch.testing.assert_close(got[n], getattr(sae, n).grad, rtol=1e-4, atol=1e-5)
+    assert tr.last["l0"] == pytest.approx(float((f > 0).sum()) / 16)
+
+
 def test_save_load_roundtrip(tmp_path, syn):
     scan, X, _ = syn
     sae = train_sae(scan, "resid.1", n_latents=32, k=3, epochs=1, batch_size=1000, progress=False)

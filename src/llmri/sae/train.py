@@ -34,11 +34,12 @@ import sys
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..errors import LlmriError
 from ..sites import parse_site
-from .model import ARCHS, SAE, batch_topk_relu, topk_relu
+from .model import ARCHS, SAE
 
 B_DEC_INITS = ("geometric_median", "mean", "zeros")
 
@@ -89,6 +90,43 @@ def geometric_median(x: torch.Tensor, iters: int = 100, tol: float = 1e-6) -> to
     return y
 
 
+def _pre_acts(sae: SAE, x: torch.Tensor) -> torch.Tensor:
+    """``sae.pre_acts(x)`` written as ``x @ W_enc + (b_enc - b_dec @ W_enc)``: the same value, but
+    ``b_dec``'s gradient is then a matrix-vector product instead of a third [batch, d_sae] product."""
+    if not sae.apply_b_dec_to_input:
+        return x @ sae.W_enc + sae.b_enc
+    return x @ sae.W_enc + (sae.b_enc - sae.b_dec @ sae.W_enc)
+
+
+def batch_topk_select(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows and columns (sorted by row) of the ``k * rows`` largest positive entries of ``pre``:
+    BatchTopK's selection (Bussmann et al. 2024), what ``batch_topk_relu`` keeps, without sorting
+    the whole matrix.
+
+    Each row's ``2k`` largest entries are candidates; ``t``, the ``k * rows``-th largest candidate,
+    is at most the true threshold, so an entry left out can only win in a row whose ``2k``-th
+    candidate reaches ``t``; such rows are searched in full. The result is exact."""
+    B, n = pre.shape
+    total = min(k * B, B * n)
+    m = min(n, 2 * k)
+    cv, ci = pre.topk(m, dim=-1)
+    t = cv.reshape(-1).topk(total).values[-1]
+    over = (cv[:, -1] >= t) & (m < n)
+    rows_all = torch.arange(B, device=pre.device)
+    if bool(over.any()):
+        keep, full = (~over).nonzero().squeeze(1), over.nonzero().squeeze(1)
+        cand_v = torch.cat([cv[keep].reshape(-1), pre[full].reshape(-1)])
+        cand_r = torch.cat([keep.repeat_interleave(m), full.repeat_interleave(n)])
+        cand_c = torch.cat([ci[keep].reshape(-1), torch.arange(n, device=pre.device).repeat(len(full))])
+    else:
+        cand_v, cand_r, cand_c = cv.reshape(-1), rows_all.repeat_interleave(m), ci.reshape(-1)
+    top = cand_v.topk(total)
+    sel = top.indices[top.values > 0]
+    rows, cols = cand_r[sel], cand_c[sel]
+    order = torch.argsort(rows * n + cols)
+    return rows[order], cols[order]
+
+
 # ---------------------------------------------------------------- one SAE's training state
 class _Trainer:
     def __init__(self, sae: SAE, lr: float, total_steps: int, l1_coefficient: float, l0_coefficient: float,
@@ -118,40 +156,71 @@ class _Trainer:
         return self.lr * max(0.0, (self.total_steps - self.step_i) / max(1, self.total_steps - decay_start))
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        if self.arch in ("topk", "batchtopk"):
+            self._step_sparse(x, y)
+        else:
+            self._step_dense(x, y)
+
+    def _step_sparse(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """TopK/BatchTopK: only the selected latents are gathered and decoded.
+
+        The encoder is one dense product; the decoder is ``embedding_bag`` over the selected
+        latents (k per token instead of d_sae), forward and backward, and so is AuxK's decoder
+        over the dead latents. The loss and its gradients equal those of the dense formulation
+        (``tests/test_sae.py`` checks them against autograd through dense matrices)."""
         sae = self.sae
-        pre = sae.pre_acts(x)
-        if self.arch == "topk":
-            f = topk_relu(pre, sae.k)
-        elif self.arch == "batchtopk":
-            f = batch_topk_relu(pre, sae.k)
-            kept = f[f > 0]
+        B, n = x.shape[0], sae.d_sae
+        pre = _pre_acts(sae, x)
+        with torch.no_grad():
+            if self.arch == "topk":
+                cols = pre.detach().topk(sae.k, dim=-1).indices
+                rows = None
+            else:
+                rows, cols = batch_topk_select(pre.detach(), sae.k)
+        if rows is None:  # k per row: fixed-size bags
+            vals = torch.relu(pre.gather(1, cols))
+            y_hat = F.embedding_bag(cols, sae.W_dec, mode="sum", per_sample_weights=vals) + sae.b_dec
+            cols_f, vals_f = cols.reshape(-1), vals.reshape(-1)
+        else:  # BatchTopK: a variable number per row, rows sorted
+            vals = torch.relu(pre[rows, cols])
+            offsets = torch.zeros(B, dtype=torch.long, device=x.device)
+            offsets[1:] = torch.bincount(rows, minlength=B).cumsum(0)[:-1]
+            y_hat = F.embedding_bag(cols, sae.W_dec, offsets, mode="sum", per_sample_weights=vals) + sae.b_dec
+            cols_f, vals_f = cols, vals
+            kept = vals_f[vals_f > 0]
             if kept.numel():
                 self.threshold_sum += float(kept.min().detach())
                 self.threshold_n += 1
-        elif self.arch == "relu":
-            f = torch.relu(pre)
-        else:
-            f = _JumpReLU.apply(pre, self.log_threshold.exp(), self.eps)
-        y_hat = sae.decode(f)
         err = y - y_hat
         mse = err.pow(2).sum(-1).mean()
         loss = mse
-        if self.arch == "relu":
-            loss = loss + self.l1 * (f * sae.W_dec.norm(dim=1)).sum(-1).mean()
-        elif self.arch == "jumprelu":
-            loss = loss + self.l0c * _Step.apply(pre, self.log_threshold.exp(), self.eps).sum(-1).mean()
         dead = self.since_fired >= self.dead_tokens
         n_dead = int(dead.sum())
         aux = torch.zeros((), device=x.device)
         if n_dead and self.aux_c > 0:
             # AuxK (Gao et al. 2024): dead latents' top pre-activations model the residual error.
-            ka = min(self.aux_k, n_dead)
-            masked = torch.where(dead, pre, torch.full_like(pre, -torch.inf))
-            aux_f = topk_relu(masked, ka)
-            e_hat = aux_f @ sae.W_dec
+            dead_idx = dead.nonzero().squeeze(1)
+            av, ai = pre[:, dead_idx].topk(min(self.aux_k, n_dead), dim=-1)
+            e_hat = F.embedding_bag(dead_idx[ai], sae.W_dec, mode="sum", per_sample_weights=torch.relu(av))
             aux = (err.detach() - e_hat).pow(2).sum(-1).mean()
             if torch.isfinite(aux):
                 loss = loss + self.aux_c * aux
+        self._update(loss)
+        with torch.no_grad():
+            on = vals_f.detach() > 0
+            counts = torch.bincount(cols_f[on], minlength=n)
+            self.since_fired += B
+            self.since_fired[counts > 0] = 0
+            self.fired += counts.double()
+            self.fmax.scatter_reduce_(0, cols_f, vals_f.detach(), "amax")
+            self.seen += B
+            tot = (y - y.mean(0)).pow(2).sum()
+            self.last = dict(loss=float(loss), mse=float(mse), aux=float(aux), l0=float(on.sum()) / B,
+                             ev=float(1 - err.pow(2).sum() / tot.clamp(min=1e-12)), dead=n_dead / n)
+
+    def _update(self, loss: torch.Tensor) -> None:
+        """Backward, decoder-row tangent projection, clipping, Adam with the schedule, renormalise."""
+        sae = self.sae
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         with torch.no_grad():
@@ -167,6 +236,25 @@ class _Trainer:
             sae.W_dec /= sae.W_dec.norm(dim=1, keepdim=True).clamp(min=1e-8)
             if self.arch == "jumprelu":
                 sae.threshold.copy_(self.log_threshold.exp())
+
+    def _step_dense(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """ReLU + L1 and JumpReLU: every latent may fire, so the product is dense."""
+        sae = self.sae
+        pre = _pre_acts(sae, x)
+        if self.arch == "relu":
+            f = torch.relu(pre)
+        else:
+            f = _JumpReLU.apply(pre, self.log_threshold.exp(), self.eps)
+        y_hat = sae.decode(f)
+        err = y - y_hat
+        mse = err.pow(2).sum(-1).mean()
+        loss = mse
+        if self.arch == "relu":
+            loss = loss + self.l1 * (f * sae.W_dec.norm(dim=1)).sum(-1).mean()
+        else:
+            loss = loss + self.l0c * _Step.apply(pre, self.log_threshold.exp(), self.eps).sum(-1).mean()
+        self._update(loss)
+        with torch.no_grad():
             active = (f > 0)
             fired_now = active.any(0)
             self.since_fired += x.shape[0]
@@ -175,9 +263,9 @@ class _Trainer:
             self.fmax = torch.maximum(self.fmax, f.detach().amax(0))
             self.seen += x.shape[0]
             tot = (y - y.mean(0)).pow(2).sum()
-            self.last = dict(loss=float(loss), mse=float(mse), aux=float(aux),
+            self.last = dict(loss=float(loss), mse=float(mse), aux=0.0,
                              l0=float(active.sum(-1).float().mean()),
-                             ev=float(1 - err.pow(2).sum() / tot.clamp(min=1e-12)), dead=n_dead / sae.d_sae)
+                             ev=float(1 - err.pow(2).sum() / tot.clamp(min=1e-12)), dead=0.0)
 
     def finish(self, s_in: float, s_out: float) -> SAE:
         """Fold the input scaling into the weights and fix BatchTopK's inference threshold."""
