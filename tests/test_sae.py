@@ -266,7 +266,7 @@ def tiny_scan(tmp_path_factory):
     model = make_model("llama")
     corpus = llmri.Corpus(TEXTS * 4, LABELS * 4)
     scan = llmri.scan(model, corpus, tmp_path_factory.mktemp("tiny") / "scan", sites=("resid",),
-                      token_sites=("resid.1", "resid.2", "mlp.1", "mlp_out.1"), progress=False)
+                      token_sites=("resid.1", "resid.2", "mlp.1", "mlp_in.1", "mlp_out.1"), progress=False)
     return model, scan
 
 
@@ -288,6 +288,16 @@ def test_multi_site_and_transcoder_on_tiny_model(tiny_scan):
     assert ev > 0.5
     # a transcoder is not an SAE of its input: reconstructing x itself would be meaningless
     assert yh.shape == y.shape
+    # the usual transcoder: the MLP's input (after the post-attention norm) -> its output, through
+    # the nonlinear MLP; it must explain much of the output that the input's mean cannot
+    tc = train_sae(scan, "mlp_in.1", target_site="mlp_out.1", n_latents=128, k=8, arch="topk", epochs=30,
+                   batch_size=64, lr=3e-3, progress=False)
+    assert tc.site == "mlp_in.1" and tc.is_transcoder and not tc.apply_b_dec_to_input
+    x = torch.from_numpy(scan.token_activations(1, "mlp_in"))
+    with torch.no_grad():
+        yh = tc(x)
+    ev = float(1 - ((y - yh) ** 2).sum() / ((y - y.mean(0)) ** 2).sum())
+    assert ev > 0.5
 
 
 def test_skip_first_leaves_out_each_documents_first_token(tmp_path):

@@ -304,7 +304,7 @@ def train_sae(scan, site, n_latents: int = 4096, k: int = 32, arch: str = "batch
     of magnitude above the rest (default: on for scans of decoders, see :func:`scan_is_causal`).
 
     >>> sae = llmri.train_sae(scan, site="resid.15", n_latents=4096, k=32)   # doctest: +SKIP
-    >>> tc = llmri.train_sae(scan, site="resid.3", target_site="mlp_out.3")  # a transcoder
+    >>> tc = llmri.train_sae(scan, site="mlp_in.3", target_site="mlp_out.3")  # a transcoder
     """
     from ..store import Scan
 
