@@ -286,14 +286,19 @@ def _run_report(scan, out, reducer, components, grid, categories, permutations, 
 @cli.command("report")
 @click.argument("scan_dir")
 @click.option("--out", default=None, help="Folder for report.html, figures and tables (default: SCAN_DIR-report).")
+@click.option("--sae", "saes", multiple=True,
+              help="SAE folder for the Features section (repeat for several; default: SCAN_DIR/saes/*).")
 @_report_options
-def report_cmd(scan_dir, out, **kw):
+def report_cmd(scan_dir, out, saes, **kw):
     """Analyse the Scan in SCAN_DIR: regions, NRAGs, metrics, evaluation, one HTML file."""
     from .store import Scan
 
+    for folder in saes:
+        if not (Path(folder) / "cfg.json").is_file():
+            raise LlmriError(f"--sae {folder}: not an SAE folder (no cfg.json)")
     scan = Scan.open(scan_dir)
     out = Path(out) if out else Path(scan_dir).resolve().parent / f"{Path(scan_dir).resolve().name}-report"
-    path = _run_report(scan, out, **kw)
+    path = _run_report(scan, out, saes=list(saes) or None, **kw)
     click.echo(f"report: {path}")
 
 
