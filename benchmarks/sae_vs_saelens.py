@@ -112,9 +112,11 @@ def main() -> None:
     ours = train_sae(scan, args.site, n_latents=args.latents, k=args.k, arch=args.arch, batch_size=args.batch_size,
                      epochs=args.epochs, lr=lr, dead_tokens=dead_tokens, seed=args.seed, progress=False)
     t_ours = time.perf_counter() - t
+    print(f"llmri trained in {t_ours:.1f} s ({n * args.epochs / t_ours:.0f} tokens/s)", flush=True)
     t = time.perf_counter()
     theirs = train_saelens(x, args.arch, args.latents, args.k, args.batch_size, args.epochs, lr, dead_tokens, args.seed)
     t_theirs = time.perf_counter() - t
+    print(f"SAELens trained in {t_theirs:.1f} s ({n * args.epochs / t_theirs:.0f} tokens/s)", flush=True)
     shutil.rmtree(out / "theirs", ignore_errors=True)
     theirs.save_inference_model(out / "theirs")
     theirs = SAE.load(out / "theirs")
@@ -126,6 +128,7 @@ def main() -> None:
     print(f"held out ({len(heldout)} paragraphs):")
     for name, sae in (("llmri", ours), ("SAELens", theirs)):
         m = evaluate_sae(sae, model, heldout, progress=False)
+        print(flush=True)
         print(f"  {name:8s} n_tokens {m['n_tokens']}, " + ", ".join(f"{k} {m[k]:.4g}" for k in keys))
 
 
