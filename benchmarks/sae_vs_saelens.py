@@ -128,8 +128,7 @@ def main() -> None:
     print(f"held out ({len(heldout)} paragraphs):")
     for name, sae in (("llmri", ours), ("SAELens", theirs)):
         m = evaluate_sae(sae, model, heldout, progress=False)
-        print(flush=True)
-        print(f"  {name:8s} n_tokens {m['n_tokens']}, " + ", ".join(f"{k} {m[k]:.4g}" for k in keys))
+        print(f"  {name:8s} n_tokens {m['n_tokens']}, " + ", ".join(f"{k} {m[k]:.4g}" for k in keys), flush=True)
 
 
 if __name__ == "__main__":
