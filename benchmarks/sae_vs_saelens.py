@@ -13,7 +13,7 @@ same held-out paragraphs (explained variance, L0, CE loss score, KL, dead fracti
 wall time of each and the ratio.
 
     python benchmarks/sae_vs_saelens.py [--docs 600] [--latents 4096] [--k 32] [--arch batchtopk]
-        [--batch-size 1024] [--epochs 1] [--heldout-docs 40] [--out /tmp/llmri-sae-vs-saelens]
+        [--batch-size 1024] [--epochs 1] [--tokens N] [--heldout-docs 40] [--out /tmp/llmri-sae-vs-saelens]
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import torch
 import llmri
 from llmri.sae import SAE, evaluate_sae, train_sae
 from llmri.sae.train import _read_shard
+from llmri.store import scan_from_arrays
 
 
 def english_split(n_docs: int, n_heldout: int):
@@ -93,6 +94,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=1024)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--tokens", type=int, default=None,
+                    help="train both on the first N of those activations (an array-backed scan for llmri)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="/tmp/llmri-sae-vs-saelens")
     args = ap.parse_args()
@@ -102,6 +105,16 @@ def main() -> None:
     train, heldout = english_split(args.docs, args.heldout_docs)
     scan = llmri.scan(model, train, out / "scan", sites=(args.site,), token_sites=(args.site,), progress=True)
     x = scan_activations(scan, args.site)
+    skip_first = True
+    if args.tokens is not None and args.tokens < x.shape[0]:
+        # the same tokens for both: llmri reads them from a Scan written from the array itself
+        x = x[:args.tokens].contiguous()
+        shutil.rmtree(out / "subset", ignore_errors=True)
+        n_docs = math.ceil(len(x) / 50)
+        lengths = [50] * (n_docs - 1) + [len(x) - 50 * (n_docs - 1)]
+        scan = scan_from_arrays(out / "subset", {}, labels=np.zeros(n_docs, dtype=int), model_name=scan.model_name,
+                                token_activations={args.site: x.numpy()}, lengths=lengths)
+        skip_first = False  # the sinks are already out of x
     n = x.shape[0]
     lr = args.lr if args.lr is not None else 2e-4 / math.sqrt(args.latents / 2 ** 14)
     dead_tokens = max(args.batch_size, min(10_000_000, n * args.epochs // 10))
@@ -110,7 +123,8 @@ def main() -> None:
 
     t = time.perf_counter()
     ours = train_sae(scan, args.site, n_latents=args.latents, k=args.k, arch=args.arch, batch_size=args.batch_size,
-                     epochs=args.epochs, lr=lr, dead_tokens=dead_tokens, seed=args.seed, progress=False)
+                     epochs=args.epochs, lr=lr, dead_tokens=dead_tokens, seed=args.seed, skip_first=skip_first,
+                     progress=False)
     t_ours = time.perf_counter() - t
     print(f"llmri trained in {t_ours:.1f} s ({n * args.epochs / t_ours:.0f} tokens/s)", flush=True)
     t = time.perf_counter()

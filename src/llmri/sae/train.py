@@ -8,7 +8,9 @@ Choices, with their sources:
   saved as JumpReLU as SAELens does), JumpReLU (Rajamanoharan et al. 2024: straight-through
   estimators with a rectangle kernel for the threshold and an L0 penalty; thresholds start at
   0.1 with bandwidth 0.05 on the normalised scale, because the paper's 0.001 barely moves in
-  short runs), ReLU + L1 (Bricken
+  short runs; the log-thresholds learn 10 times faster than the weights, since Adam moves a
+  parameter by about the learning rate per step and a threshold has to travel from 0.1 to the
+  scale of the activations within the run), ReLU + L1 (Bricken
   et al. 2023; the penalty weighted by decoder norms as in Anthropic's April 2024 update).
 * Decoder rows are kept at unit norm: the gradient component parallel to each row is removed
   before the step and the rows are renormalised after it.
@@ -42,6 +44,7 @@ from ..sites import parse_site
 from .model import ARCHS, SAE
 
 B_DEC_INITS = ("geometric_median", "mean", "zeros")
+THRESHOLD_LR_MULT = 10.0
 
 
 # ---------------------------------------------------------------- JumpReLU estimators
@@ -137,7 +140,10 @@ class _Trainer:
         if self.arch == "jumprelu":
             self.log_threshold = torch.nn.Parameter(torch.log(sae.threshold.detach().clone()))
             self.params.append(self.log_threshold)
-        self.opt = torch.optim.Adam(self.params, lr=lr, eps=6.25e-10)
+        groups = [{"params": self.params[:4], "mult": 1.0}]
+        if self.arch == "jumprelu":  # thresholds move THRESHOLD_LR_MULT times faster (see the module notes)
+            groups.append({"params": self.params[4:], "mult": THRESHOLD_LR_MULT})
+        self.opt = torch.optim.Adam(groups, lr=lr, eps=6.25e-10)
         self.lr, self.total_steps, self.step_i = lr, total_steps, 0
         self.l1, self.l0c, self.eps = l1_coefficient, l0_coefficient, bandwidth
         self.aux_k, self.aux_c, self.dead_tokens = aux_k, aux_coefficient, dead_tokens
@@ -229,7 +235,7 @@ class _Trainer:
                 g -= (g * W).sum(1, keepdim=True) * W
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
         for group in self.opt.param_groups:
-            group["lr"] = self._lr()
+            group["lr"] = self._lr() * group["mult"]
         self.opt.step()
         self.step_i += 1
         with torch.no_grad():
