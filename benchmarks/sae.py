@@ -74,9 +74,10 @@ def main() -> None:
                     sae(x[a:a + args.batch_size])
     fwd_s = time.perf_counter() - t
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    tokens = n_tokens * args.epochs
-    print(f"training: {tokens / train_s:.0f} tokens/s ({train_s:.1f} s); forward-only baseline "
-          f"{tokens / fwd_s:.0f} tokens/s; train/forward time ratio {train_s / fwd_s:.1f}x; "
+    trained = int(sae.metadata["n_tokens"])   # each document's first token is left out of training
+    print(f"training: {trained} tokens, {trained / train_s:.0f} tokens/s ({train_s:.1f} s); forward-only baseline "
+          f"{n_tokens * args.epochs / fwd_s:.0f} tokens/s (every token); "
+          f"train/forward time per token {(train_s / trained) / (fwd_s / (n_tokens * args.epochs)):.1f}x; "
           f"peak RSS {peak_gb:.2f} GB")
     m = evaluate_sae(SAE.load(out / "sae"), model, heldout, progress=True)
     atomic_write_json(out / "sae" / "eval.json", {k: v for k, v in m.items() if k != "feature_density"})
