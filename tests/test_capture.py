@@ -189,3 +189,42 @@ def test_roberta_length_limit():
     assert model.max_length == 64  # the tokenizer's limit; positions would allow 70 - 2
     model.tokenizer.model_max_length = int(1e30)
     assert model.max_length == 68
+
+
+# The post-attention norm of each family, found by the test itself: its output is the MLP's input.
+_POST_ATTN_NORM = {"gpt2": "ln_2", "bert": "attention.output.LayerNorm", "roberta": "attention.output.LayerNorm",
+                   "distilbert": "sa_layer_norm", "llama": "post_attention_layernorm",
+                   "mistral": "post_attention_layernorm", "qwen2": "post_attention_layernorm",
+                   "gpt_neox": "post_attention_layernorm"}
+
+
+@pytest.mark.parametrize("kind", FAMILIES)
+def test_mlp_in_is_the_post_attention_norm_output(kind, tmp_path):
+    """mlp_in.L equals the output of block L's post-attention norm, read by a hook the test puts
+    on that module itself, in a scan's token-level records."""
+    import torch
+
+    from llmri.sites import base_of
+
+    model = make_model(kind)
+    texts = TEXTS[:3]
+    s = llmri.scan(model, llmri.Corpus(texts), tmp_path / "s", sites=("mlp_in.1",), token_sites=("mlp_in.1",),
+                   pool="mean")
+    block = base_of(model.module)
+    for part in model.adapter.layers.split("."):
+        block = getattr(block, part)
+    norm = block[1]
+    for part in _POST_ATTN_NORM[kind].split("."):
+        norm = getattr(norm, part)
+    got = {}
+    h = norm.register_forward_hook(lambda mod, args, out: got.__setitem__("x", out.detach()))
+    try:
+        for d, text in enumerate(texts):
+            ids = model.tokenizer(text, return_tensors="pt")
+            with torch.no_grad():
+                model.module(**ids)
+            want = got["x"][0].numpy()
+            np.testing.assert_allclose(s.token_activations(1, "mlp_in", doc=d), want, rtol=1e-4, atol=1e-5,
+                                       err_msg=f"{kind} doc {d}")
+    finally:
+        h.remove()

@@ -45,6 +45,37 @@ def test_train_eval_report_steer(work):
     assert (work / "st" / "steer.html").is_file()
 
 
+def test_main_report_has_a_features_section_for_saes_beside_the_scan(work):
+    """An SAE in SCAN/saes/NAME/ gives `llmri report` a Features section: per category the features
+    with the largest effect size (as feature_activations ranks them), a dashboard and the map."""
+    import re
+
+    from llmri.sae import SAE, feature_activations
+    from llmri.store import Scan
+
+    proc = run("sae", "train", "s", "--site", "resid.2", "--latents", "32", "--k", "4", "--batch-size", "32",
+               "--epochs", "2", "--lr", "0.003", "--out", "s/saes/main", cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    SAE(32, 8, arch="relu", site="resid.1").save(work / "s" / "saes" / "other")   # no token records of resid.1
+    proc = run("report", "s", "--grid", "3", "--permutations", "10", "--out", "rep", cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    page = (work / "rep" / "report.html").read_text()
+    assert 'href="#features"' in page and "SAE features" in page and "main: SAE(batchtopk" in page
+    assert "no token records of resid.1" in page
+    assert (work / "rep" / "figures" / "features_main_map.png").is_file()
+    scan = Scan.open(work / "s")
+    feats = feature_activations(SAE.load(work / "s" / "saes" / "main"), scan, progress=False)
+    section = page[page.index('id="features"'):]
+    for c in scan.label_names:
+        eff = feats.effects[feats.effects["category"] == c].sort_values("effect_size", ascending=False)
+        head = section[section.index(f"<h4>{c}</h4>"):]
+        first = re.search(r"<td>(\d+)</td>", head).group(1)
+        assert int(first) == int(eff["feature"].iloc[0])
+    proc = run("report", "s", "--sae", "nowhere", "--out", "rep2", cwd=work)
+    assert_one_line_error(proc, "not an SAE folder")
+    assert not (work / "rep2").exists()
+
+
 @pytest.mark.parametrize("args, pattern", [
     (["sae", "train", "s", "--site", "resid.1", "--out", "o"], "was not captured at token level"),
     (["sae", "train", "s", "--site", "resid.2", "--k", "0", "--out", "o"], "k must be"),

@@ -133,7 +133,7 @@ def test_clamp_sets_the_feature(model):
     seen = {}
     with torch.no_grad():
         ref = model.module(**kw).logits
-        with clamp(model, sae, {3: 5.0}) as c, \
+        with clamp(model, sae, {3: 5.0}, skip_first=False) as c, \
                 llmri.hooks(model.module, model.adapter, {"resid.2": lambda x: seen.__setitem__("x", x)}):
             got = model.module(**kw).logits
         f = sae.encode(seen["x"])
@@ -145,6 +145,33 @@ def test_clamp_sets_the_feature(model):
     f0 = sae.encode(seen["y"]).detach()
     np.testing.assert_allclose(f[..., [0, 1, 2, 4, 5, 6, 7]].numpy(), f0[..., [0, 1, 2, 4, 5, 6, 7]].numpy(), atol=1e-3)
     assert not torch.allclose(got, ref)
+
+
+def test_clamp_leaves_the_attention_sink_alone(model):
+    """Decoders: by default each sequence's first real token (the attention sink) is not clamped,
+    with left padding and in generation's cached steps too; skip_first=False clamps it."""
+    from llmri.capture import pad_batch
+
+    sae = orthonormal_sae(32, 8, "resid.2")
+    kw = pad_batch(model, [model.tokenizer(t)["input_ids"] for t in TEXTS[:4]], side="left")[0]
+    first = kw["attention_mask"].int().argmax(1)
+    assert len(set(first.tolist())) > 1                     # the rows start at different columns
+    rows = torch.arange(4)
+    with torch.no_grad():
+        ref = model.module(**kw).logits
+        with clamp(model, sae, {3: 5.0}) as c:
+            got = model.module(**kw).logits
+        with clamp(model, sae, {3: 5.0}, skip_first=False):
+            every = model.module(**kw).logits
+    # causally, the first token's logits see only the first token: untouched unless it is clamped
+    assert torch.equal(got[rows, first], ref[rows, first])
+    assert not torch.allclose(every[rows, first], ref[rows, first])
+    assert (c.features[rows, first, 3] != 5.0).all()
+    assert (c.features[rows, first + 1, 3] == 5.0).all() and not torch.allclose(got[rows, first + 1],
+                                                                                   ref[rows, first + 1])
+    with clamp(model, sae, {3: 5.0}) as c:
+        llmri.generate(model, TEXTS[:2], max_new_tokens=2)
+    assert c.features.shape[1] == 1 and (c.features[..., 3] == 5.0).all()   # a cached step: clamped
 
 
 def test_clamp_multiples_generation_and_bad_input(model):

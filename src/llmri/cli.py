@@ -289,17 +289,22 @@ def _run_report(scan, out, reducer, components, grid, categories, permutations, 
 @click.option("--out", default=None, help="Folder for report.html, figures and tables (default: SCAN_DIR-report).")
 @click.option("--explanations", multiple=True, help="An llmri explain output folder of mlp neurons of this scan "
               "(repeatable); default: the explain runs found beside SCAN_DIR.")
+@click.option("--sae", "saes", multiple=True,
+              help="SAE folder for the Features section (repeat for several; default: SCAN_DIR/saes/*).")
 @_report_options
-def report_cmd(scan_dir, out, explanations, **kw):
+def report_cmd(scan_dir, out, explanations, saes, **kw):
     """Analyse the Scan in SCAN_DIR: regions, NRAGs, metrics, evaluation, one HTML file."""
     from .store import Scan
 
     for e in explanations:
         if not (Path(e) / "explanations.csv").is_file():
             raise LlmriError(f"--explanations {e}: no explanations.csv there; run llmri explain with --out {e}")
+    for folder in saes:
+        if not (Path(folder) / "cfg.json").is_file():
+            raise LlmriError(f"--sae {folder}: not an SAE folder (no cfg.json)")
     scan = Scan.open(scan_dir)
     out = Path(out) if out else Path(scan_dir).resolve().parent / f"{Path(scan_dir).resolve().name}-report"
-    path = _run_report(scan, out, explanations=list(explanations) or None, **kw)
+    path = _run_report(scan, out, explanations=list(explanations) or None, saes=list(saes) or None, **kw)
     click.echo(f"report: {path}")
 
 

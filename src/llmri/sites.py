@@ -9,6 +9,8 @@ A site is a named place inside the model (see DESIGN.md):
 * ``attn.L`` block L's attention probabilities (read by the attention analyses).
 * ``attn_z.L`` the input of block L's attention output projection: every head's output,
   concatenated (``[..., heads * head_dim]``); head h is slice ``h * head_dim:(h + 1) * head_dim``.
+* ``mlp_in.L`` the input of block L's MLP: the residual stream after the post-attention norm
+  (what a transcoder reads to predict ``mlp_out.L``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ if TYPE_CHECKING:  # torch is imported where it is used, so site names parse wit
     import torch
     from torch import nn
 
-KINDS = ("resid", "mlp", "attn_out", "mlp_out", "attn", "attn_z")
+KINDS = ("resid", "mlp", "attn_out", "mlp_out", "attn", "attn_z", "mlp_in")
 # How a document's tokens are pooled into one vector per site (llmri.capture); here, in a module
 # without torch, so the command line checks names before anything heavy loads.
 POOLS = ("mean", "mean-nosink", "first", "last", "max")
@@ -43,12 +45,17 @@ class Adapter:
     # "none" (positions are always 0..T-1, so capture pads on the right).
     positions: str = "ids"
     causal: bool = False  # a decoder: each token sees only the tokens before it
+    mlp: str = ""      # block-relative: the MLP module (its input is ``mlp_in.L``); "" = parent of mlp_out
+
+    @property
+    def mlp_module(self) -> str:
+        return self.mlp or (self.mlp_out.rsplit(".", 1)[0] if "." in self.mlp_out else "")
 
 
 _LLAMA_LIKE = dict(layers="layers", mlp_out="mlp.down_proj", attn="self_attn",
                    attn_out="self_attn.o_proj")
 _BERT_LIKE = dict(layers="encoder.layer", mlp_out="output.dense", attn="attention.self",
-                  attn_out="attention.output.dense")
+                  attn_out="attention.output.dense", mlp="intermediate")
 
 ADAPTERS: dict[str, Adapter] = {
     "gpt2": Adapter("gpt2", "h", "mlp.c_proj", "attn", "attn.c_proj", causal=True),
@@ -254,6 +261,11 @@ def _register(module: nn.Module, adapter: Adapter, site: str, fn: HookFn):
         return _get(block, adapter.attn_out).register_forward_hook(post_hook)
     if kind == "attn_z":
         return _get(block, adapter.attn_out).register_forward_pre_hook(pre_hook, with_kwargs=True)
+    if kind == "mlp_in":
+        if not adapter.mlp_module:
+            raise LlmriError(f"site {site!r}: cannot tell where the MLP of model family {adapter.family!r} "
+                             "starts; mlp_in is supported for " + SUPPORTED)
+        return _get(block, adapter.mlp_module).register_forward_pre_hook(pre_hook, with_kwargs=True)
 
     def attn_hook(mod, args, output):  # attention modules return (output, probabilities)
         probs = output[1] if isinstance(output, tuple) and len(output) > 1 else None

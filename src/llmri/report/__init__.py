@@ -142,10 +142,12 @@ def build_page(out, name: str, title: str, intro: list[str], figures: list[tuple
 def build_report(scan, out, reducer="pca", n_components: int = 2, grid: int = 10, categories=None,
                  n_permutations: int = 200, seed: int = 0, site: str = "resid", progress: bool | None = None,
                  model=None, attention_text: str | None = None, top_neurons: int = 10,
-                 preset: str | None = None, explanations=None) -> Path:
+                 preset: str | None = None, explanations=None, saes=None, top_features: int = 10) -> Path:
     """Analyse a Scan and write ``out/report.html`` plus ``out/figures/`` and CSV tables.
 
     Sections for attention heads and neurons appear when the scan captured ``attn`` and ``mlp``;
+    a Features section when SAEs are given (``saes``: SAE folders) or, by default, found beside the
+    scan in ``<scan>/saes/<name>/`` (see :func:`scan_saes`), for those whose site has token records;
     with ``model`` and ``attention_text`` the report also holds a head view of that text.
     ``preset="llm-mri"`` builds the regions and metrics as LLM-MRI 0.2.1 does (see ``llmri.regions``).
     ``explanations`` (explain output folders of ``mlp.L`` neurons; default: the runs found beside
@@ -216,6 +218,11 @@ def build_report(scan, out, reducer="pca", n_components: int = 2, grid: int = 10
         probe_sec = {"figure": figs.interactive(probe_figure(probes)), "table": _table(probes)}
     heads = _heads_section(scan, present, figs) if "attn" in scan.site_kinds else None
     neuron_sec = _neurons_section(scan, present, figs, top_neurons, explanations) if "mlp" in scan.site_kinds else None
+    sae_dirs = scan_saes(scan) if saes is None else [Path(p) for p in saes]
+    feature_sec = _features_section(scan, sae_dirs, present, figs, out, model, top_features, progress) \
+        if sae_dirs else None
+    if feature_sec:
+        sections["static"] += feature_sec.pop("static")
     attn_view = None
     if model is not None and attention_text:
         from ..attention import attention
@@ -243,6 +250,7 @@ def build_report(scan, out, reducer="pca", n_components: int = 2, grid: int = 10
         evaluation=None if evaluation is None else figs.interactive(evaluation_figure(evaluation)),
         evaluation_table=None if evaluation is None else _table(evaluation),
         n_components=n_components, probe=probe_sec, heads=heads, neurons=neuron_sec, attention=attn_view,
+        features=feature_sec,
         attention_text=attention_text,
         absent=None if evaluation is not None else (
             f"No evaluation and probe sections: they compare categories and need at least two with two or more "
@@ -339,6 +347,63 @@ def _feature_explanations(sae, explanations, table, figs: _Figures, blocks: list
     blocks.append(figs.interactive(feature_map_figure(table, "simulation_score")))
     files += figs.static(feature_map_plot(table, "simulation_score"), "feature_map_score")
     return explained
+
+
+SAE_FOLDER = "saes"
+
+
+def scan_saes(scan) -> list[Path]:
+    """The SAE folders beside a Scan: ``<scan>/saes/<name>/`` holding a ``cfg.json``, sorted by name
+    (``llmri sae train SCAN --out SCAN/saes/NAME`` puts one there)."""
+    root = Path(scan.folder) / SAE_FOLDER
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and (p / "cfg.json").is_file())
+
+
+def _features_section(scan, sae_dirs, present, figs: _Figures, out: Path, model, top: int, progress) -> dict:
+    """Per SAE: its evaluation (``eval.json``), the most category-selective features per category
+    with the best one's dashboard, the feature map, and a link to its feature browser if built."""
+    import json
+    import os
+
+    from ..sae import SAE, feature_activations
+    from ..sae.features import feature_card, feature_map
+    from ..viz import feature_map_plot
+
+    parts, notes, static = [], [], []
+    for folder in sae_dirs:
+        sae = SAE.load(folder)
+        name = folder.name
+        if sae.site not in scan.token_sites:
+            notes.append(f"{folder}: the scan has no token records of {sae.site}, the site this SAE reads "
+                         f"(scan with --token-sites {sae.site})")
+            continue
+        feats = feature_activations(sae, scan, progress=progress)
+        ev = folder / "eval.json"
+        metrics = json.loads(ev.read_text(encoding="utf-8")) if ev.is_file() else {}
+        color = "category" if len(feats.effects) else "density"
+        fig, table = feature_map(sae, feats, color=color, model=model)
+        static += figs.static(feature_map_plot(table, color), f"features_{_slug(name)}_map")
+        cats = []
+        for c in present:
+            eff = feats.effects[(feats.effects["category"] == c)].sort_values("effect_size", ascending=False)
+            if not len(eff):
+                continue
+            best = eff.head(top).merge(table[["feature", "density", "max"]], on="feature", how="left")
+            card = feature_card(feats, int(best["feature"].iloc[0]), model=model)
+            cats.append({"category": c, "table": _table(best), "card": Markup(card.to_html())})
+        browser = next((b for b in (folder.parent / f"{name}-report" / "features.html",
+                                    folder / "report" / "features.html") if b.is_file()), None)
+        parts.append({"name": name, "sae": repr(sae), "folder": str(folder),
+                      "metrics": {k: metrics[k] for k in ("l0", "explained_variance", "ce_loss_score", "dead_fraction")
+                                  if isinstance(metrics.get(k), (int, float))},
+                      "n_tokens": feats.n_tokens, "dead": int((feats.density == 0).sum()),
+                      "map": figs.interactive(fig), "categories": cats,
+                      "browser": os.path.relpath(browser, out) if browser else None})
+    if not parts and not notes:
+        return None
+    return {"parts": parts, "notes": notes, "static": static}
 
 
 def _safe(name: str) -> str:

@@ -4,6 +4,13 @@
 At the SAE's site the value ``x`` becomes ``decode(f') + (x - decode(f))``: the reconstruction
 with the clamped features ``f'`` plus the unchanged error term. It is computed as
 ``x + (f' - f) @ W_dec``, so with nothing changed the model is bit-for-bit the original.
+
+In decoders the first token of each sequence is an attention sink whose residual norm is orders
+of magnitude above the rest; SAEs are trained without it (``train_sae(skip_first=...)``), and
+clamping there would move the sink that every later token attends to. So by default
+(``skip_first=None``: on for decoders) the first real token of each sequence is left as it is,
+found from the forward pass' ``attention_mask`` (left padding and generation's cached steps
+included).
 """
 
 from __future__ import annotations
@@ -65,10 +72,25 @@ def resolve_values(sae: SAE, spec: dict, feats=None) -> tuple[list[int], list[fl
     return idx, vals
 
 
+def _first_positions(call: dict, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(rows, positions in ``x``) of each sequence's first real token, if this forward pass holds it."""
+    B, T = x.shape[0], x.shape[-2]
+    mask = call.get("mask")
+    if mask is None:
+        if call.get("cached"):
+            return None
+        return torch.arange(B, device=x.device), torch.zeros(B, dtype=torch.long, device=x.device)
+    first = mask.int().argmax(1).to(x.device) - (mask.shape[1] - T)  # this pass holds the last T columns
+    rows = ((first >= 0) & (first < T)).nonzero().squeeze(1)
+    return rows, first[rows]
+
+
 @contextlib.contextmanager
-def clamp(model, sae: SAE, spec: dict, feats=None):
+def clamp(model, sae: SAE, spec: dict, feats=None, skip_first: bool | None = None):
     """Inside the block, every forward pass (and generation) of ``model`` runs with the features
     of ``spec`` set to their values at every token: ``{1234: 8.0}`` or ``{1234: "10x"}``.
+    ``skip_first`` (default: on for decoders) leaves each sequence's first token, the attention
+    sink, unclamped.
 
     >>> with llmri.clamp(model, sae, {1234: "10x"}) as c:         # doctest: +SKIP
     ...     llmri.generate(model, "Tell me about yourself.")
@@ -82,11 +104,19 @@ def clamp(model, sae: SAE, spec: dict, feats=None):
         raise LlmriError(f"sae: expected an llmri.SAE (SAE.load(folder)), got {type(sae).__name__}")
     check_sae_fits(sae, model)
     idx, vals = resolve_values(sae, spec, feats)
+    if skip_first is None:
+        skip_first = bool(model.adapter.causal)
     handle = Clamp(sae, idx, vals)
     sae = sae.to(model.device)
     index = torch.tensor(idx, dtype=torch.long, device=model.device)
     values = torch.tensor(vals, dtype=torch.float32, device=model.device)
     source: dict = {}
+    call: dict = {}
+
+    def top_pre(mod, args, kwargs):  # where this forward pass sits in its sequences
+        call["mask"] = kwargs.get("attention_mask")
+        past = kwargs.get("past_key_values")
+        call["cached"] = past is not None and (not hasattr(past, "get_seq_length") or past.get_seq_length() > 0)
 
     def read(x):
         source["x"] = x
@@ -101,11 +131,20 @@ def clamp(model, sae: SAE, spec: dict, feats=None):
             f = sae.encode(src.float())
             f2 = f.clone()
             f2[..., index] = values
+            if skip_first and f2.dim() == 3:
+                first = _first_positions(call, x)
+                if first is not None:
+                    f2[first[0], first[1]] = f[first[0], first[1]]
             handle.features = f2
             return (x.float() + (f2 - f) @ sae.W_dec).to(x.dtype)
 
     fns = {sae.target_site: replace}
     if sae.is_transcoder:
         fns = {sae.site: read, sae.target_site: replace}
-    with hooks(model.module, model.adapter, fns):
-        yield handle
+    top = model.module.register_forward_pre_hook(top_pre, with_kwargs=True) if skip_first else None
+    try:
+        with hooks(model.module, model.adapter, fns):
+            yield handle
+    finally:
+        if top is not None:
+            top.remove()

@@ -279,7 +279,8 @@ def batch_topk_relu(pre: torch.Tensor, k: int) -> torch.Tensor:
 
 
 _TL_HOOKS = {"hook_resid_pre": ("resid", 0), "hook_resid_post": ("resid", 1), "hook_mlp_out": ("mlp_out", 0),
-             "hook_attn_out": ("attn_out", 0), "mlp.hook_post": ("mlp", 0), "attn.hook_z": ("attn_z", 0)}
+             "hook_attn_out": ("attn_out", 0), "mlp.hook_post": ("mlp", 0), "attn.hook_z": ("attn_z", 0),
+             "hook_mlp_in": ("mlp_in", 0), "ln2.hook_normalized": ("mlp_in", 0)}
 
 
 def site_from_hook_name(name):

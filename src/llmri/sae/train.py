@@ -8,7 +8,9 @@ Choices, with their sources:
   saved as JumpReLU as SAELens does), JumpReLU (Rajamanoharan et al. 2024: straight-through
   estimators with a rectangle kernel for the threshold and an L0 penalty; thresholds start at
   0.1 with bandwidth 0.05 on the normalised scale, because the paper's 0.001 barely moves in
-  short runs), ReLU + L1 (Bricken
+  short runs; the log-thresholds learn 10 times faster than the weights, since Adam moves a
+  parameter by about the learning rate per step and a threshold has to travel from 0.1 to the
+  scale of the activations within the run), ReLU + L1 (Bricken
   et al. 2023; the penalty weighted by decoder norms as in Anthropic's April 2024 update).
 * Decoder rows are kept at unit norm: the gradient component parallel to each row is removed
   before the step and the rows are renormalised after it.
@@ -34,13 +36,15 @@ import sys
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..errors import LlmriError
 from ..sites import parse_site
-from .model import ARCHS, SAE, batch_topk_relu, topk_relu
+from .model import ARCHS, SAE
 
 B_DEC_INITS = ("geometric_median", "mean", "zeros")
+THRESHOLD_LR_MULT = 10.0
 
 
 # ---------------------------------------------------------------- JumpReLU estimators
@@ -89,6 +93,43 @@ def geometric_median(x: torch.Tensor, iters: int = 100, tol: float = 1e-6) -> to
     return y
 
 
+def _pre_acts(sae: SAE, x: torch.Tensor) -> torch.Tensor:
+    """``sae.pre_acts(x)`` written as ``x @ W_enc + (b_enc - b_dec @ W_enc)``: the same value, but
+    ``b_dec``'s gradient is then a matrix-vector product instead of a third [batch, d_sae] product."""
+    if not sae.apply_b_dec_to_input:
+        return x @ sae.W_enc + sae.b_enc
+    return x @ sae.W_enc + (sae.b_enc - sae.b_dec @ sae.W_enc)
+
+
+def batch_topk_select(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows and columns (sorted by row) of the ``k * rows`` largest positive entries of ``pre``:
+    BatchTopK's selection (Bussmann et al. 2024), what ``batch_topk_relu`` keeps, without sorting
+    the whole matrix.
+
+    Each row's ``2k`` largest entries are candidates; ``t``, the ``k * rows``-th largest candidate,
+    is at most the true threshold, so an entry left out can only win in a row whose ``2k``-th
+    candidate reaches ``t``; such rows are searched in full. The result is exact."""
+    B, n = pre.shape
+    total = min(k * B, B * n)
+    m = min(n, 2 * k)
+    cv, ci = pre.topk(m, dim=-1)
+    t = cv.reshape(-1).topk(total).values[-1]
+    over = (cv[:, -1] >= t) & (m < n)
+    rows_all = torch.arange(B, device=pre.device)
+    if bool(over.any()):
+        keep, full = (~over).nonzero().squeeze(1), over.nonzero().squeeze(1)
+        cand_v = torch.cat([cv[keep].reshape(-1), pre[full].reshape(-1)])
+        cand_r = torch.cat([keep.repeat_interleave(m), full.repeat_interleave(n)])
+        cand_c = torch.cat([ci[keep].reshape(-1), torch.arange(n, device=pre.device).repeat(len(full))])
+    else:
+        cand_v, cand_r, cand_c = cv.reshape(-1), rows_all.repeat_interleave(m), ci.reshape(-1)
+    top = cand_v.topk(total)
+    sel = top.indices[top.values > 0]
+    rows, cols = cand_r[sel], cand_c[sel]
+    order = torch.argsort(rows * n + cols)
+    return rows[order], cols[order]
+
+
 # ---------------------------------------------------------------- one SAE's training state
 class _Trainer:
     def __init__(self, sae: SAE, lr: float, total_steps: int, l1_coefficient: float, l0_coefficient: float,
@@ -99,7 +140,10 @@ class _Trainer:
         if self.arch == "jumprelu":
             self.log_threshold = torch.nn.Parameter(torch.log(sae.threshold.detach().clone()))
             self.params.append(self.log_threshold)
-        self.opt = torch.optim.Adam(self.params, lr=lr, eps=6.25e-10)
+        groups = [{"params": self.params[:4], "mult": 1.0}]
+        if self.arch == "jumprelu":  # thresholds move THRESHOLD_LR_MULT times faster (see the module notes)
+            groups.append({"params": self.params[4:], "mult": THRESHOLD_LR_MULT})
+        self.opt = torch.optim.Adam(groups, lr=lr, eps=6.25e-10)
         self.lr, self.total_steps, self.step_i = lr, total_steps, 0
         self.l1, self.l0c, self.eps = l1_coefficient, l0_coefficient, bandwidth
         self.aux_k, self.aux_c, self.dead_tokens = aux_k, aux_coefficient, dead_tokens
@@ -118,17 +162,92 @@ class _Trainer:
         return self.lr * max(0.0, (self.total_steps - self.step_i) / max(1, self.total_steps - decay_start))
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        if self.arch in ("topk", "batchtopk"):
+            self._step_sparse(x, y)
+        else:
+            self._step_dense(x, y)
+
+    def _step_sparse(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """TopK/BatchTopK: only the selected latents are gathered and decoded.
+
+        The encoder is one dense product; the decoder is ``embedding_bag`` over the selected
+        latents (k per token instead of d_sae), forward and backward, and so is AuxK's decoder
+        over the dead latents. The loss and its gradients equal those of the dense formulation
+        (``tests/test_sae.py`` checks them against autograd through dense matrices)."""
         sae = self.sae
-        pre = sae.pre_acts(x)
-        if self.arch == "topk":
-            f = topk_relu(pre, sae.k)
-        elif self.arch == "batchtopk":
-            f = batch_topk_relu(pre, sae.k)
-            kept = f[f > 0]
+        B, n = x.shape[0], sae.d_sae
+        pre = _pre_acts(sae, x)
+        with torch.no_grad():
+            if self.arch == "topk":
+                cols = pre.detach().topk(sae.k, dim=-1).indices
+                rows = None
+            else:
+                rows, cols = batch_topk_select(pre.detach(), sae.k)
+        if rows is None:  # k per row: fixed-size bags
+            vals = torch.relu(pre.gather(1, cols))
+            y_hat = F.embedding_bag(cols, sae.W_dec, mode="sum", per_sample_weights=vals) + sae.b_dec
+            cols_f, vals_f = cols.reshape(-1), vals.reshape(-1)
+        else:  # BatchTopK: a variable number per row, rows sorted
+            vals = torch.relu(pre[rows, cols])
+            offsets = torch.zeros(B, dtype=torch.long, device=x.device)
+            offsets[1:] = torch.bincount(rows, minlength=B).cumsum(0)[:-1]
+            y_hat = F.embedding_bag(cols, sae.W_dec, offsets, mode="sum", per_sample_weights=vals) + sae.b_dec
+            cols_f, vals_f = cols, vals
+            kept = vals_f[vals_f > 0]
             if kept.numel():
                 self.threshold_sum += float(kept.min().detach())
                 self.threshold_n += 1
-        elif self.arch == "relu":
+        err = y - y_hat
+        mse = err.pow(2).sum(-1).mean()
+        loss = mse
+        dead = self.since_fired >= self.dead_tokens
+        n_dead = int(dead.sum())
+        aux = torch.zeros((), device=x.device)
+        if n_dead and self.aux_c > 0:
+            # AuxK (Gao et al. 2024): dead latents' top pre-activations model the residual error.
+            dead_idx = dead.nonzero().squeeze(1)
+            av, ai = pre[:, dead_idx].topk(min(self.aux_k, n_dead), dim=-1)
+            e_hat = F.embedding_bag(dead_idx[ai], sae.W_dec, mode="sum", per_sample_weights=torch.relu(av))
+            aux = (err.detach() - e_hat).pow(2).sum(-1).mean()
+            if torch.isfinite(aux):
+                loss = loss + self.aux_c * aux
+        self._update(loss)
+        with torch.no_grad():
+            on = vals_f.detach() > 0
+            counts = torch.bincount(cols_f[on], minlength=n)
+            self.since_fired += B
+            self.since_fired[counts > 0] = 0
+            self.fired += counts.double()
+            self.fmax.scatter_reduce_(0, cols_f, vals_f.detach(), "amax")
+            self.seen += B
+            tot = (y - y.mean(0)).pow(2).sum()
+            self.last = dict(loss=float(loss), mse=float(mse), aux=float(aux), l0=float(on.sum()) / B,
+                             ev=float(1 - err.pow(2).sum() / tot.clamp(min=1e-12)), dead=n_dead / n)
+
+    def _update(self, loss: torch.Tensor) -> None:
+        """Backward, decoder-row tangent projection, clipping, Adam with the schedule, renormalise."""
+        sae = self.sae
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        with torch.no_grad():
+            W, g = sae.W_dec, sae.W_dec.grad
+            if g is not None:  # keep the step tangent to the unit sphere of each decoder row
+                g -= (g * W).sum(1, keepdim=True) * W
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        for group in self.opt.param_groups:
+            group["lr"] = self._lr() * group["mult"]
+        self.opt.step()
+        self.step_i += 1
+        with torch.no_grad():
+            sae.W_dec /= sae.W_dec.norm(dim=1, keepdim=True).clamp(min=1e-8)
+            if self.arch == "jumprelu":
+                sae.threshold.copy_(self.log_threshold.exp())
+
+    def _step_dense(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """ReLU + L1 and JumpReLU: every latent may fire, so the product is dense."""
+        sae = self.sae
+        pre = _pre_acts(sae, x)
+        if self.arch == "relu":
             f = torch.relu(pre)
         else:
             f = _JumpReLU.apply(pre, self.log_threshold.exp(), self.eps)
@@ -138,35 +257,10 @@ class _Trainer:
         loss = mse
         if self.arch == "relu":
             loss = loss + self.l1 * (f * sae.W_dec.norm(dim=1)).sum(-1).mean()
-        elif self.arch == "jumprelu":
+        else:
             loss = loss + self.l0c * _Step.apply(pre, self.log_threshold.exp(), self.eps).sum(-1).mean()
-        dead = self.since_fired >= self.dead_tokens
-        n_dead = int(dead.sum())
-        aux = torch.zeros((), device=x.device)
-        if n_dead and self.aux_c > 0:
-            # AuxK (Gao et al. 2024): dead latents' top pre-activations model the residual error.
-            ka = min(self.aux_k, n_dead)
-            masked = torch.where(dead, pre, torch.full_like(pre, -torch.inf))
-            aux_f = topk_relu(masked, ka)
-            e_hat = aux_f @ sae.W_dec
-            aux = (err.detach() - e_hat).pow(2).sum(-1).mean()
-            if torch.isfinite(aux):
-                loss = loss + self.aux_c * aux
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        self._update(loss)
         with torch.no_grad():
-            W, g = sae.W_dec, sae.W_dec.grad
-            if g is not None:  # keep the step tangent to the unit sphere of each decoder row
-                g -= (g * W).sum(1, keepdim=True) * W
-        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
-        for group in self.opt.param_groups:
-            group["lr"] = self._lr()
-        self.opt.step()
-        self.step_i += 1
-        with torch.no_grad():
-            sae.W_dec /= sae.W_dec.norm(dim=1, keepdim=True).clamp(min=1e-8)
-            if self.arch == "jumprelu":
-                sae.threshold.copy_(self.log_threshold.exp())
             active = (f > 0)
             fired_now = active.any(0)
             self.since_fired += x.shape[0]
@@ -175,9 +269,9 @@ class _Trainer:
             self.fmax = torch.maximum(self.fmax, f.detach().amax(0))
             self.seen += x.shape[0]
             tot = (y - y.mean(0)).pow(2).sum()
-            self.last = dict(loss=float(loss), mse=float(mse), aux=float(aux),
+            self.last = dict(loss=float(loss), mse=float(mse), aux=0.0,
                              l0=float(active.sum(-1).float().mean()),
-                             ev=float(1 - err.pow(2).sum() / tot.clamp(min=1e-12)), dead=n_dead / sae.d_sae)
+                             ev=float(1 - err.pow(2).sum() / tot.clamp(min=1e-12)), dead=0.0)
 
     def finish(self, s_in: float, s_out: float) -> SAE:
         """Fold the input scaling into the weights and fix BatchTopK's inference threshold."""
@@ -216,7 +310,7 @@ def train_sae(scan, site, n_latents: int = 4096, k: int = 32, arch: str = "batch
     of magnitude above the rest (default: on for scans of decoders, see :func:`scan_is_causal`).
 
     >>> sae = llmri.train_sae(scan, site="resid.15", n_latents=4096, k=32)   # doctest: +SKIP
-    >>> tc = llmri.train_sae(scan, site="resid.3", target_site="mlp_out.3")  # a transcoder
+    >>> tc = llmri.train_sae(scan, site="mlp_in.3", target_site="mlp_out.3")  # a transcoder
     """
     from ..store import Scan
 
