@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import LlmriError
+from .sites import parse_site
 
 FEATURE, ERROR, EMBEDDING, LOGIT = "feature", "error", "embedding", "logit"
 # circuit-tracer's feature_type strings, which its viewer keys its node styles on
@@ -615,10 +616,6 @@ def attribute(model, saes, prompt: str, target=None, chat: bool = False, max_fea
     return AttributionGraph(g, pd.DataFrame(features), tokens, ids, target_str, node["metric"], info)
 
 
-def _layer_of(site: str) -> int:
-    return int(site.split(".")[1])
-
-
 def _nodes(model, saes, ids, tgt, node, target_str):
     """Token, feature (every active one is listed; graph nodes for errors and tokens), logit."""
     import networkx as nx
@@ -634,7 +631,7 @@ def _nodes(model, saes, ids, tgt, node, target_str):
                    label=f"token {tokens[p]!r}")
     features, totals = [], []
     for s in saes:
-        L = _layer_of(s.site)
+        L = parse_site(s.site)[1]
         f, gf, err, gerr = node[s.site]
         attr = (f * gf).cpu()
         err_attr = (err * gerr).sum(-1).cpu()
@@ -683,7 +680,7 @@ def _edges(model, saes, ids, g, features, node, max_feature_nodes, batch_size, s
         kept_by_layer.setdefault(site_index[r["site"]], []).append(r)
     logit = [n for n, d in g.nodes(data=True) if d["kind"] == LOGIT][0]
     last = len(saes) - 1
-    L_last = _layer_of(saes[last].site)
+    L_last = parse_site(saes[last].site)[1]
     for r in kept_by_layer.get(last, []):
         g.add_edge(r["node_id"], logit, weight=r["attribution"])
     for p in range(T):
@@ -701,7 +698,7 @@ def _edges(model, saes, ids, g, features, node, max_feature_nodes, batch_size, s
                         if w_emb[b, p] != 0:
                             g.add_edge(f"E_{ids[p]}_{p}", r["node_id"], weight=float(w_emb[b, p]))
                 continue
-            Lu = _layer_of(saes[k - 1].site)
+            Lu = parse_site(saes[k - 1].site)[1]
             gf, ge = grads
             f_up, e_up = values[0][0], values[1][0]
             w_err = (ge * e_up).sum(-1).cpu().numpy()

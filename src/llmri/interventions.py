@@ -193,8 +193,8 @@ def _representation(model: Model, batches: _Batches) -> np.ndarray:
     return np.stack(out)
 
 
-def make_measure(model: Model, corpus, measure="auto",
-                 batch_tokens: int = 8192) -> tuple[str, Callable[[], float], float | None]:
+def make_measure(model: Model, corpus, measure="auto", batch_tokens: int = 8192,
+                 batches: _Batches | None = None) -> tuple[str, Callable[[], float], float | None]:
     """A function that runs the corpus through the model and returns one number, with its
     unablated value when that is already known (else None).
 
@@ -205,8 +205,7 @@ def make_measure(model: Model, corpus, measure="auto",
     A callable ``f(model) -> float`` is used as it is. ``auto`` is loss when the model has one,
     else representation.
     """
-    texts = corpus.texts
-    batches = _Batches(model, texts, batch_tokens)
+    batches = batches or _Batches(model, corpus.texts, batch_tokens)
     has_cls = type(model.module).__name__.endswith("ForSequenceClassification")
     if measure == "auto":
         measure = "loss" if (is_causal_lm(model) or has_cls) else "representation"
@@ -292,8 +291,9 @@ def lesion_values(model: Model, corpus, jobs: list[tuple], measure="auto", mode:
                   progress: bool | None = None) -> tuple[str, float | None, list[float]]:
     """Run the lesions ``jobs`` (any subset of :func:`lesion_jobs`): the measure's name, the unablated
     value (None when ``baseline`` is False and it would cost a pass) and one value per job."""
-    name, run, known = make_measure(model, corpus, measure, batch_tokens)
-    upto = _replay_depth(model, corpus, jobs, measure, batch_tokens, baseline and known is None)
+    batches = _Batches(model, corpus.texts, batch_tokens)
+    name, run, known = make_measure(model, corpus, measure, batch_tokens, batches)
+    upto = _replay_depth(model, batches, jobs, measure, baseline and known is None)
     store: list[list] = [[] for _ in range(upto)]
     values = []
     with torch.inference_mode():
@@ -313,7 +313,7 @@ def lesion_values(model: Model, corpus, jobs: list[tuple], measure="auto", mode:
 REPLAY_BYTES = 2 * 2**30  # most memory a lesion map spends on replaying unablated blocks
 
 
-def _replay_depth(model: Model, corpus, jobs: list[tuple], measure, batch_tokens: int, baseline_pass: bool) -> int:
+def _replay_depth(model: Model, batches: _Batches, jobs: list[tuple], measure, baseline_pass: bool) -> int:
     """How many leading blocks a lesion map records once and replays for every lesion in a later block
     (0: none). A lesion in block L leaves blocks 0..L-1 as they were, so replaying them saves L/n of
     a pass per lesion; recording costs one pass (free when the baseline needs one anyway) and
@@ -325,9 +325,7 @@ def _replay_depth(model: Model, corpus, jobs: list[tuple], measure, batch_tokens
     saved = sum(L for _, L, _, _ in jobs) / model.n_layers
     if upto == 0 or saved <= (0 if baseline_pass else 1):
         return 0
-    ids, _ = tokenize(model, corpus.texts, model.max_length)
-    lengths = np.asarray([len(x) for x in ids])
-    padded = sum(len(b) * int(lengths[b].max()) for b in plan_batches(lengths, batch_tokens))
+    padded = sum(kw["input_ids"].numel() for _, kw, _ in batches.batches)
     cfg = model.module.config
     d = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", None) or 4096
     return upto if padded * d * 4 * upto <= REPLAY_BYTES else 0
