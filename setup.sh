@@ -12,6 +12,8 @@ if [ "${1:-}" = "--test" ]; then
   APT=()
   command -v chromium >/dev/null 2>&1 || APT+=(chromium)
   ls -d /usr/share/doc/python3*/html/_sources >/dev/null 2>&1 || APT+=(python3-doc)
+  # wordnet-base: WordNet 3.0 noun glosses (places, languages, people) for llmri.glossary_corpus.
+  [ -f /usr/share/wordnet/data.noun ] || APT+=(wordnet-base)
   if [ ${#APT[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
     $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${APT[@]}" >/dev/null

@@ -36,7 +36,7 @@ _EXPORTS = {
     "ADAPTERS": "sites", "Adapter": "sites", "expand_sites": "sites", "hooks": "sites", "parse_site": "sites",
     "Scan": "store", "scan_from_arrays": "store",
     # the decoder, generation and steering
-    "DEFAULT_DECODER": "model", "convert_gguf": "model", "embed": "capture", "reviews_corpus": "corpus", "english_corpus": "corpus",
+    "DEFAULT_DECODER": "model", "convert_gguf": "model", "embed": "capture", "reviews_corpus": "corpus", "english_corpus": "corpus", "glossary_corpus": "corpus",
     "generate": "generate", "steer_sweep": "generate", "steer": "interventions", "steering_vector": "interventions",
     # sparse-autoencoder features
     "SAE": "sae", "train_sae": "sae", "evaluate_sae": "sae", "feature_activations": "sae", "feature_card": "sae",

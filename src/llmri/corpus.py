@@ -335,3 +335,63 @@ def english_corpus(sections: Sequence[str] = ENGLISH_SECTIONS, max_docs: int | N
         keep = np.sort(np.random.default_rng(seed).choice(len(texts), max_docs, replace=False))
         texts, labels = [texts[i] for i in keep], [labels[i] for i in keep]
     return Corpus(texts, labels)
+
+
+# WordNet 3.0 (Princeton University; WordNet licence, free use with its notice), as shipped in
+# Debian's ``wordnet-base`` package, installed by ``setup.sh --test``. Each noun synset becomes one
+# short definitional document, "Eiffel Tower: a wrought iron tower 300 meters high that was
+# constructed in Paris in 1889; ...", labelled by its lexicographer file (lexnames(5)): places,
+# people, languages, foods... World knowledge in plain English, which the Python documentation
+# lacks, for SAEs whose features should name countries, cities and languages.
+GLOSSARY_TOPICS = ("tops", "act", "animal", "artifact", "attribute", "body", "cognition", "communication",
+                   "event", "feeling", "food", "group", "location", "motive", "object", "person",
+                   "phenomenon", "plant", "possession", "process", "quantity", "relation", "shape",
+                   "state", "substance", "time")
+_WORDNET_NOUNS = Path("/usr/share/wordnet/data.noun")
+
+
+def _wordnet_entry(line: str) -> tuple[str, str] | None:
+    """(topic, document) of one line of WordNet's data.noun (format: wndb(5)), or None for the
+    licence header. Fields: offset, lexicographer file number, type, word count (hex), then
+    word/lex_id pairs, pointers, and ``| gloss``."""
+    if not line or line[0] == " " or "|" not in line:
+        return None
+    head, gloss = line.split("|", 1)
+    f = head.split()
+    n = int(f[3], 16)
+    words = [w.replace("_", " ") for w in f[4:4 + 2 * n:2]]
+    words = [re.sub(r"\([a-z]+\)$", "", w) for w in words]      # adjective markers, never on nouns
+    name = words[0] + (f" ({', '.join(words[1:3])})" if len(words) > 1 else "")
+    gloss = gloss.strip().rstrip(";").strip()
+    return GLOSSARY_TOPICS[int(f[1]) - 3], f"{name}: {gloss}{'' if gloss.endswith(('.', '?', '!')) else '.'}"
+
+
+def glossary_corpus(topics: Sequence[str] = GLOSSARY_TOPICS, max_docs: int | None = None,
+                    seed: int = 0) -> Corpus:
+    """Definitions of English nouns, one per document, labelled by topic: WordNet 3.0's noun
+    glosses from Debian's ``wordnet-base`` package (82,000 synsets, about 1.6M words; ``location``
+    has 3,200 places, ``person`` 11,000 people and roles, ``communication`` the languages).
+
+    >>> c = llmri.glossary_corpus(["location"])          # doctest: +SKIP
+    >>> [t for t in c.texts if t.startswith("Eiffel")]  # (it is an artifact, not a location)
+    []
+    """
+    if not _WORDNET_NOUNS.is_file():
+        raise LlmriError(f"glossary_corpus needs Debian's wordnet-base package ({_WORDNET_NOUNS}): "
+                         "apt-get install wordnet-base, or run setup.sh --test")
+    unknown = [t for t in topics if t not in GLOSSARY_TOPICS]
+    if unknown or not topics:
+        raise LlmriError(f"glossary_corpus: unknown topic(s) {', '.join(map(repr, unknown)) or '(none given)'}; "
+                         f"choose from {', '.join(GLOSSARY_TOPICS)}")
+    want = set(topics)
+    texts, labels = [], []
+    with _WORDNET_NOUNS.open(encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            entry = _wordnet_entry(line)
+            if entry is not None and entry[0] in want:
+                labels.append(entry[0])
+                texts.append(entry[1])
+    if max_docs is not None and max_docs < len(texts):
+        keep = np.sort(np.random.default_rng(seed).choice(len(texts), max_docs, replace=False))
+        texts, labels = [texts[i] for i in keep], [labels[i] for i in keep]
+    return Corpus(texts, labels)
