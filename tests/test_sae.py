@@ -310,13 +310,43 @@ def test_skip_first_leaves_out_each_documents_first_token(tmp_path):
     kw = dict(n_latents=16, k=2, epochs=1, batch_size=1000, progress=False)
     rest = np.delete(X[:1000], np.arange(0, 1000, 100), axis=0)
     skip = train_sae(scan, "resid.1", skip_first=True, **kw)
-    keep = train_sae(scan, "resid.1", skip_first=False, **kw)
+    keep = train_sae(scan, "resid.1", skip_first=False, skip_outliers=None, **kw)
     want = np.sqrt(32) / np.linalg.norm(rest, axis=1).mean()
     assert skip.metadata["normalization"]["input_scale"] == pytest.approx(want, rel=0.05)
     assert keep.metadata["normalization"]["input_scale"] < want / 5
     feats = llmri.feature_activations(skip, scan, skip_first=True, progress=False)
     assert feats.n_tokens == 4000 - 40
     assert not np.isin(feats.top_tokens, np.arange(0, 4000, 100)).any()
+
+
+def test_skip_outliers_trains_as_if_the_massive_tokens_were_not_there(tmp_path):
+    """Tokens whose norm is far above the site's median (massive activations away from position 0)
+    are left out of training and of feature statistics: the SAE equals one trained on a scan
+    without those rows, and feature_activations never counts them."""
+    X, _ = synthetic(n_tok=4000)
+    bad = np.array([150, 1250, 2350, 3450])              # one per shard, none a first token
+    X[bad] *= 500.0
+    labels = np.arange(40) % 2
+    scan = scan_from_arrays(tmp_path / "s", {}, labels=labels, token_activations={"resid.1": X},
+                            lengths=np.full(40, 100), shard_tokens=1000)
+    lengths = np.full(40, 100)
+    lengths[bad // 100] -= 1
+    clean = scan_from_arrays(tmp_path / "c", {}, labels=labels, token_activations={"resid.1": np.delete(X, bad, 0)},
+                             lengths=lengths, shard_tokens=999)     # the same 10 documents per shard
+    kw = dict(n_latents=16, k=2, epochs=1, batch_size=250, skip_first=False, dead_tokens=1000, progress=False)
+    sae = train_sae(scan, "resid.1", **kw)              # skip_outliers=10 by default
+    ref = train_sae(clean, "resid.1", skip_outliers=None, **kw)
+    for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
+        torch.testing.assert_close(getattr(sae, name), getattr(ref, name))
+    median = np.median(np.linalg.norm(X[:1000], axis=1))   # the first shard read sets the threshold
+    assert sae.metadata["max_norm"] == pytest.approx(10 * median, rel=0.05)
+    feats = llmri.feature_activations(sae, scan, skip_first=False, progress=False)
+    assert feats.n_tokens == 4000 - len(bad) and not np.isin(feats.top_tokens, bad).any()
+    with_all = train_sae(scan, "resid.1", skip_outliers=None, **kw)
+    assert "max_norm" not in with_all.metadata or with_all.metadata["max_norm"] is None
+    assert llmri.feature_activations(with_all, scan, skip_first=False, progress=False).n_tokens == 4000
+    with pytest.raises(llmri.LlmriError, match="skip_outliers"):
+        train_sae(scan, "resid.1", skip_outliers=0.5, **kw)
 
 
 def test_transformer_lens_hook_names_become_sites(tmp_path):

@@ -200,3 +200,33 @@ def test_clamp_multiples_generation_and_bad_input(model):
     with pytest.raises(llmri.LlmriError, match="another model or site"):
         with clamp(model, orthonormal_sae(16, 4, "resid.2"), {}):
             model.module(**kw)
+
+
+def test_top_activating_tokens_names_a_planted_token_feature(tmp_path):
+    """A feature whose encoder row is one token's embedding fires on that token only (the
+    residual stream at block 0 is the embedding): its label is that token's text, by the
+    tokenizer, not by the scan's records."""
+    from llmri.sae.features import top_activating_tokens
+
+    model = make_model("llama")
+    scan = llmri.scan(model, llmri.Corpus(TEXTS, [0] * len(TEXTS)), tmp_path / "s", sites=("resid",),
+                      token_sites=("resid.0",), pool="mean", progress=False)
+    ids = [i for t in TEXTS for i in model.tokenizer(t)["input_ids"][1:]]
+    common = max(set(ids), key=ids.count)                 # a token that occurs several times
+    E = model.module.get_input_embeddings().weight.detach()
+    d = E.shape[1]
+    sae = SAE(d, 2, arch="relu", site="resid.0")
+    with torch.no_grad():
+        sae.W_enc.zero_()
+        sae.W_enc[:, 0] = E[common]
+        e = E[common] @ E[common]
+        sae.b_enc[0] = -0.5 * e                            # fires where x . E[common] > e / 2
+        sae.b_dec.zero_()
+    X = torch.from_numpy(scan.token_activations(0, "resid"))
+    assert ((X @ E[common]) > 0.5 * e).sum() >= 2          # the planted feature fires, and
+    torch.testing.assert_close(X[(X @ E[common]) > 0.5 * e], E[common].expand(int(((X @ E[common]) > 0.5 * e).sum()), d))
+    feats = feature_activations(sae, scan, n_top=4, skip_first=False, progress=False)
+    want = model.tokenizer.decode([common]).strip()
+    assert top_activating_tokens(feats, [0, 1], model=model) == [want, ""]
+    with pytest.raises(llmri.LlmriError, match="n must be"):
+        top_activating_tokens(feats, [0], n=0)

@@ -68,7 +68,8 @@ def feature_activations(sae: SAE, scan, n_top: int = 20, n_samples: int = 50, ch
                         progress: bool | None = None) -> FeatureActivations:
     """One pass over ``scan``'s token records of the SAE's site: see the module docstring.
     ``skip_first`` (default: on for scans of decoders) counts no activation on each document's
-    first token, the attention sink, and leaves it out of the densities.
+    first token, the attention sink, and leaves it out of the densities; tokens above the SAE's
+    ``metadata["max_norm"]`` (see ``train_sae(skip_outliers=)``) are left out the same way.
 
     >>> feats = llmri.feature_activations(sae, scan)            # doctest: +SKIP
     >>> feats.table().sort_values("effect_size").tail()         # doctest: +SKIP
@@ -90,6 +91,7 @@ def feature_activations(sae: SAE, scan, n_top: int = 20, n_samples: int = 50, ch
     kind, layer = parse_site(sae.site)
     if skip_first is None:
         skip_first = scan_is_causal(scan)
+    max_norm = (sae.metadata or {}).get("max_norm")
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
     sae = sae.to(dev).eval()
@@ -127,6 +129,8 @@ def feature_activations(sae: SAE, scan, n_top: int = 20, n_samples: int = 50, ch
             keep = torch.ones(len(local), dtype=torch.bool, device=dev)
             if skip_first:
                 keep[torch.from_numpy(first_token_rows(ntok)).to(dev)] = False
+            if max_norm is not None:   # the massive-activation tokens the SAE was not trained on
+                keep &= (x_all.norm(dim=1) <= max_norm).to(dev)
             for a in range(0, len(local), chunk):
                 f = sae.encode(x_all[a:a + chunk].to(dev)) * keep[a:a + chunk, None]
                 g = gidx[a:a + chunk]
@@ -143,8 +147,9 @@ def feature_activations(sae: SAE, scan, n_top: int = 20, n_samples: int = 50, ch
                 smp_v = torch.cat([smp_v, f]).gather(0, where)
                 smp_i = torch.cat([smp_i, g[:, None].expand(c, m)]).gather(0, where)
                 doc_sum.index_add_(0, local[a:a + c], f.double())
-            counted = (ntok_t - int(skip_first)).clamp(min=1)
-            doc_mean = doc_sum / counted.to(dev, torch.float64)[:, None]
+            counted = torch.zeros(len(docs), dtype=torch.float64, device=dev).index_add_(0, local, keep.double())
+            counted = counted.clamp(min=1)
+            doc_mean = doc_sum / counted[:, None]
             lab = labels[docs_t].to(dev)
             cat_s.index_add_(0, lab, doc_mean)
             cat_q.index_add_(0, lab, doc_mean.pow(2))
@@ -362,6 +367,36 @@ def top_output_tokens(sae: SAE, model, top: int = 5, chunk: int = 256) -> list[s
         for a in range(0, sae.d_sae, chunk):
             idx = (sae.W_dec[a:a + chunk].float().cpu() @ W_U.T).topk(top, dim=1).indices
             out += [", ".join(token_strings(model.tokenizer, row)) for row in idx.tolist()]
+    return out
+
+
+def top_activating_tokens(feats: FeatureActivations, features=None, n: int = 2, model=None) -> list[str]:
+    """A short label per feature: its ``n`` most frequent token strings among the tokens where it
+    fires most strongly (``feats.top_tokens``), joined by " / " ("" for a feature that never fires).
+    Reading a feature off its top activations is how Bricken et al. 2023 label features by hand;
+    this is the mechanical shorthand for node labels (``AttributionGraph.label_features``).
+
+    >>> top_activating_tokens(feats, [12, 40])     # doctest: +SKIP
+    [' France / French', ' language']
+    """
+    from collections import Counter
+
+    if not isinstance(n, (int, np.integer)) or n < 1:
+        raise LlmriError(f"n must be a positive integer, got {n!r}")
+    idx = range(feats.d_sae) if features is None else [_check_feature(feats, f) for f in features]
+    tok = _tokenizer(feats, model)
+    ids = {}
+    out = []
+    for i in idx:
+        rows = [int(t) for t in feats.top_tokens[:, i] if t >= 0]
+        strs = []
+        for t in rows:
+            if t not in ids:
+                d, pos = feats.locate(t)
+                ids[t] = int(feats.scan.token_ids(d)[pos])
+            strs.append(token_strings(tok, [ids[t]])[0])
+        counts = Counter(s.strip() or s for s in strs)
+        out.append(" / ".join(s for s, _ in counts.most_common(n)))
     return out
 
 

@@ -297,7 +297,7 @@ def train_sae(scan, site, n_latents: int = 4096, k: int = 32, arch: str = "batch
               l1_coefficient: float = 5.0, l0_coefficient: float = 0.05, bandwidth: float = 0.05,
               b_dec_init: str = "geometric_median", normalize: bool = True, aux_k: int | None = None,
               aux_coefficient: float = 1 / 32, dead_tokens: int | None = None, skip_first: bool | None = None,
-              seed: int = 0, device: str = "auto", progress: bool | None = None):
+              skip_outliers: float | None = 10.0, seed: int = 0, device: str = "auto", progress: bool | None = None):
     """Train an SAE (or a transcoder, with ``target_site``) on a Scan's token-level records.
 
     ``site`` is one token site (``"resid.6"``) or a list of them: several SAEs are then
@@ -308,6 +308,14 @@ def train_sae(scan, site, n_latents: int = 4096, k: int = 32, arch: str = "batch
     JumpReLU ``l0_coefficient`` and ``bandwidth`` instead. ``skip_first`` leaves out each
     document's first token, where decoders park an attention sink whose residual norm is orders
     of magnitude above the rest (default: on for scans of decoders, see :func:`scan_is_causal`).
+    ``skip_outliers`` leaves out every token whose norm at a trained site exceeds that many times
+    the site's median token norm: the "massive activations" some decoders also write at other
+    early tokens (Sun et al. 2024, *Massive activations in large language models*; SmolLM2-135M
+    puts norms of 16,000-24,000 against a median of 220 at resid.20 on the second token of a
+    document that starts with a two-token word). A few dozen such tokens in 100k would otherwise
+    dominate the squared error and claim latents of their own. The threshold, in the site's raw
+    units, is kept in ``sae.metadata["max_norm"]``, and :func:`feature_activations` skips the same
+    tokens. ``None`` keeps every token.
 
     >>> sae = llmri.train_sae(scan, site="resid.15", n_latents=4096, k=32)   # doctest: +SKIP
     >>> tc = llmri.train_sae(scan, site="mlp_in.3", target_site="mlp_out.3")  # a transcoder
@@ -327,6 +335,9 @@ def train_sae(scan, site, n_latents: int = 4096, k: int = 32, arch: str = "batch
         raise LlmriError(f"k must be an integer in 1..{n_latents} (n_latents), got {k!r}")
     if lr is not None and not lr > 0:
         raise LlmriError(f"lr must be positive, got {lr!r}")
+    if skip_outliers is not None and not (isinstance(skip_outliers, (int, float)) and skip_outliers > 1):
+        raise LlmriError(f"skip_outliers must be a number above 1 (times the median token norm) or None, "
+                         f"got {skip_outliers!r}")
     single = isinstance(site, str)
     sites = [site] if single else list(site)
     if not sites:
@@ -358,6 +369,9 @@ def train_sae(scan, site, n_latents: int = 4096, k: int = 32, arch: str = "batch
     # First shard (in the first epoch's order) gives the scaling and the b_dec initialisation.
     orders = [rng.permutation(scan.n_shards) for _ in range(epochs)]
     first = _read_shard(scan, needed, orders[0][0], skip_first)
+    max_norm = ({name: float(skip_outliers * np.median(np.linalg.norm(first[name][:65536], axis=1)))
+                 for name in names} if skip_outliers is not None else {})
+    first = _drop_outliers(first, max_norm)
     trainers = []
     scales = {}
     for name in needed:
@@ -383,7 +397,7 @@ def train_sae(scan, site, n_latents: int = 4096, k: int = 32, arch: str = "batch
     with bar:
         for order in orders:
             for s in order:
-                data = _read_shard(scan, needed, s, skip_first)
+                data = _drop_outliers(_read_shard(scan, needed, s, skip_first), max_norm)
                 n = data[needed[0]].shape[0]
                 perm = torch.from_numpy(rng.permutation(n))
                 tensors = {nm: torch.from_numpy(a) for nm, a in data.items()}
@@ -402,7 +416,8 @@ def train_sae(scan, site, n_latents: int = 4096, k: int = 32, arch: str = "batch
     for tr, name, tname in zip(trainers, names, tnames):
         sae = tr.finish(scales[name], scales[tname])
         sae.metadata.update(arch=arch, n_tokens=total_tokens, epochs=epochs, batch_size=batch_size, lr=tr.lr,
-                            seed=seed, b_dec_init=b_dec_init, skip_first=bool(skip_first), aux_k=tr.aux_k, aux_coefficient=aux_coefficient,
+                            seed=seed, b_dec_init=b_dec_init, skip_first=bool(skip_first),
+                            max_norm=max_norm.get(name), aux_k=tr.aux_k, aux_coefficient=aux_coefficient,
                             dead_tokens=dead_tokens, scan=str(scan.folder),
                             normalization=dict(method="expected_average_only_in" if normalize else "none",
                                                input_scale=scales[name], target_scale=scales[tname],
@@ -442,6 +457,18 @@ def _read_shard(scan, names: list[str], s: int, skip_first: bool = False) -> dic
             acts = np.asarray(acts, dtype=np.float32)
             out[name] = np.delete(acts, first_token_rows(ntok), axis=0) if skip_first else acts
     return out
+
+
+def _drop_outliers(data: dict[str, np.ndarray], max_norm: dict[str, float]) -> dict[str, np.ndarray]:
+    """The rows of every site's array whose norm stays within ``max_norm`` at every site that has
+    one (rows are tokens, aligned across sites, so one token goes from all of them)."""
+    if not max_norm:
+        return data
+    keep = None
+    for name, limit in max_norm.items():
+        ok = np.linalg.norm(data[name], axis=1) <= limit
+        keep = ok if keep is None else keep & ok
+    return data if keep.all() else {name: a[keep] for name, a in data.items()}
 
 
 def _initialise(sae: SAE, sample: torch.Tensor, b_dec_init: str, gen: torch.Generator) -> None:
