@@ -729,12 +729,14 @@ def _sae_out(out: str, overwrite: bool) -> Path:
 @click.option("--lr", type=float, default=None, help="Learning rate (default 2e-4 / sqrt(latents / 16384)).")
 @click.option("--l1", "l1_coefficient", type=float, default=5.0, show_default=True, help="L1 weight (relu).")
 @click.option("--l0", "l0_coefficient", type=float, default=0.05, show_default=True, help="L0 weight (jumprelu).")
+@click.option("--skip-outliers", type=float, default=10.0, show_default=True,
+              help="Leave out tokens whose norm exceeds this many times the median (massive activations); 0 keeps all.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", required=True, help="Folder for the SAE (one sub-folder per site when several).")
 @click.option("--overwrite", is_flag=True, help="Write into a non-empty --out.")
 def sae_train_cmd(scan_dir, site, target_site, latents, k, arch, epochs, batch_size, lr, l1_coefficient,
-                  l0_coefficient, seed, device, out, overwrite):
+                  l0_coefficient, skip_outliers, seed, device, out, overwrite):
     """Train an SAE (or transcoder) on the token records of SCAN_DIR; saved in SAELens' layout."""
     from .sae import train_sae
     from .store import Scan
@@ -748,7 +750,7 @@ def sae_train_cmd(scan_dir, site, target_site, latents, k, arch, epochs, batch_s
     result = train_sae(scan, sites[0] if len(sites) == 1 else sites, n_latents=latents, k=k, arch=arch,
                        target_site=(targets[0] if targets and len(sites) == 1 else targets), epochs=epochs,
                        batch_size=batch_size, lr=lr, l1_coefficient=l1_coefficient, l0_coefficient=l0_coefficient,
-                       seed=seed, device=device, progress=None)
+                       skip_outliers=skip_outliers or None, seed=seed, device=device, progress=None)
     saes = {sites[0]: result} if len(sites) == 1 else result
     for name, sae in saes.items():
         folder = out_p if len(saes) == 1 else out_p / name
