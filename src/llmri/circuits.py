@@ -110,6 +110,58 @@ def _check_fit(saes, model) -> None:
             raise LlmriError(f"the SAE of {sae.site} was trained on {sae.model_name}, not {model.name}")
 
 
+def feature_explanations(saes, explanations=None) -> dict[str, dict[int, dict]]:
+    """``{site: {feature: explain row}}`` for the features of ``saes`` (from :func:`load_saes`, or
+    their site names):
+    the rows of ``llmri explain --sae`` runs (explanation, simulation score, baselines).
+
+    ``explanations``: an explain output folder or its ``explain.json``, an
+    :class:`llmri.ExplainResult`, or a list of them (one per SAE site, or several; a later run wins
+    for a feature both explain). None: the runs found beside each SAE folder, as ``llmri sae
+    report`` finds them (:func:`llmri.explain.find_explanations`). A run of neurons, of a site
+    without an SAE here, or of another SAE of the same site is a one-line error naming it.
+
+    >>> llmri.circuits.feature_explanations(saes, "runs/explain-resid.8")["resid.8"][123]["explanation"]  # doctest: +SKIP
+    """
+    from .explain.explainer import ExplainResult, find_explanations, unit_explanations
+
+    folders = {s: None for s in saes if isinstance(s, str)}
+    folders.update({s.site: getattr(s, "folder", None) for s in saes if not isinstance(s, str)})
+    if explanations is None:
+        found = {site: find_explanations(f, site, "feature") for site, f in folders.items() if f is not None}
+        return {site: unit_explanations(runs, site, "feature") for site, runs in found.items() if runs}
+    groups: dict[str, list] = {}
+    for run in explanations if isinstance(explanations, (list, tuple)) else [explanations]:
+        if isinstance(run, ExplainResult):
+            res, where = run, "an explain run"
+        else:
+            folder = Path(run).parent if Path(run).name == "explain.json" else Path(run)
+            if not (folder / "explanations.csv").is_file() or not (folder / "explain.json").is_file():
+                raise LlmriError(f"explanations: {run}: not an explain output folder (no explanations.csv and "
+                                 f"explain.json); run llmri explain --sae with --out {folder}")
+            res, where = ExplainResult.load(folder), str(run)
+        site, kind = res.info.get("site"), res.info.get("unit_kind", "neuron")
+        if kind != "feature":
+            raise LlmriError(f"explanations: {where}: explains the {kind}s of {site}, not SAE features")
+        if site not in folders:
+            raise LlmriError(f"explanations: {where}: explains the features of {site}, but the SAEs are at "
+                             f"{', '.join(folders)}")
+        made_from, ours = res.info.get("sae"), folders[site]
+        if made_from and ours is not None and Path(made_from).resolve() != Path(ours).resolve():
+            raise LlmriError(f"explanations: {where}: explains the features of the SAE in {made_from}, "
+                             f"not of the one in {ours}")
+        groups.setdefault(site, []).append(res)
+    return {site: unit_explanations(runs, site, "feature") for site, runs in groups.items()}
+
+
+def _explained(row: dict | None) -> tuple[str, float]:
+    """(explanation, simulation score) of an explain row, ("", nan) without one."""
+    if not row:
+        return "", float("nan")
+    score = row.get("simulation_score")
+    return str(row.get("explanation") or ""), float("nan") if score is None else float(score)
+
+
 def _one_token(tok, text, what: str = "target") -> int:
     if not isinstance(text, str) or not text:
         raise LlmriError(f"{what}: give a non-empty string such as ' Paris', got {text!r}")
@@ -378,16 +430,25 @@ class AttributionGraph:
                              "embedding": self.info["embedding_attribution"],
                              "features": [float(per.get(p, 0.0)) for p in range(len(self.tokens))]})
 
-    def top_features(self, n: int = 10, model=None, saes=None):
+    def top_features(self, n: int = 10, model=None, saes=None, explanations=None):
         """The ``n`` features with the largest |attribution|: layer, site, position, token, feature,
-        activation, attribution, density, top output tokens (with ``model`` and ``saes``) and
-        explanation when known."""
+        activation, attribution, density, top output tokens (with ``model`` and ``saes``), and the
+        ``explanation`` and ``simulation_score`` of explained features ("" and NaN for the others):
+        those ``attribute`` found, or those of ``explanations`` (see :func:`feature_explanations`).
+
+        >>> g.top_features(10, model=dec, saes=saes, explanations="runs/explain-resid.8")  # doctest: +SKIP
+        """
         import pandas as pd
 
         if not isinstance(n, (int, np.integer)) or n < 1:
             raise LlmriError(f"n must be a positive integer, got {n!r}")
         df = self.features.reindex(self.features["attribution"].abs().sort_values(ascending=False).index).head(n)
         df = df.reset_index(drop=True)
+        if explanations is not None:
+            emap = feature_explanations(load_saes(saes) if saes is not None else self.info["sites"], explanations)
+            rows = [_explained(emap.get(site, {}).get(int(f))) for site, f in zip(df["site"], df["feature"])]
+            df["explanation"] = [r[0] for r in rows]
+            df["simulation_score"] = [r[1] for r in rows]
         if model is not None and saes is not None:
             from .sae.features import output_tokens
 
@@ -553,7 +614,8 @@ def _influence(g) -> dict:
 
 # ---------------------------------------------------------------- attribute
 def attribute(model, saes, prompt: str, target=None, chat: bool = False, max_feature_nodes: int = 200,
-              batch_size: int = 32, freeze: bool = False, skip_first: bool | None = None) -> AttributionGraph:
+              batch_size: int = 32, freeze: bool = False, skip_first: bool | None = None,
+              explanations=None) -> AttributionGraph:
     """The attribution graph of ``model``'s answer to ``prompt`` over the features of ``saes``
     (residual-stream SAEs, one per ``resid.L`` site; a folder of SAE folders works too).
 
@@ -564,7 +626,9 @@ def attribute(model, saes, prompt: str, target=None, chat: bool = False, max_fea
     each, ``batch_size`` rows at a time). ``freeze=True`` freezes attention patterns and norm
     scales in the backward passes (Ameisen et al. 2025). ``skip_first`` (default: on for
     decoders, as in SAE training) leaves position 0, the attention sink, undecomposed: its whole
-    value is its error node.
+    value is its error node. ``explanations`` (``llmri explain --sae`` runs, see
+    :func:`feature_explanations`; default: the runs found beside each SAE folder) put each explained
+    feature's explanation and simulation score in ``g.features``, the nodes and the page's hover.
 
     >>> g = llmri.attribute(model, "runs/saes-dec", "The capital of France is", target=" Paris")  # doctest: +SKIP
     >>> g.prune(0.8, 0.98).top_features(10)                                                   # doctest: +SKIP
@@ -581,6 +645,7 @@ def attribute(model, saes, prompt: str, target=None, chat: bool = False, max_fea
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
             raise LlmriError(f"{name} must be a positive integer, got {v!r}")
     saes = load_saes(saes, model)
+    emap = feature_explanations(saes, explanations)
     tok = model.tokenizer
     ids = _prompt_ids(model, prompt, chat)
     if isinstance(target, (tuple, list)):
@@ -603,7 +668,7 @@ def attribute(model, saes, prompt: str, target=None, chat: bool = False, max_fea
                 tgt = [int(model.module(**pad_batch(model, [ids])[0]).logits[0, -1].argmax())]
         target_str = tok.decode([tgt[0]]) if len(tgt) == 1 else (tok.decode([tgt[0]]), tok.decode([tgt[1]]))
         node = _node_pass(model, saes, ids, tgt, skip_first)
-        g, features, totals = _nodes(model, saes, ids, tgt, node, target_str)
+        g, features, totals = _nodes(model, saes, ids, tgt, node, target_str, emap)
         _edges(model, saes, ids, g, features, node, max_feature_nodes, batch_size, skip_first)
     for n, v in _influence(g).items():
         g.nodes[n]["influence"] = v
@@ -612,11 +677,12 @@ def attribute(model, saes, prompt: str, target=None, chat: bool = False, max_fea
     info = {"prompt": prompt, "model": model.name, "n_layers": model.n_layers, "sites": [s.site for s in saes],
             "metric_name": "logit difference" if len(tgt) == 2 else "log-probability", "freeze": bool(freeze),
             "skip_first": skip_first, "target_ids": tgt, "layer_totals": totals,
-            "embedding_attribution": emb_attr, "max_feature_nodes": max_feature_nodes}
+            "embedding_attribution": emb_attr, "max_feature_nodes": max_feature_nodes,
+            "explained": {site: len(rows) for site, rows in emap.items()}}
     return AttributionGraph(g, pd.DataFrame(features), tokens, ids, target_str, node["metric"], info)
 
 
-def _nodes(model, saes, ids, tgt, node, target_str):
+def _nodes(model, saes, ids, tgt, node, target_str, emap):
     """Token, feature (every active one is listed; graph nodes for errors and tokens), logit."""
     import networkx as nx
 
@@ -644,10 +710,12 @@ def _nodes(model, saes, ids, tgt, node, target_str):
         acts = f.cpu()[pos, feat].numpy()
         grads = gf.cpu()[pos, feat].numpy()
         density = s.feature_density.detach().cpu().numpy()
+        explained = emap.get(s.site, {})
         for p, i, ai, ac, gr in zip(pos.tolist(), feat.tolist(), a.tolist(), acts.tolist(), grads.tolist()):
+            text, score = _explained(explained.get(i))
             features.append({"layer": L, "site": s.site, "position": p, "token": tokens[p], "feature": i,
                              "activation": ac, "attribution": ai, "gradient": gr, "density": float(density[i]),
-                             "node_id": f"{L}_{i}_{p}"})
+                             "node_id": f"{L}_{i}_{p}", "explanation": text, "simulation_score": score})
         totals.append({"layer": L, "site": s.site, "features": float(a.sum()), "error": float(err_attr.sum()),
                        "total": float(a.sum() + err_attr.sum()), "abs_features": float(np.abs(a).sum()),
                        "abs_error": float(err_attr.abs().sum()),
@@ -676,7 +744,8 @@ def _edges(model, saes, ids, g, features, node, max_feature_nodes, batch_size, s
     for r in ranked:
         g.add_node(r["node_id"], kind=FEATURE, layer=r["layer"], pos=r["position"], feature=r["feature"],
                    site=r["site"], activation=r["activation"], attribution=r["attribution"],
-                   density=r["density"], label=f"{r['site']} #{r['feature']} @ {r['position']} {r['token']!r}")
+                   density=r["density"], label=f"{r['site']} #{r['feature']} @ {r['position']} {r['token']!r}",
+                   explanation=r["explanation"], simulation_score=r["simulation_score"])
         kept_by_layer.setdefault(site_index[r["site"]], []).append(r)
     logit = [n for n, d in g.nodes(data=True) if d["kind"] == LOGIT][0]
     last = len(saes) - 1

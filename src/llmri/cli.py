@@ -877,13 +877,15 @@ def sae_steer_cmd(sae_dir, prompt, model_name, feature, values, max_new_tokens, 
 @click.option("--k", "k_spec", default="5,10,20", show_default=True, help="Top-k sizes for validation.")
 @click.option("--ablation", type=click.Choice(["zero", "mean"]), default="zero", show_default=True)
 @click.option("--no-validate", is_flag=True, help="Skip the ablation checks.")
+@click.option("--explanations", multiple=True, help="An llmri explain --sae output folder (or its explain.json) "
+              "of one of the SAEs (repeatable); default: the explain runs found beside each SAE folder.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--download", is_flag=True)
 def circuit_cmd(prompt, model_name, saes, target, contrast, chat, out, max_nodes, node_threshold, edge_threshold,
-                freeze, k_spec, ablation, no_validate, device, download):
+                freeze, k_spec, ablation, no_validate, explanations, device, download):
     """Attribution graph of the model's answer to PROMPT over SAE features: which features, at
     which layers and positions, move it toward --target, and how they feed each other."""
-    from .circuits import attribute, load_saes, validate_circuit
+    from .circuits import attribute, feature_explanations, load_saes, validate_circuit
     from .model import load_model
     from .report import build_circuit_page
 
@@ -902,16 +904,19 @@ def circuit_cmd(prompt, model_name, saes, target, contrast, chat, out, max_nodes
     if Path(out).exists() and not Path(out).is_dir():
         raise LlmriError(f"{out}: exists and is not a folder; choose another --out")
     sae_list = load_saes(saes)
+    explanations = list(explanations) or None
+    feature_explanations(sae_list, explanations)  # checked before the model loads
     model = load_model(model_name, device=device, dtype="float32", download=download)
     g = attribute(model, sae_list, prompt, target=(target, contrast) if contrast else target, chat=chat,
-                  max_feature_nodes=max_nodes, freeze=freeze)
+                  max_feature_nodes=max_nodes, freeze=freeze, explanations=explanations)
     if not no_validate:
         validate_circuit(model, sae_list, g, k=ks, mode=ablation)
     pruned = g.prune(node_threshold, edge_threshold)
     path = build_circuit_page(g, out, pruned=pruned, model=model, saes=sae_list)
     click.echo(f"{g!r}")
-    click.echo(g.top_features(10).to_string(index=False, columns=["site", "position", "token", "feature",
-                                                                 "activation", "attribution"]))
+    click.echo(g.top_features(10).to_string(index=False, max_colwidth=50, columns=[
+        "site", "position", "token", "feature", "activation", "attribution"]
+        + (["explanation", "simulation_score"] if g.info["explained"] else [])))
     if g.validation:
         v = g.validation
         click.echo(f"validation: Spearman {v['single']['spearman']:.3f} over {v['single']['n']} single ablations; "

@@ -478,8 +478,14 @@ def build_circuit_page(ag, out, pruned=None, model=None, saes=None, n_top: int =
              f"feature share of |attribution| {scores['feature_share']:.3f} (the rest sits on SAE error nodes); "
              f"replacement score {scores['replacement_score']:.3f}, completeness score {scores['completeness_score']:.3f} "
              "(Ameisen et al. 2025)"]
+    if ag.info.get("explained"):
+        intro.append("explained features (llmri explain --sae): " + ", ".join(
+            f"{n} of {site}" for site, n in ag.info["explained"].items()) + "; hover a node for its explanation")
+    top = ag.top_features(n_top, model=model, saes=saes)
+    if not ag.info.get("explained"):
+        top = top.drop(columns=["explanation", "simulation_score"], errors="ignore")
     v = ag.validation
-    tables = [("Top features by |attribution|", ag.top_features(n_top, model=model, saes=saes), "top_features"),
+    tables = [("Top features by |attribution|", top, "top_features"),
               ("Per SAE layer: attribution on features and on error nodes", ag.layer_totals(), "layer_totals"),
               ("Per token: attribution of its embedding and of the features active there", ag.token_totals(),
                "token_totals")]

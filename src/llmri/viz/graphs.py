@@ -204,9 +204,12 @@ def _circuit_nrag(ag, max_nodes_per_cell: int = 6) -> nx.DiGraph:
                 text.append(f"activation {d['activation']:.4g}")
                 if d.get("density") is not None:
                     text.append(f"density {d['density']:.3g}")
-                for key in ("top_tokens", "explanation"):
-                    if d.get(key):
-                        text.append(f"{key.replace('_', ' ')}: {html.escape(str(d[key]))}")
+                if d.get("top_tokens"):
+                    text.append(f"top tokens: {html.escape(str(d['top_tokens']))}")
+                if d.get("explanation"):
+                    score = d.get("simulation_score")
+                    text.append(f"explanation: {html.escape(str(d['explanation']))}"
+                                + (f" (simulation score {score:.3f})" if score is not None and score == score else ""))
             if d.get("influence") is not None:
                 text.append(f"influence {d['influence']:.3g}")
             offset = 0.8 * (j % max_nodes_per_cell) / max_nodes_per_cell
