@@ -401,6 +401,7 @@ class AttributionGraph:
         self.metric = metric
         self.info = info
         self.validation: dict | None = None
+        self.explanations: dict = {}  # {site: {feature: explain row}} of the explained features
 
     def __repr__(self) -> str:
         g = self.graph
@@ -516,7 +517,7 @@ class AttributionGraph:
             g.nodes[n]["influence"] = v
         out = AttributionGraph(g, self.features, self.tokens, self.token_ids, self.target, self.metric,
                                dict(self.info, node_threshold=node_threshold, edge_threshold=edge_threshold))
-        out.validation = self.validation
+        out.validation, out.explanations = self.validation, self.explanations
         return out
 
     # -------------------------------------------------- export
@@ -679,7 +680,9 @@ def attribute(model, saes, prompt: str, target=None, chat: bool = False, max_fea
             "skip_first": skip_first, "target_ids": tgt, "layer_totals": totals,
             "embedding_attribution": emb_attr, "max_feature_nodes": max_feature_nodes,
             "explained": {site: len(rows) for site, rows in emap.items()}}
-    return AttributionGraph(g, pd.DataFrame(features), tokens, ids, target_str, node["metric"], info)
+    out = AttributionGraph(g, pd.DataFrame(features), tokens, ids, target_str, node["metric"], info)
+    out.explanations = emap
+    return out
 
 
 def _nodes(model, saes, ids, tgt, node, target_str, emap):

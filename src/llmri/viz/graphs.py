@@ -117,6 +117,7 @@ def nrag_figure(g: nx.DiGraph, fixed: bool = False, colors: dict | None = None, 
                 min_weight: float = 0, node_size: str | None = None, hover: str | None = None):
     """Interactive NRAG (plotly): hover a node for its layer, cell and documents per category
     (or its node attribute ``hover``, an HTML snippet); nodes sized by degree or by |``node_size``|.
+    The node trace's ``customdata`` holds the node ids (for click handlers: ``plotly_click``).
 
     Edges with |weight| below ``min_weight`` start hidden; one click on their legend entry shows them.
     """
@@ -159,7 +160,7 @@ def nrag_figure(g: nx.DiGraph, fixed: bool = False, colors: dict | None = None, 
         x=[pos[n][0] for n in nodes], y=[pos[n][1] for n in nodes], mode="markers", showlegend=False,
         marker=dict(size=6 + 14 * deg / (deg.max() or 1) if len(nodes) else 6,
                     color=[blend(colors, shares[n]) for n in nodes], line=dict(color="black", width=0.5)),
-        text=texts, hovertemplate="%{text}<extra></extra>"))
+        text=texts, customdata=[str(n) for n in nodes], hovertemplate="%{text}<extra></extra>"))
     for c in names:
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=c, line=dict(color=colors[c], width=4)))
     layers = g.graph.get("layers", [])
