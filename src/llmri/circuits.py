@@ -1,4 +1,5 @@
-"""Feature circuits: the attribution graph of one answer over per-layer residual-stream SAE features.
+"""Feature circuits: the attribution graph of one answer over per-layer residual-stream SAE features
+or per-layer transcoders.
 
 ``attribute(model, saes, prompt, target)`` linearises the model around one prompt (attribution
 patching: Nanda 2023; Syed et al. 2023) with an SAE spliced in at each chosen ``resid.L`` site,
@@ -19,6 +20,13 @@ as in Marks et al. 2024, "Sparse feature circuits" (arXiv:2403.19647):
   per kept downstream node, batched ``batch_size`` at a time; never a forward per feature.
   Error nodes are sources, as in circuit-tracer: they have no incoming edges. Edges into the
   target come from the last SAE layer, weighted by the node attributions.
+* Transcoders (``mlp_in.L -> mlp_out.L``, one kind per graph) rewrite the MLP output instead:
+  ``mlp_out.L = decode(encode(mlp_in.L)) + err``, ``err`` being the true output minus the
+  reconstruction, held fixed; features and one error node per position are the nodes, as for SAEs.
+  A transcoder layer does not carry the whole residual stream, so its edges are direct effects as
+  in circuit-tracer (Ameisen et al. 2025): each feature, and the target, gets edges from the token
+  embeddings and from the features and errors of every earlier transcoder, with every transcoder's
+  output cut from its MLP input in that backward pass (paths through an MLP run through its nodes).
 * ``freeze=True`` detaches attention patterns and normalisation scales in the backward passes
   (Ameisen et al. 2025, "Circuit tracing", which freezes them so that direct effects are linear).
   By default nothing is frozen: gradients are the model's own (Marks et al.), so attributions are
@@ -51,7 +59,8 @@ _CT_TYPES = {FEATURE: "cross layer transcoder", ERROR: "mlp reconstruction error
 # ---------------------------------------------------------------- inputs
 def load_saes(saes, model=None) -> list:
     """The SAEs of ``saes`` (an SAE, a list or dict of them, an SAE folder, or a folder of SAE
-    folders) sorted by layer, checked against ``model`` when given."""
+    folders) sorted by layer, checked against ``model`` when given: residual-stream SAEs (site
+    ``resid.L``) or transcoders (``mlp_in.L -> mlp_out.L``), one kind per graph."""
     from .sae import SAE
     from .sae.model import CFG_FILE
 
@@ -83,10 +92,18 @@ def load_saes(saes, model=None) -> list:
         if sae.site is None:
             raise LlmriError(f"saes[{i}]: the SAE does not say which site it reads; set sae.site, e.g. 'resid.6'")
         if sae.is_transcoder:
-            raise LlmriError(f"saes[{i}]: {sae.site} -> {sae.target_site} is a transcoder; attribute takes "
-                             "residual-stream SAEs (site resid.L)")
-        if parse_site(sae.site)[0] != "resid":
-            raise LlmriError(f"saes[{i}]: site {sae.site!r}: attribute takes residual-stream SAEs (site resid.L)")
+            (k_in, l_in), (k_out, l_out) = parse_site(sae.site), parse_site(sae.target_site)
+            if (k_in, k_out) != ("mlp_in", "mlp_out") or l_in != l_out:
+                raise LlmriError(f"saes[{i}]: transcoder {sae.site} -> {sae.target_site}: attribute takes "
+                                 "transcoders from mlp_in.L to mlp_out.L of the same block")
+        elif parse_site(sae.site)[0] != "resid":
+            raise LlmriError(f"saes[{i}]: site {sae.site!r}: attribute takes residual-stream SAEs (site resid.L) "
+                             "or transcoders (mlp_in.L -> mlp_out.L)")
+    if len({s.is_transcoder for s in saes}) > 1:
+        first = next(s for s in saes if s.is_transcoder)
+        other = next(s for s in saes if not s.is_transcoder)
+        raise LlmriError(f"saes: a mix of residual-stream SAEs ({other.site}) and transcoders ({first.site} -> "
+                         f"{first.target_site}); one graph takes one kind")
     sites = [s.site for s in saes]
     dup = sorted({s for s in sites if sites.count(s) > 1})
     if dup:
@@ -103,9 +120,9 @@ def _check_fit(saes, model) -> None:
     width = model.module.get_input_embeddings().weight.shape[1]
     for sae in saes:
         check_sae_fits(sae, model)
-        if sae.d_in != width:
-            raise LlmriError(f"the SAE of {sae.site} reads vectors of width {sae.d_in}, but {model.name}'s "
-                             f"residual stream has width {width}: it belongs to another model")
+        if sae.d_in != width or sae.d_out != width:
+            raise LlmriError(f"the SAE of {sae.site} reads vectors of width {sae.d_in} (writes {sae.d_out}), but "
+                             f"{model.name}'s residual stream has width {width}: it belongs to another model")
         if sae.model_name and model.name and Path(str(sae.model_name)).name != Path(str(model.name)).name:
             raise LlmriError(f"the SAE of {sae.site} was trained on {sae.model_name}, not {model.name}")
 
@@ -275,6 +292,13 @@ def _encode(sae, x, skip_first: bool):
     return f
 
 
+def _reader(state: dict, site: str):
+    """A hook that keeps the value of ``site`` in ``state["in", site]`` (a transcoder's input)."""
+    def fn(x):
+        state["in", site] = x
+    return fn
+
+
 def _node_pass(model, saes, ids, tgt, skip_first: bool):
     """One forward and one backward pass: every node's value and the metric's gradient at it."""
     import torch
@@ -304,7 +328,23 @@ def _node_pass(model, saes, ids, tgt, skip_first: bool):
         state["emb"] = e
         return e.to(x.dtype)
 
-    fns = {s.site: site_fn(s) for s in saes}
+    def transcoder_fn(sae):  # mlp_out.L = decode(f) + err, f = encode(mlp_in.L) and err as leaves
+        def fn(y):
+            yf = y.float()
+            with torch.no_grad():
+                f = _encode(sae, state["in", sae.site].float(), skip_first)
+                err = yf - sae.decode(f)
+            fl, el = f.requires_grad_(), err.requires_grad_()
+            state[sae.site] = (fl, el)
+            return (sae.decode(fl) + el + (yf - yf.detach())).to(y.dtype)
+        return fn
+
+    fns = {}
+    for s in saes:
+        if s.is_transcoder:
+            fns[s.site], fns[s.target_site] = _reader(state, s.site), transcoder_fn(s)
+        else:
+            fns[s.site] = site_fn(s)
     fns.setdefault("resid.0", site_fn(None))
     inputs, _ = pad_batch(model, [ids])
     with hooks(model.module, model.adapter, fns), torch.enable_grad():
@@ -553,7 +593,8 @@ class AttributionGraph:
                             is_target_logit=True, token_prob=float(d["prob"]))
             nodes.append(node)
         links = [{"source": u, "target": v, "weight": float(e["weight"])} for u, v, e in self.graph.edges(data=True)]
-        meta = {"slug": slug, "scan": self.info["model"], "transcoder_list": [], "prompt_tokens": self.tokens,
+        meta = {"slug": slug, "scan": self.info["model"], "transcoder_list": self.info.get("transcoders", []),
+                "prompt_tokens": self.tokens,
                 "prompt": self.info["prompt"], "node_threshold": self.info.get("node_threshold"),
                 "schema_version": 1,
                 "info": {"generator": "llmri", "target": self.target, "metric": self.info["metric_name"],
@@ -618,7 +659,8 @@ def attribute(model, saes, prompt: str, target=None, chat: bool = False, max_fea
               batch_size: int = 32, freeze: bool = False, skip_first: bool | None = None,
               explanations=None) -> AttributionGraph:
     """The attribution graph of ``model``'s answer to ``prompt`` over the features of ``saes``
-    (residual-stream SAEs, one per ``resid.L`` site; a folder of SAE folders works too).
+    (residual-stream SAEs, one per ``resid.L`` site, or transcoders ``mlp_in.L -> mlp_out.L``, one
+    per layer; a folder of SAE folders works too).
 
     ``target`` is one token (``" Paris"``: the metric is its log-probability at the last
     position), a pair (``(" Paris", " London")``: the logit difference), or None (the model's
@@ -670,7 +712,7 @@ def attribute(model, saes, prompt: str, target=None, chat: bool = False, max_fea
         target_str = tok.decode([tgt[0]]) if len(tgt) == 1 else (tok.decode([tgt[0]]), tok.decode([tgt[1]]))
         node = _node_pass(model, saes, ids, tgt, skip_first)
         g, features, totals = _nodes(model, saes, ids, tgt, node, target_str, emap)
-        _edges(model, saes, ids, g, features, node, max_feature_nodes, batch_size, skip_first)
+        _edges(model, saes, ids, tgt, g, features, node, max_feature_nodes, batch_size, skip_first)
     for n, v in _influence(g).items():
         g.nodes[n]["influence"] = v
     tokens = [tok.decode([i]) for i in ids]
@@ -679,7 +721,8 @@ def attribute(model, saes, prompt: str, target=None, chat: bool = False, max_fea
             "metric_name": "logit difference" if len(tgt) == 2 else "log-probability", "freeze": bool(freeze),
             "skip_first": skip_first, "target_ids": tgt, "layer_totals": totals,
             "embedding_attribution": emb_attr, "max_feature_nodes": max_feature_nodes,
-            "explained": {site: len(rows) for site, rows in emap.items()}}
+            "explained": {site: len(rows) for site, rows in emap.items()},
+            "transcoders": [f"{s.site}->{s.target_site}" for s in saes if s.is_transcoder]}
     out = AttributionGraph(g, pd.DataFrame(features), tokens, ids, target_str, node["metric"], info)
     out.explanations = emap
     return out
@@ -738,8 +781,8 @@ def _nonzero(f):
     return nz[0].cpu(), nz[1].cpu()
 
 
-def _edges(model, saes, ids, g, features, node, max_feature_nodes, batch_size, skip_first):
-    """Add kept feature nodes and the edges into them (and from the last layer into the logit)."""
+def _edges(model, saes, ids, tgt, g, features, node, max_feature_nodes, batch_size, skip_first):
+    """Add kept feature nodes and the edges into them and into the logit."""
     T = len(ids)
     ranked = sorted(features, key=lambda r: -abs(r["attribution"]))[:max_feature_nodes]
     kept_by_layer: dict[int, list] = {}
@@ -751,6 +794,9 @@ def _edges(model, saes, ids, g, features, node, max_feature_nodes, batch_size, s
                    explanation=r["explanation"], simulation_score=r["simulation_score"])
         kept_by_layer.setdefault(site_index[r["site"]], []).append(r)
     logit = [n for n, d in g.nodes(data=True) if d["kind"] == LOGIT][0]
+    if saes[0].is_transcoder:
+        _transcoder_edges(model, saes, ids, tgt, g, kept_by_layer, logit, batch_size, skip_first)
+        return
     last = len(saes) - 1
     L_last = parse_site(saes[last].site)[1]
     for r in kept_by_layer.get(last, []):
@@ -758,42 +804,122 @@ def _edges(model, saes, ids, g, features, node, max_feature_nodes, batch_size, s
     for p in range(T):
         g.add_edge(f"{L_last}_-1_{p}", logit, weight=g.nodes[f"{L_last}_-1_{p}"]["attribution"])
     for k, rows in sorted(kept_by_layer.items()):
-        up_kept = kept_by_layer.get(k - 1, []) if k > 0 else []
         for start in range(0, len(rows), batch_size):
             chunk = rows[start:start + batch_size]
             spec = [(r["position"], r["feature"], r["gradient"]) for r in chunk]
             grads, values = _edge_pass(model, saes, ids, k, spec, skip_first)
+            heads = [(r["node_id"], r["position"]) for r in chunk]
             if k == 0:
-                w_emb = (grads[0] * values[0]).sum(-1).cpu().numpy()  # [B, T]
-                for b, r in enumerate(chunk):
-                    for p in range(r["position"] + 1):
-                        if w_emb[b, p] != 0:
-                            g.add_edge(f"E_{ids[p]}_{p}", r["node_id"], weight=float(w_emb[b, p]))
-                continue
-            Lu = parse_site(saes[k - 1].site)[1]
-            gf, ge = grads
-            f_up, e_up = values[0][0], values[1][0]
-            w_err = (ge * e_up).sum(-1).cpu().numpy()
-            if up_kept:
-                up_pos = [u["position"] for u in up_kept]
-                up_feat = [u["feature"] for u in up_kept]
-                w_feat = (gf[:, up_pos, up_feat] * f_up[up_pos, up_feat]).cpu().numpy()  # [B, n_up]
-            for b, r in enumerate(chunk):
-                for p in range(r["position"] + 1):
-                    if w_err[b, p] != 0:
-                        g.add_edge(f"{Lu}_-1_{p}", r["node_id"], weight=float(w_err[b, p]))
-                if up_kept:
-                    for j, u in enumerate(up_kept):
-                        if w_feat[b, j] != 0:
-                            g.add_edge(u["node_id"], r["node_id"], weight=float(w_feat[b, j]))
+                _link(g, ids, heads, emb=(grads[0], values[0]))
+            else:
+                _link(g, ids, heads, ups=[(parse_site(saes[k - 1].site)[1], grads, values, kept_by_layer.get(k - 1, []))])
+
+
+def _link(g, ids, heads, emb=None, ups=()):
+    """Edges into ``heads`` (node id, position), one batch row each: from the token embeddings
+    (``emb`` = (gradient, value) ``[B, T, d]``) and from the error nodes and kept features of each
+    upstream layer in ``ups`` (layer, (feature grads, error grads), (feature values, error values),
+    kept feature rows); weight = gradient x value, zero weights (later positions) left out."""
+    if emb is not None:
+        w_emb = (emb[0] * emb[1][0]).sum(-1).cpu().numpy()  # [B, T]
+        for b, (head, pos) in enumerate(heads):
+            for p in range(pos + 1):
+                if w_emb[b, p] != 0:
+                    g.add_edge(f"E_{ids[p]}_{p}", head, weight=float(w_emb[b, p]))
+    for Lu, (gf, ge), (f_up, e_up), up_kept in ups:
+        w_err = (ge * e_up[0]).sum(-1).cpu().numpy()
+        if up_kept:
+            up_pos = [u["position"] for u in up_kept]
+            up_feat = [u["feature"] for u in up_kept]
+            w_feat = (gf[:, up_pos, up_feat] * f_up[0][up_pos, up_feat]).cpu().numpy()  # [B, n_up]
+        for b, (head, pos) in enumerate(heads):
+            for p in range(pos + 1):
+                if w_err[b, p] != 0:
+                    g.add_edge(f"{Lu}_-1_{p}", head, weight=float(w_err[b, p]))
+            for j, u in enumerate(up_kept):
+                if w_feat[b, j] != 0:
+                    g.add_edge(u["node_id"], head, weight=float(w_feat[b, j]))
+
+
+def _transcoder_edges(model, saes, ids, tgt, g, kept_by_layer, logit, batch_size, skip_first):
+    """Transcoders: edges into each kept feature, and into the logit, from the token embeddings and
+    from the features and errors of every transcoder before it (direct effects, as in circuit-tracer:
+    each transcoder's output is cut from its input, so paths through it run through its nodes)."""
+    n = len(saes)
+    for k in range(n + 1):
+        rows = kept_by_layer.get(k, []) if k < n else [None]
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start:start + batch_size]
+            spec = [(r["position"], r["feature"], r["gradient"]) for r in chunk] if k < n else []
+            emb, ups = _transcoder_edge_pass(model, saes, ids, k, spec, tgt, skip_first)
+            heads = [(r["node_id"], r["position"]) for r in chunk] if k < n else [(logit, len(ids) - 1)]
+            _link(g, ids, heads, emb=emb, ups=[(parse_site(saes[j].site)[1], *ups[j], kept_by_layer.get(j, []))
+                                               for j in range(k)])
+
+
+def _transcoder_edge_pass(model, saes, ids, k: int, rows, tgt, skip_first: bool):
+    """Gradients of ``sum_b w_b * f_k[b, pos_b, feat_b]`` (or of the metric when ``k == len(saes)``)
+    at the token embeddings and at the features and errors of transcoders ``0..k-1``, whose outputs
+    are rewritten as ``decode(f) + err`` with ``f`` and ``err`` cut from the MLP's input; one batch
+    row per downstream node. Returns ``(grad, value)`` of the embeddings and, per upstream
+    transcoder, ``((feature grad, error grad), (feature value, error value))``."""
+    import torch
+
+    from .capture import pad_batch
+    from .sites import hooks
+
+    B = max(len(rows), 1)
+    state: dict = {}
+
+    def emb(x):
+        e = x.detach().float().expand(B, *x.shape[1:]).clone().requires_grad_()
+        state["emb"] = e
+        return e.to(x.dtype)
+
+    def cut(sae):
+        def fn(y):
+            with torch.no_grad():
+                f = _encode(sae, state["in", sae.site].float(), skip_first)
+                err = y.float() - sae.decode(f)
+            fl, el = f.requires_grad_(), err.requires_grad_()
+            state[sae.site] = (fl, el)
+            return (sae.decode(fl) + el).to(y.dtype)
+        return fn
+
+    def down(x):
+        f = _encode(saes[k], x.float(), skip_first)
+        pos = torch.tensor([r[0] for r in rows], device=f.device)
+        feat = torch.tensor([r[1] for r in rows], device=f.device)
+        w = torch.tensor([r[2] for r in rows], device=f.device, dtype=f.dtype)
+        state["scalar"] = (f[torch.arange(B, device=f.device), pos, feat] * w).sum()
+        raise _Stop
+
+    fns = {"resid.0": emb}
+    for s in saes[:k]:
+        fns[s.site], fns[s.target_site] = _reader(state, s.site), cut(s)
+    if k < len(saes):
+        fns[saes[k].site] = down
+    inputs, _ = pad_batch(model, [ids])
+    with hooks(model.module, model.adapter, fns), torch.enable_grad():
+        try:
+            state["scalar"] = _metric(model.module(**inputs).logits[:, -1], tgt).sum()
+        except _Stop:
+            pass
+        state["scalar"].backward()
+    e = state["emb"]
+    ups = []
+    for s in saes[:k]:
+        fl, el = state[s.site]
+        ups.append(((fl.grad, el.grad), (fl.detach(), el.detach())))
+    return (e.grad, e.detach()), ups
 
 
 # ---------------------------------------------------------------- validation
 def _ablated_metrics(model, saes, ids, tgt, sets: list[list[tuple[str, int, int]]], mode: str, skip_first: bool,
                      means: dict | None = None, batch_size: int = 32) -> np.ndarray:
     """The metric with each set of (site, position, feature) ablated (one batch row per set): the
-    site's value becomes ``x + (f' - f) @ W_dec`` as in ``llmri.clamp``, ``f'`` being 0 (zero) or
-    the feature's mean over the prompt's positions (mean)."""
+    site's value (a transcoder's: its target site's) becomes ``x + (f' - f) @ W_dec`` as in
+    ``llmri.clamp``, ``f'`` being 0 (zero) or the feature's mean over the prompt's positions (mean)."""
     import torch
 
     from .capture import pad_batch
@@ -817,7 +943,7 @@ def _ablated_metrics(model, saes, ids, tgt, sets: list[list[tuple[str, int, int]
                 if not rows:
                     return None
                 xf = x.float()
-                f = _encode(sae, xf, skip_first)
+                f = _encode(sae, state["in", sae.site].float() if sae.is_transcoder else xf, skip_first)
                 r, p, i = (torch.tensor(v, device=x.device) for v in (rows, pos, feat))
                 cur = f[r, p, i]
                 new = torch.zeros_like(cur) if mode == "zero" else means[sae.site][i]
@@ -826,8 +952,14 @@ def _ablated_metrics(model, saes, ids, tgt, sets: list[list[tuple[str, int, int]
                 return (xf + delta).to(x.dtype)
             return fn
 
+        state: dict = {}
+        fns = {}
+        for s in saes:
+            if s.is_transcoder:
+                fns[s.site] = _reader(state, s.site)
+            fns[s.target_site] = fn_for(s)
         inputs, _ = pad_batch(model, [ids] * B)
-        with hooks(model.module, model.adapter, {s.site: fn_for(s) for s in saes}), torch.no_grad():
+        with hooks(model.module, model.adapter, fns), torch.no_grad():
             out.append(_metric(model.module(**inputs).logits[:, -1], tgt).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0)
 

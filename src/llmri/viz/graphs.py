@@ -187,9 +187,11 @@ def _circuit_nrag(ag, max_nodes_per_cell: int = 6) -> nx.DiGraph:
     T = len(ag.tokens)
     layers = sorted({d["layer"] for _, d in g.nodes(data=True)}, reverse=True)
     labels = {}
+    transcoders = any(str(d.get("site", "")).startswith("mlp_in.") for _, d in g.nodes(data=True))
     for L in layers:
         kinds = {d["kind"] for _, d in g.nodes(data=True) if d["layer"] == L}
-        labels[L] = ("target" if "logit" in kinds else "tokens" if "embedding" in kinds else f"resid.{L}")
+        labels[L] = ("target" if "logit" in kinds else "tokens" if "embedding" in kinds else
+                     f"mlp_out.{L}" if transcoders else f"resid.{L}")
     h = nx.DiGraph(layers=layers, n_components=T + 1, categories=list(CIRCUIT_CATEGORIES), row_labels=labels)
     cells: dict = {}
     biggest = max((abs(d.get("attribution", 0.0)) for _, d in g.nodes(data=True) if d["kind"] != "logit"), default=1.0)
