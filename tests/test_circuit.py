@@ -492,6 +492,7 @@ def test_cli_transcoders_train_then_circuit_with_dashboards(tmp_path):
     assert "mlp_in.2" in out and "validation: Spearman" in out
     page = (tmp_path / "circ" / "circuit.html").read_text()
     assert "mlp_out.2" in page and "top activations" in page
+    assert "transcoders mlp_in.1-&gt;mlp_out.1, mlp_in.2-&gt;mlp_out.2 (edges: direct effects)" in page
     data = json.loads((tmp_path / "circ" / "graph.json").read_text())
     assert data["metadata"]["transcoder_list"] == ["mlp_in.1->mlp_out.1", "mlp_in.2->mlp_out.2"]
     cards = json.loads(page.split("var cards = ", 1)[1].split(";\n", 1)[0])

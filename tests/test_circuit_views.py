@@ -75,6 +75,8 @@ def test_explanations_found_beside_the_saes_reach_table_nodes_and_hover(work):
     hover = [t for t in texts if t.startswith(html.escape(node["label"]) + "<br>")]
     assert len(hover) == 1
     assert f"explanation: {html.escape(r['explanation'])} (simulation score {r['simulation_score']:.3f})" in hover[0]
+    clerp = {n["node_id"]: n["clerp"] for n in g.to_dict()["nodes"]}
+    assert clerp[r["node_id"]].startswith(r["explanation"] + " (")
 
 
 def test_explanations_given_as_folder_or_explain_json(work):

@@ -429,7 +429,9 @@ class AttributionGraph:
     ``"{layer}_-1_{pos}"`` for error nodes, ``"E_{token_id}_{pos}"`` for token embeddings and
     ``"{n_layers + 1}_{token_id}_{pos}"`` for the target logit. Each node carries ``kind``,
     ``layer``, ``pos``, ``feature``, ``activation``, ``attribution`` and (once computed)
-    ``influence``; each edge ``weight``.
+    ``influence``; feature nodes also ``density``, ``explanation`` and ``simulation_score`` (""
+    and NaN when not explained); each edge ``weight``. ``explanations`` holds the explain rows of
+    the explained features, ``{site: {feature: row}}``.
     """
 
     def __init__(self, graph, features, tokens, token_ids, target, metric, info):
@@ -584,6 +586,8 @@ class AttributionGraph:
             if kind == FEATURE:
                 node.update(feature=int(d["feature"]), layer=str(d["layer"]), jsNodeId=f"{d['layer']}_{d['feature']}-{pos}",
                             activation=float(d["activation"]))
+                if d.get("explanation"):  # the viewer shows clerp as the feature's description
+                    node["clerp"] = f"{d['explanation']} ({d.get('label', '')})"
             elif kind == ERROR:
                 node.update(feature=-1, layer=str(d["layer"]), jsNodeId=f"{d['layer']}_-1-{pos}")
             elif kind == EMBEDDING:

@@ -865,7 +865,8 @@ def sae_steer_cmd(sae_dir, prompt, model_name, feature, values, max_new_tokens, 
 @cli.command("circuit")
 @click.argument("prompt")
 @click.option("--model", "model_name", default="default-decoder", show_default=True)
-@click.option("--saes", required=True, help="Folder of residual-stream SAE folders (llmri sae train --sites ...).")
+@click.option("--saes", required=True, help="Folder of residual-stream SAE folders (llmri sae train --sites ...) "
+              "or of transcoder folders (--sites mlp_in.L,... --target-site mlp_out.L,...).")
 @click.option("--target", default=None, help="Target token, e.g. ' Paris' (default: the model's top token).")
 @click.option("--contrast", default=None, help="Second token: the metric becomes logit(target) - logit(contrast).")
 @click.option("--chat", is_flag=True, help="Wrap the prompt in the model's chat template.")

@@ -490,7 +490,8 @@ def build_circuit_page(ag, out, pruned=None, model=None, saes=None, n_top: int =
     intro = [f"prompt: {ag.info['prompt']!r} ({len(ag.tokens)} tokens), model {ag.info['model']}",
              f"target {ag.target!r}: {ag.info['metric_name']} {ag.metric:.4g}"
              + (f" (p = {probs[0]:.3f})" if probs and probs[0] is not None and ag.info["metric_name"] != "logit difference" else ""),
-             f"SAEs at {', '.join(ag.info['sites'])}; attention patterns and norm scales "
+             (f"transcoders {', '.join(ag.info['transcoders'])} (edges: direct effects)" if ag.info.get("transcoders")
+              else f"SAEs at {', '.join(ag.info['sites'])}") + "; attention patterns and norm scales "
              + ("frozen (Ameisen et al. 2025)" if ag.info["freeze"] else "not frozen (gradients of the model itself)"),
              f"graph shown: {shown.graph.number_of_nodes()} nodes, {shown.graph.number_of_edges()} edges"
              + (f" (pruned: node threshold {shown.info['node_threshold']}, edge threshold {shown.info['edge_threshold']})"
