@@ -11,6 +11,14 @@ features (5 draws), and the 20 features of largest |attribution| one at a time; 
 drops and the Spearman correlation of predicted (attribution) and actual single-feature drops.
 
     python benchmarks/circuit.py --saes /work/runs/saes-dec/saes [--max-nodes 200] [--prompts 24]
+
+``--transcoders`` measures the cost with transcoders instead (``mlp_in.L -> mlp_out.L`` at the
+layers of the SAEs, as many latents, TopK with k = 32 so that as many features are active per token
+as with the SAEs, random weights: cost depends on shapes and sparsity, not on what the features
+mean; faithfulness is skipped). Transcoder edges are direct effects from every earlier layer, so
+each edge pass runs from the embeddings instead of from the layer below.
+
+    python benchmarks/circuit.py --saes /work/runs/saes-dec/saes --transcoders
 """
 
 from __future__ import annotations
@@ -91,19 +99,37 @@ def timed(fn, repeat: int = 1):
     return best, mem.extra
 
 
+def random_transcoder(sae, model, k: int = 32):
+    """A TopK transcoder of the SAE's layer (``mlp_in.L -> mlp_out.L``), as wide, random unit weights."""
+    from llmri.sae import SAE
+    from llmri.sites import parse_site
+
+    L = parse_site(sae.site)[1]
+    tc = SAE(sae.d_in, sae.d_sae, arch="topk", k=k, site=f"mlp_in.{L}", target_site=f"mlp_out.{L}",
+             model_name=model.name)
+    with torch.no_grad():
+        tc.W_enc.copy_(torch.nn.functional.normalize(torch.randn(sae.d_in, sae.d_sae), dim=0))
+        tc.W_dec.copy_(torch.nn.functional.normalize(torch.randn(sae.d_sae, sae.d_in), dim=1))
+    return tc
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--saes", default="/work/runs/saes-dec/saes")
     ap.add_argument("--max-nodes", type=int, default=200)
     ap.add_argument("--prompts", type=int, default=len(PROMPTS), help="Prompts for faithfulness (0: cost only).")
     ap.add_argument("--no-cost", action="store_true", help="Skip the cost part.")
+    ap.add_argument("--transcoders", action="store_true", help="Cost with random TopK transcoders at the SAE layers.")
     args = ap.parse_args()
     torch.manual_seed(0)
     model = llmri.load_model("default-decoder", dtype="float32")
     saes = load_saes(args.saes, model)
+    if args.transcoders:
+        saes = load_saes([random_transcoder(s, model) for s in saes], model)
+        args.prompts = 0
     for p in model.module.parameters():
         p.requires_grad_(False)
-    print(f"model {model.name}, SAEs at {', '.join(s.site for s in saes)} ({saes[0].d_sae} latents), "
+    print(f"model {model.name}, {'transcoders' if saes[0].is_transcoder else 'SAEs'} at {', '.join(s.site for s in saes)} ({saes[0].d_sae} latents), "
           f"{torch.get_num_threads()} threads")
     tok = model.tokenizer
     paris = tok(" Paris", add_special_tokens=False)["input_ids"][0]

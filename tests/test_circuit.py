@@ -267,3 +267,234 @@ def test_cli_train_several_sites_then_circuit(tmp_path):
     assert_one_line_error(run("circuit", "the star", "--saes", "saes", "--edge-threshold", "2", "--out", "bad",
                               cwd=tmp_path), "edge-threshold")
     assert not (tmp_path / "bad").exists()
+
+
+# ---------------------------------------------------------------- transcoders
+def identity_transcoder(d: int, layer: int) -> SAE:
+    """mlp_in.L -> mlp_out.L with W_enc = W_dec = I, no biases, threshold -inf: f = the MLP's input."""
+    tc = SAE(d, d, arch="jumprelu", k=None, site=f"mlp_in.{layer}", target_site=f"mlp_out.{layer}")
+    with torch.no_grad():
+        tc.W_enc.copy_(torch.eye(d))
+        tc.W_dec.copy_(torch.eye(d))
+        tc.threshold.fill_(-float("inf"))
+    return tc
+
+
+def random_transcoder(d: int, d_sae: int, layer: int, seed: int, dec: float = 0.02) -> SAE:
+    """A ReLU transcoder with random unit encoder columns, a negative bias (MLP inputs of the tiny
+    model have entries of about 0.8) and decoder rows of norm ``dec`` (MLP outputs: norm about 0.005)."""
+    gen = torch.Generator().manual_seed(seed)
+    tc = SAE(d, d_sae, arch="relu", k=None, site=f"mlp_in.{layer}", target_site=f"mlp_out.{layer}")
+    with torch.no_grad():
+        W = torch.randn(d, d_sae, generator=gen)
+        tc.W_enc.copy_(W / W.norm(dim=0, keepdim=True))
+        tc.b_enc.fill_(-0.5)
+        D = torch.randn(d_sae, d, generator=gen)
+        tc.W_dec.copy_(dec * D / D.norm(dim=1, keepdim=True))
+    return tc
+
+
+def _mlp_outputs(model) -> dict[int, torch.Tensor]:
+    ids = model.tokenizer(PROMPT)["input_ids"]
+    got = {}
+    hs = [blk.mlp.register_forward_hook(lambda mod, a, o, L=L: got.__setitem__(L, o.detach()))
+          for L, blk in enumerate(model.module.model.layers)]
+    try:
+        with torch.no_grad():
+            model.module(input_ids=torch.tensor([ids]))
+    finally:
+        for h in hs:
+            h.remove()
+    return got
+
+
+def _plain_derivative(model, target: int, read=None, scale="emb", held=()) -> float:
+    """d(read)/ds at s = 1 by plain autograd on the transformers module: ``read`` is the metric
+    (None) or the MLP input of block L at (pos, i) (``(L, pos, i)``); ``scale`` multiplies the token
+    embeddings (``"emb"``) or the MLP output of block ``scale`` by s; the MLP outputs of the blocks in
+    ``held`` are replaced by their original values (cut from their inputs)."""
+    ids = model.tokenizer(PROMPT)["input_ids"]
+    orig = _mlp_outputs(model)
+    s = torch.tensor(1.0, requires_grad=True)
+    got, hs = {}, []
+    for L, blk in enumerate(model.module.model.layers):
+        if L in held or L == scale:
+            hs.append(blk.mlp.register_forward_hook(
+                lambda mod, a, o, L=L: (orig[L] * s if L == scale else orig[L] + 0 * o)))
+    if read is not None:
+        hs.append(model.module.model.layers[read[0]].mlp.register_forward_pre_hook(
+            lambda mod, a: got.__setitem__("x", a[0])))
+    try:
+        e = model.module.get_input_embeddings()(torch.tensor([ids])).detach()
+        out = model.module(inputs_embeds=e * s if scale == "emb" else e).logits
+    finally:
+        for h in hs:
+            h.remove()
+    y = torch.log_softmax(out[0, -1].float(), -1)[target] if read is None else got["x"][0, read[1], read[2]]
+    (d,) = torch.autograd.grad(y, s)
+    return float(d)
+
+
+def _plain_mlp_grad(model, layer: int, target: int):
+    """Metric, MLP input and output of block ``layer`` and the metric's gradient at that output
+    (plain forward hooks on the transformers module, nothing replaced)."""
+    ids = model.tokenizer(PROMPT)["input_ids"]
+    got = {}
+
+    def keep(mod, args, out):
+        out.retain_grad()
+        got["in"], got["out"] = args[0].detach(), out
+
+    h = model.module.model.layers[layer].mlp.register_forward_hook(keep)
+    try:
+        logits = model.module(input_ids=torch.tensor([ids])).logits
+    finally:
+        h.remove()
+    m = torch.log_softmax(logits[0, -1].float(), -1)[target]
+    m.backward()
+    model.module.zero_grad(set_to_none=True)
+    return float(m.detach()), got["in"][0], got["out"].detach()[0], got["out"].grad[0]
+
+
+def test_identity_transcoders_give_gradient_times_activation(llama):
+    """Feature (L, p, i) = the MLP input x[p, i], written to the MLP output: attribution = dm/dy[p, i] *
+    x[p, i]; error node p = dm/dy[p] . (y[p] - x[p]); a layer's features plus errors = dm/dy . y, the
+    first-order change when the MLP output is removed (finite difference on the plain model)."""
+    tcs = [identity_transcoder(32, 0), identity_transcoder(32, 1)]
+    tid = llama.tokenizer("moon", add_special_tokens=False)["input_ids"][0]
+    g = attribute(llama, tcs, PROMPT, target="moon", skip_first=False, max_feature_nodes=1)
+    ids = llama.tokenizer(PROMPT)["input_ids"]
+    for L in (0, 1):
+        m, x, y, grad = _plain_mlp_grad(llama, L, tid)
+        assert g.metric == pytest.approx(m, abs=1e-5)
+        df = g.features[g.features["layer"] == L]
+        assert set(df["site"]) == {f"mlp_in.{L}"}
+        got = np.zeros(tuple(x.shape))
+        got[df["position"].to_numpy(), df["feature"].to_numpy()] = df["attribution"].to_numpy()
+        ref = (grad * x).numpy()
+        tol = 1e-5 * np.abs(ref).max()  # float32 rounding of the rewrite y = decode(f) + err
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=tol)
+        err = [g.graph.nodes[f"{L}_-1_{p}"]["attribution"] for p in range(len(ids))]
+        np.testing.assert_allclose(err, (grad * (y - x)).sum(-1).numpy(), rtol=1e-4, atol=tol)
+        row = g.layer_totals().set_index("layer").loc[L]
+        def scaled(c):
+            h = llama.module.model.layers[L].mlp.register_forward_hook(lambda mod, a, o: o * c)
+            try:
+                with torch.no_grad():
+                    return float(torch.log_softmax(llama.module(input_ids=torch.tensor([ids])).logits[0, -1], -1)[tid])
+            finally:
+                h.remove()
+
+        eps = 0.05  # central difference: the effect is small against float32 rounding of the metric
+        assert row["total"] == pytest.approx((scaled(1 + eps) - scaled(1 - eps)) / (2 * eps), rel=2e-2)
+        assert row["total"] == pytest.approx(float((grad * y).sum()), rel=1e-4, abs=1e-6)
+
+
+def test_transcoder_edges_are_direct_effects(llama):
+    """Edges into a feature (and into the target) come from the token embeddings and from every
+    earlier transcoder, each transcoder's output cut from its input. Summed per source layer they are
+    derivatives of the plain model with that layer's output scaled and the other outputs held."""
+    tcs = [identity_transcoder(32, 0), identity_transcoder(32, 1)]
+    tid = llama.tokenizer("moon", add_special_tokens=False)["input_ids"][0]
+    g = attribute(llama, tcs, PROMPT, target="moon", skip_first=False, max_feature_nodes=10_000, batch_size=128)
+    logit = g.nodes("logit")[0]
+
+    def into(node, layer):
+        return sum(e["weight"] for u, _, e in g.graph.in_edges(node, data=True) if g.graph.nodes[u]["layer"] == layer)
+
+    _, _, _, grad1 = _plain_mlp_grad(llama, 1, tid)
+    df = g.features[g.features["layer"] == 1]
+    for _, r in df.reindex(df["attribution"].abs().sort_values(ascending=False).index).head(4).iterrows():
+        w = float(grad1[r["position"], r["feature"]])          # dm/d(feature) = dm/d(MLP output 1)[p, i]
+        read = (1, r["position"], r["feature"])
+        assert into(r["node_id"], 0) == pytest.approx(w * _plain_derivative(llama, tid, read, scale=0), rel=1e-3, abs=1e-9)
+        assert into(r["node_id"], -1) == pytest.approx(w * _plain_derivative(llama, tid, read, "emb", held=(0,)),
+                                                       rel=1e-3, abs=1e-9)
+    # into the target: direct effects of each layer, the other transcoder outputs held
+    assert into(logit, 1) == pytest.approx(_plain_derivative(llama, tid, None, scale=1, held=(0,)), rel=1e-3)
+    assert into(logit, 0) == pytest.approx(_plain_derivative(llama, tid, None, scale=0, held=(1,)), rel=1e-3)
+    assert into(logit, -1) == pytest.approx(_plain_derivative(llama, tid, None, "emb", held=(0, 1)), rel=1e-3)
+    # the direct effect of layer 0 on the target is not its total effect (which runs through MLP 1 too)
+    total0 = g.layer_totals().set_index("layer").loc[0, "total"]
+    assert abs(into(logit, 0) - total0) > 1e-3 * abs(total0)
+    kinds = {(g.graph.nodes[u]["kind"], g.graph.nodes[v]["layer"]) for u, v in g.graph.edges}
+    assert {("embedding", 0), ("embedding", 1), ("feature", 1), ("error", 1), ("feature", llama.n_layers + 1)} <= kinds
+
+
+def test_transcoders_predict_ablations_prune_and_export(llama, tmp_path):
+    tcs = [random_transcoder(32, 64, 0, 1), random_transcoder(32, 64, 1, 2)]
+    g = attribute(llama, tcs, PROMPT, target="moon", skip_first=False)
+    v = validate_circuit(llama, tcs, g, k=(3, 6), n_random=8, n_single=40, seed=0)
+    assert v["single"]["spearman"] > 0.8
+    assert np.abs([r["actual_drop"] for r in v["single"]["rows"]]).max() < 0.1
+    for row in v["topk"]:
+        assert row["top_drop"] > row["random_drop_mean"] + row["random_drop_std"]
+        assert row["top_drop"] == pytest.approx(row["predicted_drop"], rel=0.3)
+    # one ablation by hand: zero feature i of MLP 1 at p, i.e. subtract f_i * W_dec[i] from the MLP output
+    r = g.features.iloc[int(np.argmax(np.abs(g.features["attribution"].to_numpy())))]
+    tc = tcs[r["layer"]]
+    ids = llama.tokenizer(PROMPT)["input_ids"]
+    tid = llama.tokenizer("moon", add_special_tokens=False)["input_ids"][0]
+
+    def minus(mod, a, o):
+        o = o.clone()
+        o[0, r["position"]] -= r["activation"] * tc.W_dec[r["feature"]]
+        return o
+
+    h = llama.module.model.layers[r["layer"]].mlp.register_forward_hook(minus)
+    try:
+        with torch.no_grad():
+            ablated = float(torch.log_softmax(llama.module(input_ids=torch.tensor([ids])).logits[0, -1], -1)[tid])
+    finally:
+        h.remove()
+    row = [x for x in v["single"]["rows"] if x["node_id"] == r["node_id"]][0]
+    assert row["actual_drop"] == pytest.approx(g.metric - ablated, abs=1e-5)
+    p = g.prune(0.8, 0.98)
+    assert 0 < len(p.nodes("feature")) < len(g.nodes("feature"))
+    s = g.scores()
+    assert 0 <= s["replacement_score"] <= 1 and 0 <= s["completeness_score"] <= 1
+    data = json.loads(p.to_json(tmp_path / "g.json").read_text())
+    assert data["metadata"]["transcoder_list"] == ["mlp_in.0->mlp_out.0", "mlp_in.1->mlp_out.1"]
+
+
+def test_transcoder_bad_input(llama):
+    with pytest.raises(LlmriError, match="a mix of residual-stream SAEs \\(resid.2\\) and transcoders"):
+        attribute(llama, [identity_transcoder(32, 0), identity_sae(32, "resid.2")], PROMPT, target="moon")
+    odd = identity_transcoder(32, 0)
+    odd.target_site = "mlp_out.1"
+    with pytest.raises(LlmriError, match="transcoders from mlp_in.L to mlp_out.L of the same block"):
+        attribute(llama, [odd], PROMPT, target="moon")
+    with pytest.raises(LlmriError, match="mlp_in.7.*does not exist"):
+        attribute(llama, [identity_transcoder(32, 7)], PROMPT, target="moon")
+
+
+def test_cli_transcoders_train_then_circuit_with_dashboards(tmp_path):
+    """llmri sae train --target-site (one transcoder per layer), then llmri circuit over them with --scan."""
+    from click.testing import CliRunner
+
+    from conftest import tiny_cli_folder
+    from llmri.cli import cli
+
+    tiny_cli_folder(tmp_path)
+    sites = "mlp_in.1,mlp_out.1,mlp_in.2,mlp_out.2"
+
+    def ok(*args):
+        r = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+        return r.output
+
+    ok("scan", tmp_path / "c.csv", "--model", tmp_path / "tiny", "--token-sites", sites, "--out", tmp_path / "s")
+    ok("sae", "train", tmp_path / "s", "--sites", "mlp_in.1,mlp_in.2", "--target-site", "mlp_out.1,mlp_out.2",
+       "--latents", "32", "--k", "4", "--batch-size", "32", "--epochs", "2", "--out", tmp_path / "tcs")
+    out = ok("circuit", "the star shines over the", "--model", tmp_path / "tiny", "--saes", tmp_path / "tcs",
+             "--target", "moon", "--k", "2", "--scan", tmp_path / "s", "--node-threshold", "1", "--edge-threshold", "1",
+             "--out", tmp_path / "circ")
+    assert "mlp_in.2" in out and "validation: Spearman" in out
+    page = (tmp_path / "circ" / "circuit.html").read_text()
+    assert "mlp_out.2" in page and "top activations" in page
+    assert "transcoders mlp_in.1-&gt;mlp_out.1, mlp_in.2-&gt;mlp_out.2 (edges: direct effects)" in page
+    data = json.loads((tmp_path / "circ" / "graph.json").read_text())
+    assert data["metadata"]["transcoder_list"] == ["mlp_in.1->mlp_out.1", "mlp_in.2->mlp_out.2"]
+    cards = json.loads(page.split("var cards = ", 1)[1].split(";\n", 1)[0])
+    feats = {f"mlp_in.{n['layer']}:{n['feature']}" for n in data["nodes"] if n["feature_type"] == "cross layer transcoder"}
+    assert feats and set(cards) == feats

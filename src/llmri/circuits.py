@@ -1,4 +1,5 @@
-"""Feature circuits: the attribution graph of one answer over per-layer residual-stream SAE features.
+"""Feature circuits: the attribution graph of one answer over per-layer residual-stream SAE features
+or per-layer transcoders.
 
 ``attribute(model, saes, prompt, target)`` linearises the model around one prompt (attribution
 patching: Nanda 2023; Syed et al. 2023) with an SAE spliced in at each chosen ``resid.L`` site,
@@ -19,6 +20,13 @@ as in Marks et al. 2024, "Sparse feature circuits" (arXiv:2403.19647):
   per kept downstream node, batched ``batch_size`` at a time; never a forward per feature.
   Error nodes are sources, as in circuit-tracer: they have no incoming edges. Edges into the
   target come from the last SAE layer, weighted by the node attributions.
+* Transcoders (``mlp_in.L -> mlp_out.L``, one kind per graph) rewrite the MLP output instead:
+  ``mlp_out.L = decode(encode(mlp_in.L)) + err``, ``err`` being the true output minus the
+  reconstruction, held fixed; features and one error node per position are the nodes, as for SAEs.
+  A transcoder layer does not carry the whole residual stream, so its edges are direct effects as
+  in circuit-tracer (Ameisen et al. 2025): each feature, and the target, gets edges from the token
+  embeddings and from the features and errors of every earlier transcoder, with every transcoder's
+  output cut from its MLP input in that backward pass (paths through an MLP run through its nodes).
 * ``freeze=True`` detaches attention patterns and normalisation scales in the backward passes
   (Ameisen et al. 2025, "Circuit tracing", which freezes them so that direct effects are linear).
   By default nothing is frozen: gradients are the model's own (Marks et al.), so attributions are
@@ -51,7 +59,8 @@ _CT_TYPES = {FEATURE: "cross layer transcoder", ERROR: "mlp reconstruction error
 # ---------------------------------------------------------------- inputs
 def load_saes(saes, model=None) -> list:
     """The SAEs of ``saes`` (an SAE, a list or dict of them, an SAE folder, or a folder of SAE
-    folders) sorted by layer, checked against ``model`` when given."""
+    folders) sorted by layer, checked against ``model`` when given: residual-stream SAEs (site
+    ``resid.L``) or transcoders (``mlp_in.L -> mlp_out.L``), one kind per graph."""
     from .sae import SAE
     from .sae.model import CFG_FILE
 
@@ -83,10 +92,18 @@ def load_saes(saes, model=None) -> list:
         if sae.site is None:
             raise LlmriError(f"saes[{i}]: the SAE does not say which site it reads; set sae.site, e.g. 'resid.6'")
         if sae.is_transcoder:
-            raise LlmriError(f"saes[{i}]: {sae.site} -> {sae.target_site} is a transcoder; attribute takes "
-                             "residual-stream SAEs (site resid.L)")
-        if parse_site(sae.site)[0] != "resid":
-            raise LlmriError(f"saes[{i}]: site {sae.site!r}: attribute takes residual-stream SAEs (site resid.L)")
+            (k_in, l_in), (k_out, l_out) = parse_site(sae.site), parse_site(sae.target_site)
+            if (k_in, k_out) != ("mlp_in", "mlp_out") or l_in != l_out:
+                raise LlmriError(f"saes[{i}]: transcoder {sae.site} -> {sae.target_site}: attribute takes "
+                                 "transcoders from mlp_in.L to mlp_out.L of the same block")
+        elif parse_site(sae.site)[0] != "resid":
+            raise LlmriError(f"saes[{i}]: site {sae.site!r}: attribute takes residual-stream SAEs (site resid.L) "
+                             "or transcoders (mlp_in.L -> mlp_out.L)")
+    if len({s.is_transcoder for s in saes}) > 1:
+        first = next(s for s in saes if s.is_transcoder)
+        other = next(s for s in saes if not s.is_transcoder)
+        raise LlmriError(f"saes: a mix of residual-stream SAEs ({other.site}) and transcoders ({first.site} -> "
+                         f"{first.target_site}); one graph takes one kind")
     sites = [s.site for s in saes]
     dup = sorted({s for s in sites if sites.count(s) > 1})
     if dup:
@@ -103,11 +120,63 @@ def _check_fit(saes, model) -> None:
     width = model.module.get_input_embeddings().weight.shape[1]
     for sae in saes:
         check_sae_fits(sae, model)
-        if sae.d_in != width:
-            raise LlmriError(f"the SAE of {sae.site} reads vectors of width {sae.d_in}, but {model.name}'s "
-                             f"residual stream has width {width}: it belongs to another model")
+        if sae.d_in != width or sae.d_out != width:
+            raise LlmriError(f"the SAE of {sae.site} reads vectors of width {sae.d_in} (writes {sae.d_out}), but "
+                             f"{model.name}'s residual stream has width {width}: it belongs to another model")
         if sae.model_name and model.name and Path(str(sae.model_name)).name != Path(str(model.name)).name:
             raise LlmriError(f"the SAE of {sae.site} was trained on {sae.model_name}, not {model.name}")
+
+
+def feature_explanations(saes, explanations=None) -> dict[str, dict[int, dict]]:
+    """``{site: {feature: explain row}}`` for the features of ``saes`` (from :func:`load_saes`, or
+    their site names):
+    the rows of ``llmri explain --sae`` runs (explanation, simulation score, baselines).
+
+    ``explanations``: an explain output folder or its ``explain.json``, an
+    :class:`llmri.ExplainResult`, or a list of them (one per SAE site, or several; a later run wins
+    for a feature both explain). None: the runs found beside each SAE folder, as ``llmri sae
+    report`` finds them (:func:`llmri.explain.find_explanations`). A run of neurons, of a site
+    without an SAE here, or of another SAE of the same site is a one-line error naming it.
+
+    >>> llmri.circuits.feature_explanations(saes, "runs/explain-resid.8")["resid.8"][123]["explanation"]  # doctest: +SKIP
+    """
+    from .explain.explainer import ExplainResult, find_explanations, unit_explanations
+
+    folders = {s: None for s in saes if isinstance(s, str)}
+    folders.update({s.site: getattr(s, "folder", None) for s in saes if not isinstance(s, str)})
+    if explanations is None:
+        found = {site: find_explanations(f, site, "feature") for site, f in folders.items() if f is not None}
+        return {site: unit_explanations(runs, site, "feature") for site, runs in found.items() if runs}
+    groups: dict[str, list] = {}
+    for run in explanations if isinstance(explanations, (list, tuple)) else [explanations]:
+        if isinstance(run, ExplainResult):
+            res, where = run, "an explain run"
+        else:
+            folder = Path(run).parent if Path(run).name == "explain.json" else Path(run)
+            if not (folder / "explanations.csv").is_file() or not (folder / "explain.json").is_file():
+                raise LlmriError(f"explanations: {run}: not an explain output folder (no explanations.csv and "
+                                 f"explain.json); run llmri explain --sae with --out {folder}")
+            res, where = ExplainResult.load(folder), str(run)
+        site, kind = res.info.get("site"), res.info.get("unit_kind", "neuron")
+        if kind != "feature":
+            raise LlmriError(f"explanations: {where}: explains the {kind}s of {site}, not SAE features")
+        if site not in folders:
+            raise LlmriError(f"explanations: {where}: explains the features of {site}, but the SAEs are at "
+                             f"{', '.join(folders)}")
+        made_from, ours = res.info.get("sae"), folders[site]
+        if made_from and ours is not None and Path(made_from).resolve() != Path(ours).resolve():
+            raise LlmriError(f"explanations: {where}: explains the features of the SAE in {made_from}, "
+                             f"not of the one in {ours}")
+        groups.setdefault(site, []).append(res)
+    return {site: unit_explanations(runs, site, "feature") for site, runs in groups.items()}
+
+
+def _explained(row: dict | None) -> tuple[str, float]:
+    """(explanation, simulation score) of an explain row, ("", nan) without one."""
+    if not row:
+        return "", float("nan")
+    score = row.get("simulation_score")
+    return str(row.get("explanation") or ""), float("nan") if score is None else float(score)
 
 
 def _one_token(tok, text, what: str = "target") -> int:
@@ -223,6 +292,13 @@ def _encode(sae, x, skip_first: bool):
     return f
 
 
+def _reader(state: dict, site: str):
+    """A hook that keeps the value of ``site`` in ``state["in", site]`` (a transcoder's input)."""
+    def fn(x):
+        state["in", site] = x
+    return fn
+
+
 def _node_pass(model, saes, ids, tgt, skip_first: bool):
     """One forward and one backward pass: every node's value and the metric's gradient at it."""
     import torch
@@ -252,7 +328,23 @@ def _node_pass(model, saes, ids, tgt, skip_first: bool):
         state["emb"] = e
         return e.to(x.dtype)
 
-    fns = {s.site: site_fn(s) for s in saes}
+    def transcoder_fn(sae):  # mlp_out.L = decode(f) + err, f = encode(mlp_in.L) and err as leaves
+        def fn(y):
+            yf = y.float()
+            with torch.no_grad():
+                f = _encode(sae, state["in", sae.site].float(), skip_first)
+                err = yf - sae.decode(f)
+            fl, el = f.requires_grad_(), err.requires_grad_()
+            state[sae.site] = (fl, el)
+            return (sae.decode(fl) + el + (yf - yf.detach())).to(y.dtype)
+        return fn
+
+    fns = {}
+    for s in saes:
+        if s.is_transcoder:
+            fns[s.site], fns[s.target_site] = _reader(state, s.site), transcoder_fn(s)
+        else:
+            fns[s.site] = site_fn(s)
     fns.setdefault("resid.0", site_fn(None))
     inputs, _ = pad_batch(model, [ids])
     with hooks(model.module, model.adapter, fns), torch.enable_grad():
@@ -337,7 +429,9 @@ class AttributionGraph:
     ``"{layer}_-1_{pos}"`` for error nodes, ``"E_{token_id}_{pos}"`` for token embeddings and
     ``"{n_layers + 1}_{token_id}_{pos}"`` for the target logit. Each node carries ``kind``,
     ``layer``, ``pos``, ``feature``, ``activation``, ``attribution`` and (once computed)
-    ``influence``; each edge ``weight``.
+    ``influence``; feature nodes also ``density``, ``explanation`` and ``simulation_score`` (""
+    and NaN when not explained); each edge ``weight``. ``explanations`` holds the explain rows of
+    the explained features, ``{site: {feature: row}}``.
     """
 
     def __init__(self, graph, features, tokens, token_ids, target, metric, info):
@@ -349,6 +443,7 @@ class AttributionGraph:
         self.metric = metric
         self.info = info
         self.validation: dict | None = None
+        self.explanations: dict = {}  # {site: {feature: explain row}} of the explained features
 
     def __repr__(self) -> str:
         g = self.graph
@@ -378,16 +473,25 @@ class AttributionGraph:
                              "embedding": self.info["embedding_attribution"],
                              "features": [float(per.get(p, 0.0)) for p in range(len(self.tokens))]})
 
-    def top_features(self, n: int = 10, model=None, saes=None):
+    def top_features(self, n: int = 10, model=None, saes=None, explanations=None):
         """The ``n`` features with the largest |attribution|: layer, site, position, token, feature,
-        activation, attribution, density, top output tokens (with ``model`` and ``saes``) and
-        explanation when known."""
+        activation, attribution, density, top output tokens (with ``model`` and ``saes``), and the
+        ``explanation`` and ``simulation_score`` of explained features ("" and NaN for the others):
+        those ``attribute`` found, or those of ``explanations`` (see :func:`feature_explanations`).
+
+        >>> g.top_features(10, model=dec, saes=saes, explanations="runs/explain-resid.8")  # doctest: +SKIP
+        """
         import pandas as pd
 
         if not isinstance(n, (int, np.integer)) or n < 1:
             raise LlmriError(f"n must be a positive integer, got {n!r}")
         df = self.features.reindex(self.features["attribution"].abs().sort_values(ascending=False).index).head(n)
         df = df.reset_index(drop=True)
+        if explanations is not None:
+            emap = feature_explanations(load_saes(saes) if saes is not None else self.info["sites"], explanations)
+            rows = [_explained(emap.get(site, {}).get(int(f))) for site, f in zip(df["site"], df["feature"])]
+            df["explanation"] = [r[0] for r in rows]
+            df["simulation_score"] = [r[1] for r in rows]
         if model is not None and saes is not None:
             from .sae.features import output_tokens
 
@@ -455,7 +559,7 @@ class AttributionGraph:
             g.nodes[n]["influence"] = v
         out = AttributionGraph(g, self.features, self.tokens, self.token_ids, self.target, self.metric,
                                dict(self.info, node_threshold=node_threshold, edge_threshold=edge_threshold))
-        out.validation = self.validation
+        out.validation, out.explanations = self.validation, self.explanations
         return out
 
     # -------------------------------------------------- export
@@ -482,6 +586,8 @@ class AttributionGraph:
             if kind == FEATURE:
                 node.update(feature=int(d["feature"]), layer=str(d["layer"]), jsNodeId=f"{d['layer']}_{d['feature']}-{pos}",
                             activation=float(d["activation"]))
+                if d.get("explanation"):  # the viewer shows clerp as the feature's description
+                    node["clerp"] = f"{d['explanation']} ({d.get('label', '')})"
             elif kind == ERROR:
                 node.update(feature=-1, layer=str(d["layer"]), jsNodeId=f"{d['layer']}_-1-{pos}")
             elif kind == EMBEDDING:
@@ -491,7 +597,8 @@ class AttributionGraph:
                             is_target_logit=True, token_prob=float(d["prob"]))
             nodes.append(node)
         links = [{"source": u, "target": v, "weight": float(e["weight"])} for u, v, e in self.graph.edges(data=True)]
-        meta = {"slug": slug, "scan": self.info["model"], "transcoder_list": [], "prompt_tokens": self.tokens,
+        meta = {"slug": slug, "scan": self.info["model"], "transcoder_list": self.info.get("transcoders", []),
+                "prompt_tokens": self.tokens,
                 "prompt": self.info["prompt"], "node_threshold": self.info.get("node_threshold"),
                 "schema_version": 1,
                 "info": {"generator": "llmri", "target": self.target, "metric": self.info["metric_name"],
@@ -553,9 +660,11 @@ def _influence(g) -> dict:
 
 # ---------------------------------------------------------------- attribute
 def attribute(model, saes, prompt: str, target=None, chat: bool = False, max_feature_nodes: int = 200,
-              batch_size: int = 32, freeze: bool = False, skip_first: bool | None = None) -> AttributionGraph:
+              batch_size: int = 32, freeze: bool = False, skip_first: bool | None = None,
+              explanations=None) -> AttributionGraph:
     """The attribution graph of ``model``'s answer to ``prompt`` over the features of ``saes``
-    (residual-stream SAEs, one per ``resid.L`` site; a folder of SAE folders works too).
+    (residual-stream SAEs, one per ``resid.L`` site, or transcoders ``mlp_in.L -> mlp_out.L``, one
+    per layer; a folder of SAE folders works too).
 
     ``target`` is one token (``" Paris"``: the metric is its log-probability at the last
     position), a pair (``(" Paris", " London")``: the logit difference), or None (the model's
@@ -564,7 +673,9 @@ def attribute(model, saes, prompt: str, target=None, chat: bool = False, max_fea
     each, ``batch_size`` rows at a time). ``freeze=True`` freezes attention patterns and norm
     scales in the backward passes (Ameisen et al. 2025). ``skip_first`` (default: on for
     decoders, as in SAE training) leaves position 0, the attention sink, undecomposed: its whole
-    value is its error node.
+    value is its error node. ``explanations`` (``llmri explain --sae`` runs, see
+    :func:`feature_explanations`; default: the runs found beside each SAE folder) put each explained
+    feature's explanation and simulation score in ``g.features``, the nodes and the page's hover.
 
     >>> g = llmri.attribute(model, "runs/saes-dec", "The capital of France is", target=" Paris")  # doctest: +SKIP
     >>> g.prune(0.8, 0.98).top_features(10)                                                   # doctest: +SKIP
@@ -581,6 +692,7 @@ def attribute(model, saes, prompt: str, target=None, chat: bool = False, max_fea
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
             raise LlmriError(f"{name} must be a positive integer, got {v!r}")
     saes = load_saes(saes, model)
+    emap = feature_explanations(saes, explanations)
     tok = model.tokenizer
     ids = _prompt_ids(model, prompt, chat)
     if isinstance(target, (tuple, list)):
@@ -603,8 +715,8 @@ def attribute(model, saes, prompt: str, target=None, chat: bool = False, max_fea
                 tgt = [int(model.module(**pad_batch(model, [ids])[0]).logits[0, -1].argmax())]
         target_str = tok.decode([tgt[0]]) if len(tgt) == 1 else (tok.decode([tgt[0]]), tok.decode([tgt[1]]))
         node = _node_pass(model, saes, ids, tgt, skip_first)
-        g, features, totals = _nodes(model, saes, ids, tgt, node, target_str)
-        _edges(model, saes, ids, g, features, node, max_feature_nodes, batch_size, skip_first)
+        g, features, totals = _nodes(model, saes, ids, tgt, node, target_str, emap)
+        _edges(model, saes, ids, tgt, g, features, node, max_feature_nodes, batch_size, skip_first)
     for n, v in _influence(g).items():
         g.nodes[n]["influence"] = v
     tokens = [tok.decode([i]) for i in ids]
@@ -612,11 +724,15 @@ def attribute(model, saes, prompt: str, target=None, chat: bool = False, max_fea
     info = {"prompt": prompt, "model": model.name, "n_layers": model.n_layers, "sites": [s.site for s in saes],
             "metric_name": "logit difference" if len(tgt) == 2 else "log-probability", "freeze": bool(freeze),
             "skip_first": skip_first, "target_ids": tgt, "layer_totals": totals,
-            "embedding_attribution": emb_attr, "max_feature_nodes": max_feature_nodes}
-    return AttributionGraph(g, pd.DataFrame(features), tokens, ids, target_str, node["metric"], info)
+            "embedding_attribution": emb_attr, "max_feature_nodes": max_feature_nodes,
+            "explained": {site: len(rows) for site, rows in emap.items()},
+            "transcoders": [f"{s.site}->{s.target_site}" for s in saes if s.is_transcoder]}
+    out = AttributionGraph(g, pd.DataFrame(features), tokens, ids, target_str, node["metric"], info)
+    out.explanations = emap
+    return out
 
 
-def _nodes(model, saes, ids, tgt, node, target_str):
+def _nodes(model, saes, ids, tgt, node, target_str, emap):
     """Token, feature (every active one is listed; graph nodes for errors and tokens), logit."""
     import networkx as nx
 
@@ -644,10 +760,12 @@ def _nodes(model, saes, ids, tgt, node, target_str):
         acts = f.cpu()[pos, feat].numpy()
         grads = gf.cpu()[pos, feat].numpy()
         density = s.feature_density.detach().cpu().numpy()
+        explained = emap.get(s.site, {})
         for p, i, ai, ac, gr in zip(pos.tolist(), feat.tolist(), a.tolist(), acts.tolist(), grads.tolist()):
+            text, score = _explained(explained.get(i))
             features.append({"layer": L, "site": s.site, "position": p, "token": tokens[p], "feature": i,
                              "activation": ac, "attribution": ai, "gradient": gr, "density": float(density[i]),
-                             "node_id": f"{L}_{i}_{p}"})
+                             "node_id": f"{L}_{i}_{p}", "explanation": text, "simulation_score": score})
         totals.append({"layer": L, "site": s.site, "features": float(a.sum()), "error": float(err_attr.sum()),
                        "total": float(a.sum() + err_attr.sum()), "abs_features": float(np.abs(a).sum()),
                        "abs_error": float(err_attr.abs().sum()),
@@ -667,8 +785,8 @@ def _nonzero(f):
     return nz[0].cpu(), nz[1].cpu()
 
 
-def _edges(model, saes, ids, g, features, node, max_feature_nodes, batch_size, skip_first):
-    """Add kept feature nodes and the edges into them (and from the last layer into the logit)."""
+def _edges(model, saes, ids, tgt, g, features, node, max_feature_nodes, batch_size, skip_first):
+    """Add kept feature nodes and the edges into them and into the logit."""
     T = len(ids)
     ranked = sorted(features, key=lambda r: -abs(r["attribution"]))[:max_feature_nodes]
     kept_by_layer: dict[int, list] = {}
@@ -676,9 +794,13 @@ def _edges(model, saes, ids, g, features, node, max_feature_nodes, batch_size, s
     for r in ranked:
         g.add_node(r["node_id"], kind=FEATURE, layer=r["layer"], pos=r["position"], feature=r["feature"],
                    site=r["site"], activation=r["activation"], attribution=r["attribution"],
-                   density=r["density"], label=f"{r['site']} #{r['feature']} @ {r['position']} {r['token']!r}")
+                   density=r["density"], label=f"{r['site']} #{r['feature']} @ {r['position']} {r['token']!r}",
+                   explanation=r["explanation"], simulation_score=r["simulation_score"])
         kept_by_layer.setdefault(site_index[r["site"]], []).append(r)
     logit = [n for n, d in g.nodes(data=True) if d["kind"] == LOGIT][0]
+    if saes[0].is_transcoder:
+        _transcoder_edges(model, saes, ids, tgt, g, kept_by_layer, logit, batch_size, skip_first)
+        return
     last = len(saes) - 1
     L_last = parse_site(saes[last].site)[1]
     for r in kept_by_layer.get(last, []):
@@ -686,42 +808,122 @@ def _edges(model, saes, ids, g, features, node, max_feature_nodes, batch_size, s
     for p in range(T):
         g.add_edge(f"{L_last}_-1_{p}", logit, weight=g.nodes[f"{L_last}_-1_{p}"]["attribution"])
     for k, rows in sorted(kept_by_layer.items()):
-        up_kept = kept_by_layer.get(k - 1, []) if k > 0 else []
         for start in range(0, len(rows), batch_size):
             chunk = rows[start:start + batch_size]
             spec = [(r["position"], r["feature"], r["gradient"]) for r in chunk]
             grads, values = _edge_pass(model, saes, ids, k, spec, skip_first)
+            heads = [(r["node_id"], r["position"]) for r in chunk]
             if k == 0:
-                w_emb = (grads[0] * values[0]).sum(-1).cpu().numpy()  # [B, T]
-                for b, r in enumerate(chunk):
-                    for p in range(r["position"] + 1):
-                        if w_emb[b, p] != 0:
-                            g.add_edge(f"E_{ids[p]}_{p}", r["node_id"], weight=float(w_emb[b, p]))
-                continue
-            Lu = parse_site(saes[k - 1].site)[1]
-            gf, ge = grads
-            f_up, e_up = values[0][0], values[1][0]
-            w_err = (ge * e_up).sum(-1).cpu().numpy()
-            if up_kept:
-                up_pos = [u["position"] for u in up_kept]
-                up_feat = [u["feature"] for u in up_kept]
-                w_feat = (gf[:, up_pos, up_feat] * f_up[up_pos, up_feat]).cpu().numpy()  # [B, n_up]
-            for b, r in enumerate(chunk):
-                for p in range(r["position"] + 1):
-                    if w_err[b, p] != 0:
-                        g.add_edge(f"{Lu}_-1_{p}", r["node_id"], weight=float(w_err[b, p]))
-                if up_kept:
-                    for j, u in enumerate(up_kept):
-                        if w_feat[b, j] != 0:
-                            g.add_edge(u["node_id"], r["node_id"], weight=float(w_feat[b, j]))
+                _link(g, ids, heads, emb=(grads[0], values[0]))
+            else:
+                _link(g, ids, heads, ups=[(parse_site(saes[k - 1].site)[1], grads, values, kept_by_layer.get(k - 1, []))])
+
+
+def _link(g, ids, heads, emb=None, ups=()):
+    """Edges into ``heads`` (node id, position), one batch row each: from the token embeddings
+    (``emb`` = (gradient, value) ``[B, T, d]``) and from the error nodes and kept features of each
+    upstream layer in ``ups`` (layer, (feature grads, error grads), (feature values, error values),
+    kept feature rows); weight = gradient x value, zero weights (later positions) left out."""
+    if emb is not None:
+        w_emb = (emb[0] * emb[1][0]).sum(-1).cpu().numpy()  # [B, T]
+        for b, (head, pos) in enumerate(heads):
+            for p in range(pos + 1):
+                if w_emb[b, p] != 0:
+                    g.add_edge(f"E_{ids[p]}_{p}", head, weight=float(w_emb[b, p]))
+    for Lu, (gf, ge), (f_up, e_up), up_kept in ups:
+        w_err = (ge * e_up[0]).sum(-1).cpu().numpy()
+        if up_kept:
+            up_pos = [u["position"] for u in up_kept]
+            up_feat = [u["feature"] for u in up_kept]
+            w_feat = (gf[:, up_pos, up_feat] * f_up[0][up_pos, up_feat]).cpu().numpy()  # [B, n_up]
+        for b, (head, pos) in enumerate(heads):
+            for p in range(pos + 1):
+                if w_err[b, p] != 0:
+                    g.add_edge(f"{Lu}_-1_{p}", head, weight=float(w_err[b, p]))
+            for j, u in enumerate(up_kept):
+                if w_feat[b, j] != 0:
+                    g.add_edge(u["node_id"], head, weight=float(w_feat[b, j]))
+
+
+def _transcoder_edges(model, saes, ids, tgt, g, kept_by_layer, logit, batch_size, skip_first):
+    """Transcoders: edges into each kept feature, and into the logit, from the token embeddings and
+    from the features and errors of every transcoder before it (direct effects, as in circuit-tracer:
+    each transcoder's output is cut from its input, so paths through it run through its nodes)."""
+    n = len(saes)
+    for k in range(n + 1):
+        rows = kept_by_layer.get(k, []) if k < n else [None]
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start:start + batch_size]
+            spec = [(r["position"], r["feature"], r["gradient"]) for r in chunk] if k < n else []
+            emb, ups = _transcoder_edge_pass(model, saes, ids, k, spec, tgt, skip_first)
+            heads = [(r["node_id"], r["position"]) for r in chunk] if k < n else [(logit, len(ids) - 1)]
+            _link(g, ids, heads, emb=emb, ups=[(parse_site(saes[j].site)[1], *ups[j], kept_by_layer.get(j, []))
+                                               for j in range(k)])
+
+
+def _transcoder_edge_pass(model, saes, ids, k: int, rows, tgt, skip_first: bool):
+    """Gradients of ``sum_b w_b * f_k[b, pos_b, feat_b]`` (or of the metric when ``k == len(saes)``)
+    at the token embeddings and at the features and errors of transcoders ``0..k-1``, whose outputs
+    are rewritten as ``decode(f) + err`` with ``f`` and ``err`` cut from the MLP's input; one batch
+    row per downstream node. Returns ``(grad, value)`` of the embeddings and, per upstream
+    transcoder, ``((feature grad, error grad), (feature value, error value))``."""
+    import torch
+
+    from .capture import pad_batch
+    from .sites import hooks
+
+    B = max(len(rows), 1)
+    state: dict = {}
+
+    def emb(x):
+        e = x.detach().float().expand(B, *x.shape[1:]).clone().requires_grad_()
+        state["emb"] = e
+        return e.to(x.dtype)
+
+    def cut(sae):
+        def fn(y):
+            with torch.no_grad():
+                f = _encode(sae, state["in", sae.site].float(), skip_first)
+                err = y.float() - sae.decode(f)
+            fl, el = f.requires_grad_(), err.requires_grad_()
+            state[sae.site] = (fl, el)
+            return (sae.decode(fl) + el).to(y.dtype)
+        return fn
+
+    def down(x):
+        f = _encode(saes[k], x.float(), skip_first)
+        pos = torch.tensor([r[0] for r in rows], device=f.device)
+        feat = torch.tensor([r[1] for r in rows], device=f.device)
+        w = torch.tensor([r[2] for r in rows], device=f.device, dtype=f.dtype)
+        state["scalar"] = (f[torch.arange(B, device=f.device), pos, feat] * w).sum()
+        raise _Stop
+
+    fns = {"resid.0": emb}
+    for s in saes[:k]:
+        fns[s.site], fns[s.target_site] = _reader(state, s.site), cut(s)
+    if k < len(saes):
+        fns[saes[k].site] = down
+    inputs, _ = pad_batch(model, [ids])
+    with hooks(model.module, model.adapter, fns), torch.enable_grad():
+        try:
+            state["scalar"] = _metric(model.module(**inputs).logits[:, -1], tgt).sum()
+        except _Stop:
+            pass
+        state["scalar"].backward()
+    e = state["emb"]
+    ups = []
+    for s in saes[:k]:
+        fl, el = state[s.site]
+        ups.append(((fl.grad, el.grad), (fl.detach(), el.detach())))
+    return (e.grad, e.detach()), ups
 
 
 # ---------------------------------------------------------------- validation
 def _ablated_metrics(model, saes, ids, tgt, sets: list[list[tuple[str, int, int]]], mode: str, skip_first: bool,
                      means: dict | None = None, batch_size: int = 32) -> np.ndarray:
     """The metric with each set of (site, position, feature) ablated (one batch row per set): the
-    site's value becomes ``x + (f' - f) @ W_dec`` as in ``llmri.clamp``, ``f'`` being 0 (zero) or
-    the feature's mean over the prompt's positions (mean)."""
+    site's value (a transcoder's: its target site's) becomes ``x + (f' - f) @ W_dec`` as in
+    ``llmri.clamp``, ``f'`` being 0 (zero) or the feature's mean over the prompt's positions (mean)."""
     import torch
 
     from .capture import pad_batch
@@ -745,7 +947,7 @@ def _ablated_metrics(model, saes, ids, tgt, sets: list[list[tuple[str, int, int]
                 if not rows:
                     return None
                 xf = x.float()
-                f = _encode(sae, xf, skip_first)
+                f = _encode(sae, state["in", sae.site].float() if sae.is_transcoder else xf, skip_first)
                 r, p, i = (torch.tensor(v, device=x.device) for v in (rows, pos, feat))
                 cur = f[r, p, i]
                 new = torch.zeros_like(cur) if mode == "zero" else means[sae.site][i]
@@ -754,8 +956,14 @@ def _ablated_metrics(model, saes, ids, tgt, sets: list[list[tuple[str, int, int]
                 return (xf + delta).to(x.dtype)
             return fn
 
+        state: dict = {}
+        fns = {}
+        for s in saes:
+            if s.is_transcoder:
+                fns[s.site] = _reader(state, s.site)
+            fns[s.target_site] = fn_for(s)
         inputs, _ = pad_batch(model, [ids] * B)
-        with hooks(model.module, model.adapter, {s.site: fn_for(s) for s in saes}), torch.no_grad():
+        with hooks(model.module, model.adapter, fns), torch.no_grad():
             out.append(_metric(model.module(**inputs).logits[:, -1], tgt).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0)
 

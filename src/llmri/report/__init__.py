@@ -410,6 +410,15 @@ def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
 
 
+def dashboard_html(feats, feature: int, model=None, explained: dict | None = None) -> str:
+    """One feature's dashboard as the feature browser and the circuit page show it: its explanation
+    and scores when ``explained`` (a row of an explain run), then :func:`llmri.feature_card`."""
+    from ..sae.features import feature_card
+    from ..viz import explanation_summary_html
+
+    return (explanation_summary_html(explained) if explained else "") + feature_card(feats, feature, model=model).to_html()
+
+
 def build_feature_browser(sae, feats, out, model=None, metrics: dict | None = None, n_cards: int = 200,
                           color: str = "category", method: str = "pca", seed: int = 0, explanations=None) -> Path:
     """Write ``out/features.html``: the feature map, a searchable feature table and a dashboard per
@@ -422,8 +431,8 @@ def build_feature_browser(sae, feats, out, model=None, metrics: dict | None = No
     """
     import plotly.offline
 
-    from ..sae.features import feature_card, feature_map
-    from ..viz import density_histogram, explanation_summary_html, feature_map_plot
+    from ..sae.features import feature_map
+    from ..viz import density_histogram, feature_map_plot
 
     out = _output_folder(out)
     figs = _Figures(out)
@@ -438,8 +447,7 @@ def build_feature_browser(sae, feats, out, model=None, metrics: dict | None = No
     chosen = list(dict.fromkeys(
         list(explained) + live.sort_values("effect_size", ascending=False)["feature"].head(n_cards // 2).tolist()
         + live.sort_values("density", ascending=False)["feature"].tolist()))[:max(n_cards, len(explained))]
-    cards = {str(int(f)): (explanation_summary_html(explained[int(f)]) if int(f) in explained else "")
-             + feature_card(feats, int(f), model=model).to_html() for f in chosen}
+    cards = {str(int(f)): dashboard_html(feats, int(f), model, explained.get(int(f))) for f in chosen}
     shown = table[[c for c in ("feature", "density", "max", "category", "effect_size", "simulation_score",
                                "explanation", "top_tokens") if c in table.columns]].sort_values("density", ascending=False)
     atomic_write_text(out / "features.csv", table.to_csv(index=False))
@@ -457,20 +465,33 @@ def build_feature_browser(sae, feats, out, model=None, metrics: dict | None = No
     return path
 
 
-def build_circuit_page(ag, out, pruned=None, model=None, saes=None, n_top: int = 20) -> Path:
+def build_circuit_page(ag, out, pruned=None, model=None, saes=None, n_top: int = 20, scan=None) -> Path:
     """``out/circuit.html`` for an attribution graph (``llmri.attribute``): the layered graph
     (``pruned`` when given), the prompt shaded by each token's attribution, the top features,
     per-layer totals, graph scores and ``ag.validation`` when present; plus ``graph.json``
-    (circuit-tracer's viewer format), CSVs and PNG/SVG of the graph."""
+    (circuit-tracer's viewer format), CSVs and PNG/SVG of the graph.
+
+    Hovering a feature node shows its attribution, activation, density, top output tokens (with
+    ``model`` and ``saes``) and explanation; clicking it opens a panel with what is known of it,
+    and with ``scan`` (a Scan with token records of the SAE sites) and ``saes`` its dashboard as in
+    the feature browser (:func:`dashboard_html`: top activating windows, density, output tokens,
+    explanation), one per kept feature, all inside the one HTML file.
+
+    >>> build_circuit_page(g, "runs/circuit", pruned=g.prune(), model=dec, saes=saes, scan="runs/dec-circuit")  # doctest: +SKIP
+    """
     from ..viz import circuit_figure, circuit_plot
 
     shown = pruned if pruned is not None else ag
+    if scan is not None and saes is None:
+        raise LlmriError("scan: feature dashboards need the SAEs too (saes=)")
+    cards, node_cards = _circuit_dashboards(shown, ag, model, saes, scan)
     scores = ag.scores()
     probs = [d.get("prob") for _, d in ag.graph.nodes(data=True) if d["kind"] == "logit"]
     intro = [f"prompt: {ag.info['prompt']!r} ({len(ag.tokens)} tokens), model {ag.info['model']}",
              f"target {ag.target!r}: {ag.info['metric_name']} {ag.metric:.4g}"
              + (f" (p = {probs[0]:.3f})" if probs and probs[0] is not None and ag.info["metric_name"] != "logit difference" else ""),
-             f"SAEs at {', '.join(ag.info['sites'])}; attention patterns and norm scales "
+             (f"transcoders {', '.join(ag.info['transcoders'])} (edges: direct effects)" if ag.info.get("transcoders")
+              else f"SAEs at {', '.join(ag.info['sites'])}") + "; attention patterns and norm scales "
              + ("frozen (Ameisen et al. 2025)" if ag.info["freeze"] else "not frozen (gradients of the model itself)"),
              f"graph shown: {shown.graph.number_of_nodes()} nodes, {shown.graph.number_of_edges()} edges"
              + (f" (pruned: node threshold {shown.info['node_threshold']}, edge threshold {shown.info['edge_threshold']})"
@@ -478,13 +499,22 @@ def build_circuit_page(ag, out, pruned=None, model=None, saes=None, n_top: int =
              f"feature share of |attribution| {scores['feature_share']:.3f} (the rest sits on SAE error nodes); "
              f"replacement score {scores['replacement_score']:.3f}, completeness score {scores['completeness_score']:.3f} "
              "(Ameisen et al. 2025)"]
+    if ag.info.get("explained"):
+        intro.append("explained features (llmri explain --sae): " + ", ".join(
+            f"{n} of {site}" for site, n in ag.info["explained"].items()) + "; hover a node for its explanation")
+    top = ag.top_features(n_top, model=model, saes=saes)
+    if not ag.info.get("explained"):
+        top = top.drop(columns=["explanation", "simulation_score"], errors="ignore")
     v = ag.validation
-    tables = [("Top features by |attribution|", ag.top_features(n_top, model=model, saes=saes), "top_features"),
+    tables = [("Top features by |attribution|", top, "top_features"),
               ("Per SAE layer: attribution on features and on error nodes", ag.layer_totals(), "layer_totals"),
               ("Per token: attribution of its embedding and of the features active there", ag.token_totals(),
                "token_totals")]
     blocks = [("Prompt, shaded by each token embedding's attribution (hover for the value)",
-               token_highlight_html(ag.tokens, ag.info["embedding_attribution"]))]
+               token_highlight_html(ag.tokens, ag.info["embedding_attribution"])),
+              ("Feature dashboards", _environment().get_template("circuit_panel.html.j2").render(
+                  cards=Markup(script_json(cards)), nodes=Markup(script_json(node_cards)), n_cards=len(cards),
+                  scan=None if scan is None else str(getattr(scan, "folder", scan))))]
     if v:
         tables.insert(1, (f"Validation: ablating ({v['mode']}) the top-k features vs k random active features "
                           "(drop of the metric)", pd.DataFrame(v["topk"]), "validation_topk"))
@@ -499,3 +529,40 @@ def build_circuit_page(ag, out, pruned=None, model=None, saes=None, n_top: int =
                       [(circuit_figure(shown), circuit_plot(shown), "circuit")], tables, blocks)
     shown.to_json(out / "graph.json", slug="circuit")
     return path
+
+
+def _circuit_dashboards(shown, ag, model, saes, scan) -> tuple[dict, dict]:
+    """Feature dashboards of the feature nodes of ``shown`` (``{"site:feature": html}``, with a
+    scan) and each node's key into them (``{node_id: "site:feature"}``); without a scan only the
+    nodes' top output tokens (model and saes) are added to their hover."""
+    from ..circuits import load_saes
+    from ..sae import feature_activations
+    from ..sae.features import output_tokens
+
+    feats_nodes = [(n, d) for n, d in shown.graph.nodes(data=True) if d["kind"] == "feature"]
+    by_site = {s.site: s for s in load_saes(saes)} if saes is not None else {}
+    if model is not None and by_site:
+        for _, d in feats_nodes:
+            if d["site"] in by_site and "top_tokens" not in d:
+                t = output_tokens(by_site[d["site"]], int(d["feature"]), model, top=5)
+                d["top_tokens"] = ", ".join(t[t["direction"] == "up"]["token"]) if t is not None else ""
+    node_cards = {n: f"{d['site']}:{int(d['feature'])}" for n, d in feats_nodes}
+    if scan is None:
+        return {}, node_cards
+    scan = scan if isinstance(scan, Scan) else Scan.open(scan)
+    needed: dict[str, set] = {}
+    for _, d in feats_nodes:
+        needed.setdefault(d["site"], set()).add(int(d["feature"]))
+    missing = [s for s in needed if s not in scan.token_sites]
+    if missing:
+        raise LlmriError(f"scan {scan.folder}: no token records of {missing[0]}, a site of the SAEs "
+                         f"(scan with --token-sites {','.join(needed)})")
+    cards = {}
+    for site, features in sorted(needed.items()):
+        if site not in by_site:
+            raise LlmriError(f"saes: no SAE of {site}, a site of the graph")
+        feats = feature_activations(by_site[site], scan, progress=False)
+        explained = getattr(ag, "explanations", {}).get(site, {})
+        for f in sorted(features):
+            cards[f"{site}:{f}"] = dashboard_html(feats, f, model, explained.get(f))
+    return cards, node_cards

@@ -68,6 +68,7 @@ class SAE(nn.Module):
         self.target_site = target_site or site
         self.model_name = model_name
         self.metadata = dict(metadata or {})
+        self.folder: Path | None = None  # the folder it was loaded from (SAE.load), where explain runs are found
         # SAEs subtract b_dec before encoding; transcoders (input and output differ) do not.
         self.apply_b_dec_to_input = (not self.is_transcoder if apply_b_dec_to_input is None
                                      else bool(apply_b_dec_to_input))
@@ -186,6 +187,7 @@ class SAE(nn.Module):
             for name in ("feature_max", "feature_density"):
                 if name in stats and stats[name].shape == (sae.d_sae,):
                     getattr(sae, name).copy_(stats[name])
+        sae.folder = folder.resolve()
         return sae.to(device).eval()
 
     @classmethod

@@ -117,6 +117,7 @@ def nrag_figure(g: nx.DiGraph, fixed: bool = False, colors: dict | None = None, 
                 min_weight: float = 0, node_size: str | None = None, hover: str | None = None):
     """Interactive NRAG (plotly): hover a node for its layer, cell and documents per category
     (or its node attribute ``hover``, an HTML snippet); nodes sized by degree or by |``node_size``|.
+    The node trace's ``customdata`` holds the node ids (for click handlers: ``plotly_click``).
 
     Edges with |weight| below ``min_weight`` start hidden; one click on their legend entry shows them.
     """
@@ -159,7 +160,7 @@ def nrag_figure(g: nx.DiGraph, fixed: bool = False, colors: dict | None = None, 
         x=[pos[n][0] for n in nodes], y=[pos[n][1] for n in nodes], mode="markers", showlegend=False,
         marker=dict(size=6 + 14 * deg / (deg.max() or 1) if len(nodes) else 6,
                     color=[blend(colors, shares[n]) for n in nodes], line=dict(color="black", width=0.5)),
-        text=texts, hovertemplate="%{text}<extra></extra>"))
+        text=texts, customdata=[str(n) for n in nodes], hovertemplate="%{text}<extra></extra>"))
     for c in names:
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=c, line=dict(color=colors[c], width=4)))
     layers = g.graph.get("layers", [])
@@ -186,9 +187,11 @@ def _circuit_nrag(ag, max_nodes_per_cell: int = 6) -> nx.DiGraph:
     T = len(ag.tokens)
     layers = sorted({d["layer"] for _, d in g.nodes(data=True)}, reverse=True)
     labels = {}
+    transcoders = any(str(d.get("site", "")).startswith("mlp_in.") for _, d in g.nodes(data=True))
     for L in layers:
         kinds = {d["kind"] for _, d in g.nodes(data=True) if d["layer"] == L}
-        labels[L] = ("target" if "logit" in kinds else "tokens" if "embedding" in kinds else f"resid.{L}")
+        labels[L] = ("target" if "logit" in kinds else "tokens" if "embedding" in kinds else
+                     f"mlp_out.{L}" if transcoders else f"resid.{L}")
     h = nx.DiGraph(layers=layers, n_components=T + 1, categories=list(CIRCUIT_CATEGORIES), row_labels=labels)
     cells: dict = {}
     biggest = max((abs(d.get("attribution", 0.0)) for _, d in g.nodes(data=True) if d["kind"] != "logit"), default=1.0)
@@ -204,9 +207,12 @@ def _circuit_nrag(ag, max_nodes_per_cell: int = 6) -> nx.DiGraph:
                 text.append(f"activation {d['activation']:.4g}")
                 if d.get("density") is not None:
                     text.append(f"density {d['density']:.3g}")
-                for key in ("top_tokens", "explanation"):
-                    if d.get(key):
-                        text.append(f"{key.replace('_', ' ')}: {html.escape(str(d[key]))}")
+                if d.get("top_tokens"):
+                    text.append(f"top tokens: {html.escape(str(d['top_tokens']))}")
+                if d.get("explanation"):
+                    score = d.get("simulation_score")
+                    text.append(f"explanation: {html.escape(str(d['explanation']))}"
+                                + (f" (simulation score {score:.3f})" if score is not None and score == score else ""))
             if d.get("influence") is not None:
                 text.append(f"influence {d['influence']:.3g}")
             offset = 0.8 * (j % max_nodes_per_cell) / max_nodes_per_cell
