@@ -217,7 +217,7 @@ def test_without_a_scan_a_click_shows_what_the_graph_knows(work, browser, tmp_pa
     page.wait_for_selector("#circuit-card", state="visible")
     body = page.inner_html("#circuit-card-body")
     assert "no dashboard in this page" in body and "llmri circuit --scan" in body
-    assert "attribution" in body and "top tokens:" in body
+    assert "attribution" in body and "top output tokens:" in body
     with pytest.raises(LlmriError, match="scan: feature dashboards need the SAEs too"):
         llmri.report.build_circuit_page(g, tmp_path / "d", scan=scan)
     with pytest.raises(LlmriError, match="no token records of resid.1"):
@@ -225,3 +225,26 @@ def test_without_a_scan_a_click_shows_what_the_graph_knows(work, browser, tmp_pa
             model, llmri.Corpus(TEXTS[:2], LABELS[:2]), tmp_path / "s2", sites=("resid",), token_sites=("resid.2",),
             progress=False))
     assert not errors
+
+
+def test_label_features_names_nodes_by_their_top_activations_and_the_figure_prints_them(work):
+    from llmri.sae.features import top_activating_tokens
+    from llmri.viz.graphs import node_label
+
+    tmp, scan, model, run = work
+    saes = llmri.circuits.load_saes(tmp / "saes")
+    p = attribute(model, saes, PROMPT, target="moon", max_feature_nodes=30).prune(0.9, 0.99)
+    feats = p.label_features(scan, saes, model=model)
+    assert set(feats) == {d["site"] for _, d in p.graph.nodes(data=True) if d["kind"] == "feature"}
+    direct = {s.site: llmri.feature_activations(s, scan, progress=False) for s in saes}
+    nodes = [d for _, d in p.graph.nodes(data=True) if d["kind"] == "feature"]
+    for d in nodes:
+        assert d["top_activations"] == top_activating_tokens(direct[d["site"]], [d["feature"]], model=model)[0]
+    fig = llmri.viz.circuit_plot(p, labels=3)
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    named = sorted((d for d in nodes if node_label(d)), key=lambda d: -abs(d["influence"]))[:3]
+    assert texts and all(f"{d['feature']}: {node_label(d)}" in texts for d in named)
+    assert len(llmri.viz.circuit_plot(p, labels=0).axes[0].texts) == 0
+    with pytest.raises(LlmriError, match="no token records of resid.1"):
+        p.label_features(llmri.scan(model, llmri.Corpus(TEXTS[:2], LABELS[:2]), tmp / "s3", sites=("resid",),
+                                    token_sites=("resid.2",), progress=False), saes)

@@ -473,6 +473,37 @@ class AttributionGraph:
                              "embedding": self.info["embedding_attribution"],
                              "features": [float(per.get(p, 0.0)) for p in range(len(self.tokens))]})
 
+    def label_features(self, scan, saes, model=None, n: int = 2) -> dict:
+        """Give every feature node of this graph ``top_activations``: its ``n`` most frequent tokens
+        among its strongest activations over ``scan`` (a Scan with token records of the SAE
+        sites), the label the figure prints next to the node when no explanation is known.
+        Returns the ``{site: FeatureActivations}`` it computed (one pass over the scan per site).
+
+        >>> p = g.prune(); p.label_features("runs/glosses", saes, model=dec)   # doctest: +SKIP
+        """
+        from .sae import feature_activations
+        from .sae.features import top_activating_tokens
+        from .store import Scan
+
+        scan = scan if isinstance(scan, Scan) else Scan.open(scan)
+        by_site = {s.site: s for s in load_saes(saes)}
+        nodes = [(node, d) for node, d in self.graph.nodes(data=True) if d["kind"] == FEATURE]
+        sites = sorted({d["site"] for _, d in nodes})
+        missing = [s for s in sites if s not in scan.token_sites]
+        if missing:
+            raise LlmriError(f"scan {scan.folder}: no token records of {missing[0]}, a site of the SAEs "
+                             f"(scan with --token-sites {','.join(sites)})")
+        feats = {}
+        for site in sites:
+            if site not in by_site:
+                raise LlmriError(f"saes: no SAE of {site}, a site of the graph")
+            feats[site] = feature_activations(by_site[site], scan, progress=False)
+            mine = [(node, d) for node, d in nodes if d["site"] == site]
+            for (node, d), label in zip(mine, top_activating_tokens(feats[site], [d["feature"] for _, d in mine],
+                                                                    n=n, model=model)):
+                d["top_activations"] = label
+        return feats
+
     def top_features(self, n: int = 10, model=None, saes=None, explanations=None):
         """The ``n`` features with the largest |attribution|: layer, site, position, token, feature,
         activation, attribution, density, top output tokens (with ``model`` and ``saes``), and the

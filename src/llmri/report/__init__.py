@@ -536,7 +536,6 @@ def _circuit_dashboards(shown, ag, model, saes, scan) -> tuple[dict, dict]:
     scan) and each node's key into them (``{node_id: "site:feature"}``); without a scan only the
     nodes' top output tokens (model and saes) are added to their hover."""
     from ..circuits import load_saes
-    from ..sae import feature_activations
     from ..sae.features import output_tokens
 
     feats_nodes = [(n, d) for n, d in shown.graph.nodes(data=True) if d["kind"] == "feature"]
@@ -553,15 +552,10 @@ def _circuit_dashboards(shown, ag, model, saes, scan) -> tuple[dict, dict]:
     needed: dict[str, set] = {}
     for _, d in feats_nodes:
         needed.setdefault(d["site"], set()).add(int(d["feature"]))
-    missing = [s for s in needed if s not in scan.token_sites]
-    if missing:
-        raise LlmriError(f"scan {scan.folder}: no token records of {missing[0]}, a site of the SAEs "
-                         f"(scan with --token-sites {','.join(needed)})")
+    stats = shown.label_features(scan, saes, model)
     cards = {}
     for site, features in sorted(needed.items()):
-        if site not in by_site:
-            raise LlmriError(f"saes: no SAE of {site}, a site of the graph")
-        feats = feature_activations(by_site[site], scan, progress=False)
+        feats = stats[site]
         explained = getattr(ag, "explanations", {}).get(site, {})
         for f in sorted(features):
             cards[f"{site}:{f}"] = dashboard_html(feats, f, model, explained.get(f))

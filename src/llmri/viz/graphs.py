@@ -207,8 +207,10 @@ def _circuit_nrag(ag, max_nodes_per_cell: int = 6) -> nx.DiGraph:
                 text.append(f"activation {d['activation']:.4g}")
                 if d.get("density") is not None:
                     text.append(f"density {d['density']:.3g}")
+                if d.get("top_activations"):
+                    text.append(f"top activations: {html.escape(str(d['top_activations']))}")
                 if d.get("top_tokens"):
-                    text.append(f"top tokens: {html.escape(str(d['top_tokens']))}")
+                    text.append(f"top output tokens: {html.escape(str(d['top_tokens']))}")
                 if d.get("explanation"):
                     score = d.get("simulation_score")
                     text.append(f"explanation: {html.escape(str(d['explanation']))}"
@@ -232,9 +234,21 @@ def _circuit_title(ag, title):
     return title or f"{ag.info['prompt']!r} -> {ag.target!r}: attribution graph"
 
 
-def circuit_plot(ag, ax=None, title: str | None = None):
+def node_label(d: dict, width: int = 28) -> str:
+    """The short text printed next to a feature node: its explanation, else its top activating
+    tokens (``AttributionGraph.label_features``), else its top output tokens; "" if none is known."""
+    for key in ("explanation", "top_activations", "top_tokens"):
+        text = str(d.get(key) or "").strip()
+        if text:
+            return text if len(text) <= width else text[:width - 1] + "\u2026"
+    return ""
+
+
+def circuit_plot(ag, ax=None, title: str | None = None, labels: int = 10):
     """Static picture of an attribution graph (``llmri.attribute``), drawn by ``draw_nrag``:
-    positions as columns, layers as rows, node size by |attribution|, edge width by |weight|."""
+    positions as columns, layers as rows, node size by |attribution|, edge width by |weight|.
+    The ``labels`` feature nodes of largest influence on the target (|attribution| when the
+    graph carries no influence) are printed with their id and label (:func:`node_label`)."""
     import matplotlib.pyplot as plt
 
     h = _circuit_nrag(ag)
@@ -244,6 +258,14 @@ def circuit_plot(ag, ax=None, title: str | None = None):
     fig = draw_nrag(h, ax=ax, fixed=True, colors=colors, title=_circuit_title(ag, title), node_size="size")
     ax.set_xticks([(p + 0.3) / len(ag.tokens) for p in range(len(ag.tokens))], ag.tokens, rotation=45,
                   ha="right", fontsize=8)
+    g = ag.graph
+    named = [n for n, d in g.nodes(data=True) if d["kind"] == "feature" and node_label(d)]
+    named.sort(key=lambda n: -abs(g.nodes[n].get("influence", g.nodes[n].get("attribution", 0.0))))
+    pos = layered_layout(h, fixed=True)
+    for n in named[:max(0, int(labels))]:
+        ax.annotate(f"{g.nodes[n]['feature']}: {node_label(g.nodes[n])}", pos[n], xytext=(4, 5),
+                    textcoords="offset points", fontsize=6.5, color="#333333", rotation=20,
+                    bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.75))
     return fig
 
 
