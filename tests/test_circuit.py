@@ -148,6 +148,52 @@ def test_attribution_predicts_single_ablations_and_topk_beats_random(llama):
     assert g.validation is v
 
 
+def test_ablate_nodes_equals_a_hand_ablation_and_subgraph_keeps_the_chain(llama):
+    """Zeroing two chosen features (two layers) by hand, with a plain forward pre-hook that
+    subtracts f_i * W_dec[i] (f_i as encoded there, after the upstream ablation) from the residual
+    stream, gives ablate_nodes' drop; matched
+    random controls draw from the same cells; the subgraph keeps exactly the chosen nodes, the
+    target and the edges among them."""
+    from llmri.circuits import ablate_nodes
+
+    saes = [random_sae(32, 64, "resid.1", 1), random_sae(32, 64, "resid.2", 2)]
+    g = attribute(llama, saes, PROMPT, target="moon", skip_first=False)
+    df = g.features
+    pick = [df[df["site"] == s].sort_values("attribution").iloc[-1] for s in ("resid.1", "resid.2")]
+    res = ablate_nodes(llama, saes, g, [r["node_id"] for r in pick], n_random=4)
+    ids = llama.tokenizer(PROMPT)["input_ids"]
+    tid = llama.tokenizer("moon", add_special_tokens=False)["input_ids"][0]
+    hooks = []
+    for r in pick:   # resid.L is the input of block L: a pre-hook on that block edits it
+        def pre(mod, args, kwargs, r=r, sae=saes[0 if r["site"] == "resid.1" else 1]):
+            h = args[0].clone() if args else kwargs["hidden_states"].clone()
+            p, i = int(r["position"]), int(r["feature"])
+            f = sae.encode(h[0, p][None])[0, i]         # its value now, after the upstream ablation
+            h[0, p] -= f * sae.W_dec[i]
+            if args:
+                return (h,) + tuple(args[1:]), kwargs
+            return args, dict(kwargs, hidden_states=h)
+        hooks.append(llama.module.model.layers[int(r["layer"])].register_forward_pre_hook(pre, with_kwargs=True))
+    try:
+        with torch.no_grad():
+            ablated = float(torch.log_softmax(llama.module(input_ids=torch.tensor([ids])).logits[0, -1], -1)[tid])
+    finally:
+        for h in hooks:
+            h.remove()
+    assert res["baseline"] == pytest.approx(g.metric, abs=1e-5)
+    assert res["drop"] == pytest.approx(g.metric - ablated, abs=1e-5)
+    assert res["predicted_drop"] == pytest.approx(sum(float(r["attribution"]) for r in pick), rel=1e-5)
+    assert res["n"] == 2 and np.isfinite(res["random_drop_mean"])
+    with pytest.raises(LlmriError, match="not an active feature"):
+        ablate_nodes(llama, saes, g, ["1_99999_0"])
+    sub = g.subgraph([r["node_id"] for r in pick])
+    want = {r["node_id"] for r in pick} | set(g.nodes("logit"))
+    assert set(sub.graph.nodes) == want
+    assert {(u, v) for u, v in sub.graph.edges} == {(u, v) for u, v in g.graph.edges if u in want and v in want}
+    with pytest.raises(LlmriError, match="not a node"):
+        g.subgraph(["nope"])
+
+
 def test_logit_difference_and_mean_ablation(llama):
     saes = [random_sae(32, 64, "resid.2", 3)]
     g = attribute(llama, saes, PROMPT, target=("moon", "sun"), skip_first=False)

@@ -46,7 +46,7 @@ _EXPORTS = {
     "ExplainResult": "explain", "Explainer": "explain", "LocalLM": "explain", "OpenAICompatible": "explain",
     "explain": "explain",
     # feature circuits
-    "AttributionGraph": "circuits", "attribute": "circuits", "validate_circuit": "circuits",
+    "AttributionGraph": "circuits", "attribute": "circuits", "validate_circuit": "circuits", "ablate_nodes": "circuits",
 }
 __all__ = sorted(_EXPORTS)
 
