@@ -148,6 +148,7 @@ def test_explain_end_to_end_on_a_scan(tmp_path):
     recs = [json.loads(x) for x in (tmp_path / "out" / "explanations.jsonl").read_text().splitlines()]
     assert all(len(r["held_out_windows"][0]["simulated"]) == len(r["held_out_windows"][0]["tokens"]) for r in recs)
     first = res.info["stats"]
+    assert res.info["simulator"] == "pmi"            # the local default
     assert first["calls"] > 0     # (repeated documents give repeated prompts: cache hits within a run)
     page = (tmp_path / "out" / "explain.html").read_text()
     for u, text in zip(t["unit"], t["explanation"]):

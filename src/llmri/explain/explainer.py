@@ -230,6 +230,8 @@ def explain_units(acts: np.ndarray, offsets, tokens, units, explainer: Explainer
                 window=explainer.window, n_explain=explainer.n_explain, n_quantiles=explainer.n_quantiles,
                 per_quantile=explainer.per_quantile, n_non_activating=explainer.n_non_activating,
                 seed=explainer.seed, units=units, stats=stats)
+    if "simulation" in scorers:
+        info["simulator"] = resolve_simulator(be, explainer.simulator)
     if on_ray:
         info["engine"] = dict(engine="ray", workers=workers)
     res = ExplainResult(table, records, info)
