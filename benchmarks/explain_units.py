@@ -90,6 +90,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a loaded machine)")
     ap.add_argument("--kinds", default="neurons,features")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--simulator", choices=("pmi", "all_at_once"), default=None,
+                    help="simulation scoring (default: the local backend's, pmi)")
     args = ap.parse_args()
     import torch
 
@@ -116,10 +118,10 @@ def main() -> None:
 
     ex = Explainer(LocalLM(model), window=args.window, n_explain=args.n_explain, n_quantiles=args.quantiles,
                    per_quantile=args.per_quantile, n_non_activating=args.non_activating, max_new_tokens=24,
-                   seed=args.seed)
+                   seed=args.seed, simulator=args.simulator)
     print(f"explainer settings: window {args.window}, {args.n_explain} explanation windows, held out "
           f"{args.quantiles}x{args.per_quantile} activating + {args.non_activating} silent windows; "
-          f"{args.threads} torch thread(s)", flush=True)
+          f"{args.threads} torch thread(s); simulator {args.simulator or 'pmi (default)'}", flush=True)
     results = {}
     for kind in args.kinds.split(","):
         encoder = sae if kind == "features" else None

@@ -1,7 +1,7 @@
 """Explain with the real default decoder (SmolLM2-135M-Instruct) as the local simulator: the
-expected values over "0".."10" equal a direct computation from the model's logits, and the
-explanation loop runs end to end. (How well a 135M model explains and simulates is measured in
-benchmarks/explain.py, not asserted here.)"""
+expected values over "0".."10" (all-at-once) and the pmi predictions equal direct computations
+from the model's logits, the explanation loop runs end to end, and on planted units the right
+explanation scores above wrong ones (benchmarks/explain_simulators.py measures the margins)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import llmri
 from llmri.explain import Explainer, LocalLM, explain_units
 from llmri.explain.examples import Window
 from llmri.explain.prompts import VALUES, simulation_prompt
-from llmri.explain.scoring import expected_value
+from llmri.explain.scoring import expected_value, simulate
 
 pytestmark = pytest.mark.integration
 
@@ -65,29 +65,53 @@ def test_explain_loop_runs_on_planted_units(decoder, tmp_path):
     assert (t["explanation"].str.len() > 0).all() and (t["status"] == "ok").all()
 
 
-@pytest.mark.xfail(strict=True, reason="SmolLM2-135M as simulator rates digit tokens high whatever the explanation "
-                   "says (measured: r = 0.46 with the right explanation, 0.47 and 0.48 with two wrong ones); "
-                   "strict, so a default simulator that reads explanations makes this test pass and the mark go")
-def test_right_explanation_of_a_planted_digit_unit_beats_a_wrong_one(decoder):
-    """A unit that fires exactly on digit tokens: the simulator given the right explanation
-    should predict it better than given wrong ones (what the random-explanation baseline measures).
-    The 135M default decoder does not: it is a working offline backend, not a good simulator."""
+def test_pmi_simulator_equals_a_direct_computation_from_the_logits(decoder):
+    tok = decoder.tokenizer
+    words = [tok.decode([i]) for i in tok("We counted 12 apples and 7 cups", add_special_tokens=False)["input_ids"]]
+    w = Window(0, 0, words, np.zeros(len(words)))
+    preds, _ = simulate(LocalLM(decoder), "numbers and digits", [w], simulator="pmi")
+
+    def logprobs(explanation):
+        # reference: the chat prompt plus the prefill, one forward pass, log-softmax at the end,
+        # read at the first token of each (stripped) word
+        ids = tok.apply_chat_template([{"role": "user", "content": "Text: We counted 12 apples and 7 cups\n"
+                                        f"A neuron finds {explanation}. On which word of the text does it fire most?"}],
+                                      add_generation_prompt=True, tokenize=True)
+        ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids) + tok('It fires most on the word "',
+                                                                          add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            lp = torch.log_softmax(decoder.module(input_ids=torch.tensor([ids])).logits[0, -1], -1).numpy()
+        return np.array([lp[tok(t.strip(), add_special_tokens=False)["input_ids"][0]] if t.strip() else np.nan
+                         for t in words])
+
+    expect = np.nan_to_num(np.clip(logprobs("numbers and digits") - logprobs("something"), 0, 10), nan=0.0)
+    np.testing.assert_allclose(preds[0], expect, rtol=1e-3, atol=1e-4)
+    digits = [i for i, t in enumerate(words) if t.strip().isdigit()]
+    assert digits and (preds[0][digits] > 1.0).all()    # the digits are what the explanation adds
+
+
+def test_right_explanations_of_planted_units_beat_wrong_ones(decoder, tmp_path):
+    """Five planted units (digits, the word "and", months, colours, names of people and places),
+    each scored with every unit's explanation plus an unrelated one: with the default (pmi)
+    simulator the right explanation is first on every unit. Measured (benchmarks/
+    explain_simulators.py, 48 documents): right r = +0.40 to +0.99 (mean +0.56), wrong mean
+    -0.05, smallest margin +0.033 (digits against "colour words"), mean margin +0.40; the
+    all-at-once simulator has right r +0.23 against wrong +0.21, first on 2 of 5 units."""
     from llmri.explain import score
     from llmri.explain.examples import unit_examples
+    from llmri.explain.planted import EXPLANATIONS, planted_units
 
-    rng = np.random.default_rng(1)
-    docs = []
-    for _ in range(24):
-        text = (f"The shop sold {rng.integers(2, 99)} lamps on Monday and {rng.integers(2, 99)} chairs "
-                f"on Friday, while the old clock kept ticking near the window.")
-        docs.append([decoder.tokenizer.decode([i]) for i in decoder.tokenizer(text, add_special_tokens=False)["input_ids"]])
-    flat = [t for d in docs for t in d]
-    acts = np.asarray([4.0 * t.strip().isdigit() for t in flat], dtype=np.float32)
-    offsets = np.concatenate([[0], np.cumsum([len(d) for d in docs])])
-    ex = unit_examples(acts, offsets, lambda d: docs[d], 0, window=12, n_explain=2, n_quantiles=2, per_quantile=2,
-                       n_non_activating=2)
-    lm = LocalLM(decoder)
-    right = score(lm, "numbers and digits", ex, scorers=("simulation",))["simulation_score"]
-    wrong = {w: score(lm, w, ex, scorers=("simulation",))["simulation_score"]
-             for w in ("the word and between two phrases", "words about cooking and food")}
-    assert all(right > w + 0.05 for w in wrong.values()), (right, wrong)
+    docs, offsets, acts, names = planted_units(decoder.tokenizer, n_docs=48)
+    explanations = [EXPLANATIONS[n] for n in names] + ["words about cooking and food"]
+    lm = LocalLM(decoder, cache_dir=tmp_path / "calls")       # the neutral pass of a window is paid once
+    margins, right, wrong = [], [], []
+    for j, n in enumerate(names):
+        ex = unit_examples(acts[:, j], offsets, lambda d: docs[d], j, window=12, n_explain=2, n_quantiles=2,
+                           per_quantile=2, n_non_activating=2)
+        r = [score(lm, e, ex, scorers=("simulation",))["simulation_score"] for e in explanations]
+        others = [x for i, x in enumerate(r) if i != j]
+        margins.append(r[j] - max(others))
+        right.append(r[j])
+        wrong.extend(others)
+    assert all(m > 0.02 for m in margins), dict(zip(names, margins))
+    assert np.mean(right) - np.mean(wrong) > 0.4, (right, wrong)

@@ -297,7 +297,8 @@ def test_cli_explain_against_the_server(server, tmp_path, capsys):
     for args, pattern in [(("--site", "resid.1", "--neurons", "0"), "'resid.1' has no token-level records"),
                           (("--site", "mlp.1", "--neurons", "x"), "units 'x': expected top:K"),
                           (("--site", "mlp.1", "--neurons", "0", "--scorers", "vibes"), "--scorers 'vibes'"),
-                          (("--site", "mlp.1", "--neurons", "999"), "neuron 999 is out of range")]:
+                          (("--site", "mlp.1", "--neurons", "999"), "neuron 999 is out of range"),
+                          (("--site", "mlp.1", "--neurons", "0", "--simulator", "pmi"), "--simulator pmi needs --backend local")]:
         code, _, err = run_here(*args, *common)
         lines = err.strip().splitlines()
         assert code == 1 and "Traceback" not in err and pattern in lines[-1], err

@@ -148,6 +148,7 @@ def test_explain_end_to_end_on_a_scan(tmp_path):
     recs = [json.loads(x) for x in (tmp_path / "out" / "explanations.jsonl").read_text().splitlines()]
     assert all(len(r["held_out_windows"][0]["simulated"]) == len(r["held_out_windows"][0]["tokens"]) for r in recs)
     first = res.info["stats"]
+    assert res.info["simulator"] == "pmi"            # the local default
     assert first["calls"] > 0     # (repeated documents give repeated prompts: cache hits within a run)
     page = (tmp_path / "out" / "explain.html").read_text()
     for u, text in zip(t["unit"], t["explanation"]):
@@ -166,3 +167,38 @@ def test_explain_end_to_end_on_a_scan(tmp_path):
                           page=False)
     assert again.info["stats"]["calls"] == 0 and again.info["stats"]["cache_hits"] == first["calls"] + first["cache_hits"]
     __import__("pandas").testing.assert_frame_equal(again.table, t)
+
+
+def test_word_logprobs_and_the_pmi_simulator_equal_a_direct_forward_pass(tmp_path):
+    from llmri.explain.examples import Window
+    from llmri.explain.prompts import NEUTRAL, PMI_PREFILL, pmi_prompt
+    from llmri.explain.scoring import simulate
+
+    model = tiny_chat_model(seed=2)
+    tok = model.tokenizer
+    lm = LocalLM(model, cache_dir=tmp_path / "calls")
+    w = Window(0, 0, ["the", " red", " star", "\n", " moon"], np.zeros(5))
+    messages, prefill = pmi_prompt("planet", w)
+    assert prefill == PMI_PREFILL and messages[-1]["content"].startswith("Text: the red star  moon\nA neuron finds planet.")
+
+    def reference(explanation):
+        # the chat prompt and the prefill tokenized by hand, one forward pass, the log-softmax of the
+        # last position at each word's token ("\n" has none)
+        msgs, pre = pmi_prompt(explanation, w)
+        ids = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+        ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids) + tok(pre, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            lp = torch.log_softmax(model.module(input_ids=torch.tensor([ids])).logits[0, -1], -1).numpy()
+        return np.array([lp[tok.convert_tokens_to_ids(t.strip())] if t.strip() else -np.inf for t in w.tokens])
+
+    got = lm.word_logprobs(messages, prefill, w.tokens)
+    ref = reference("planet")
+    np.testing.assert_allclose(got[[0, 1, 2, 4]], ref[[0, 1, 2, 4]], rtol=1e-4, atol=1e-5)
+    assert got[3] == -np.inf
+    preds, missing = simulate(lm, "planet", [w, w])
+    with np.errstate(invalid="ignore"):                  # -inf - -inf at the "\n" token
+        expect = np.clip(np.nan_to_num(ref - reference(NEUTRAL), nan=0.0), 0, 10)
+    np.testing.assert_allclose(preds[0], expect, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(preds[1], expect, rtol=1e-4, atol=1e-5)
+    assert missing == 0 and lm.stats["calls"] == 2        # explanation and neutral once; the repeat is cached
+    assert simulate(lm, "planet", [w], simulator="all_at_once")[0][0].shape == (5,)

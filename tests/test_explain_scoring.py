@@ -218,3 +218,31 @@ def test_unit_activations_neurons_and_features(token_scan):
     assert top_units(token_scan, "mlp.1", 3, encoder=sae) == sorted(np.argsort(-fpeak, kind="stable")[:3].tolist())
     with pytest.raises(llmri.LlmriError, match="encoder: expected an output of shape"):
         unit_activations(token_scan, "mlp.1", [0], encoder=lambda x: x[:3])
+
+
+def test_pmi_activations_by_hand():
+    from llmri.explain.scoring import pmi_activations
+
+    lp = np.log([0.5, 0.01, 0.2, 1e-30, 0.3])
+    neutral = np.log([0.1, 0.1, 0.2, 0.5, 0.3])
+    lp = np.append(lp, -np.inf)                           # a whitespace token: no word, predicted 0
+    neutral = np.append(neutral, -np.inf)
+    # by hand: log(0.5/0.1) = log 5; log(0.01/0.1) < 0 -> 0; log 1 = 0; log(2e-30) < 0 -> 0; 0; 0
+    np.testing.assert_allclose(pmi_activations(lp, neutral), [math.log(5), 0, 0, 0, 0, 0], atol=1e-12)
+    # clipped to the 0-10 scale
+    assert pmi_activations(np.array([0.0]), np.array([-25.0]))[0] == 10.0
+
+
+def test_simulator_choice_is_checked():
+    from llmri.explain import LocalLM, OpenAICompatible
+    from llmri.explain.scoring import resolve_simulator
+
+    http = OpenAICompatible("http://localhost:9/v1", "m")
+    assert resolve_simulator(http, None) == "all_at_once"
+    with pytest.raises(llmri.LlmriError, match="simulator 'pmi' needs next-token log-probabilities"):
+        resolve_simulator(http, "pmi")
+    with pytest.raises(llmri.LlmriError, match="simulator 'exact' is not one of pmi, all_at_once"):
+        llmri.Explainer(http, simulator="exact")
+    local = LocalLM("default-decoder")                    # nothing is loaded to choose
+    assert resolve_simulator(local, None) == "pmi" and local._model is None
+    assert resolve_simulator(local, "all_at_once") == "all_at_once"

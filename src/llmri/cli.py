@@ -525,13 +525,16 @@ def patch_cmd(model_name, clean, corrupted, out, sites, device, download):
               help="openai: read simulator probabilities from /v1/completions (echo + logprobs).")
 @click.option("--scorers", default="simulation,detection,fuzzing", show_default=True)
 @click.option("--style", type=click.Choice(["bills", "delphi"]), default="bills", show_default=True)
+@click.option("--simulator", type=click.Choice(["pmi", "all_at_once"]), default=None,
+              help="Simulation scoring: pmi (default with --backend local) or all_at_once (Bills et al.; "
+                   "the only one with --backend openai).")
 @click.option("--no-baseline", is_flag=True, help="Skip the random-explanation baseline.")
 @click.option("--out", required=True, help="Folder for the tables, the page and the call cache.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @_ray_options
 def explain_cmd(scan_dir, site, neuron_spec, sae, feature_spec, backend, model_name, base_url, api_key_env,
-                completion_logprobs, scorers, style, no_baseline, out, device, seed, ray_mode, workers, gpus_per_worker):
+                completion_logprobs, scorers, style, simulator, no_baseline, out, device, seed, ray_mode, workers, gpus_per_worker):
     """Explain neurons (or SAE features) of the Scan in SCAN_DIR with a language model and score
     the explanations by simulation, detection and fuzzing."""
     from .explain import Explainer, LocalLM, OpenAICompatible, explain, parse_units
@@ -554,6 +557,8 @@ def explain_cmd(scan_dir, site, neuron_spec, sae, feature_spec, backend, model_n
         raise LlmriError(f"--site {site!r}: give one layer, e.g. {site}.10")
     if backend == "openai" and (not base_url or not model_name):
         raise LlmriError("--backend openai needs --base-url and --model-name")
+    if backend == "openai" and simulator == "pmi":
+        raise LlmriError("--simulator pmi needs --backend local (a server gives no log-probabilities of arbitrary words)")
     if Path(out).exists() and not Path(out).is_dir():
         raise LlmriError(f"{out}: exists and is not a folder; choose another output folder")
     scan = Scan.open(scan_dir)
@@ -565,7 +570,7 @@ def explain_cmd(scan_dir, site, neuron_spec, sae, feature_spec, backend, model_n
         be = OpenAICompatible(base_url, model_name, api_key_env=api_key_env, completion_logprobs=completion_logprobs)
     else:
         be = LocalLM(model_name or "default-decoder", device=device)
-    res = explain(scan, site, units, Explainer(be, style=style, seed=seed), scorers=names, encoder=encoder,
+    res = explain(scan, site, units, Explainer(be, style=style, seed=seed, simulator=simulator), scorers=names, encoder=encoder,
                   meta={"sae": str(Path(sae).resolve())} if sae else None,
                   baseline=not no_baseline, out=out, progress=None,
                   **({} if ray is None else dict(engine="ray", **ray)))

@@ -9,6 +9,10 @@ Two operations, both cached on disk:
   "all at once" simulator needs. :class:`LocalLM` always supports it; :class:`OpenAICompatible`
   only when the server returns prompt log-probabilities on ``/v1/completions``
   (``echo=True, logprobs=k``, e.g. vLLM); otherwise scorers fall back to parsed replies.
+- ``word_logprobs(messages, prefill, words)``: the log-probability that the reply, prefilled
+  with ``prefill``, goes on with (the first token of) each word, from one forward pass: what the
+  ``pmi`` simulator needs. Only :class:`LocalLM` has it (a server's top-k log-probabilities do
+  not cover arbitrary words).
 
 Every call is keyed by (backend kind, model, operation, prompt, parameters) and stored as one
 JSON file written atomically (``llmri.store``), so a rerun or an interrupted run replays what is
@@ -104,6 +108,13 @@ class Backend:
     def _value_logprobs(self, messages, pieces, candidates) -> dict:
         raise NotImplementedError
 
+    @property
+    def has_word_logprobs(self) -> bool:
+        return False
+
+    def _word_logprobs(self, messages, prefill, words) -> dict:
+        raise NotImplementedError
+
     # --- cache and accounting ---
     def reset_stats(self) -> None:
         self.stats = dict(calls=0, cache_hits=0, prompt_tokens=0, completion_tokens=0, cost=0.0)
@@ -175,6 +186,16 @@ class Backend:
                            lambda: self._value_logprobs(messages, list(pieces), list(candidates)))
         arr = np.array([[(-np.inf if v is None else v) for v in row] for row in out["logprobs"]], dtype=np.float64)
         return arr.reshape(len(pieces) - 1, len(candidates))
+
+    def word_logprobs(self, messages: list[dict], prefill: str, words: list[str]) -> np.ndarray:
+        """Log-probability ``[len(words)]`` that the reply, prefilled with ``prefill``, continues
+        with the first token of each word (whitespace stripped); ``-inf`` for an empty word."""
+        if not self.has_word_logprobs:
+            raise LlmriError(f"backend {self.kind} ({self.model_name}) gives no next-token log-probabilities "
+                             "of arbitrary words; use simulator='all_at_once'")
+        payload = dict(messages=messages, prefill=prefill, words=list(words))
+        out = self._cached("word_logprobs", payload, lambda: self._word_logprobs(messages, prefill, list(words)))
+        return np.array([-np.inf if v is None else v for v in out["logprobs"]], dtype=np.float64)
 
 
 # ------------------------------------------------------------------ local
@@ -277,6 +298,27 @@ class LocalLM(Backend):
             ids = tok(c, add_special_tokens=False)["input_ids"]
             out.append(int(ids[0]) if len(ids) == 1 and ids[0] != tok.unk_token_id else None)
         return out
+
+    @property
+    def has_word_logprobs(self) -> bool:
+        return True
+
+    def _word_logprobs(self, messages, prefill, words) -> dict:
+        import torch
+
+        m = self.model
+        tok = m.tokenizer
+        ids = self._prefix_ids(messages) + tok(prefill, add_special_tokens=False)["input_ids"]
+        self._check_length(len(ids))
+        x = torch.tensor([ids], device=m.device)
+        with torch.inference_mode():
+            lp = torch.log_softmax(m.module(input_ids=x, attention_mask=torch.ones_like(x)).logits[0, -1].float(), -1)
+        lp = lp.cpu().numpy()
+        rows = []
+        for w in words:
+            first = tok(w.strip(), add_special_tokens=False)["input_ids"][:1] if w.strip() else []
+            rows.append(float(lp[first[0]]) if first else None)
+        return dict(logprobs=rows, prompt_tokens=len(ids), completion_tokens=0)
 
     def _value_logprobs(self, messages, pieces, candidates) -> dict:
         import copy

@@ -15,7 +15,7 @@ from ..store import atomic_write_json, atomic_write_text
 from .backends import Backend
 from .examples import UnitExamples, top_units, unit_activations, unit_examples
 from .prompts import EXPLAIN_PREFILL, clean_explanation, explanation_prompt
-from .scoring import SCORERS, score
+from .scoring import SCORERS, resolve_simulator, score
 
 STYLES = ("bills", "delphi")
 _SCORE_COLUMNS = {"simulation": "simulation_score", "detection": "detection_balanced_accuracy",
@@ -27,7 +27,9 @@ class Explainer:
 
     ``window`` tokens per example; ``n_explain`` top windows are shown to the explainer;
     the held-out set has ``per_quantile`` windows from each of ``n_quantiles`` activation
-    quantiles plus ``n_non_activating`` windows where the unit is silent.
+    quantiles plus ``n_non_activating`` windows where the unit is silent. ``simulator``: ``"pmi"``
+    or ``"all_at_once"`` (see :func:`llmri.explain.scoring.simulate`); ``None`` picks ``"pmi"``
+    on a backend that supports it (LocalLM) and ``"all_at_once"`` otherwise.
 
     >>> ex = Explainer(backend=LocalLM("default-decoder"))                 # doctest: +SKIP
     >>> ex.explain_unit(examples)
@@ -36,7 +38,7 @@ class Explainer:
 
     def __init__(self, backend: Backend, style: str = "bills", window: int = 24, n_explain: int = 10,
                  n_quantiles: int = 5, per_quantile: int = 2, n_non_activating: int = 5,
-                 max_new_tokens: int = 48, batch: int = 5, seed: int = 0):
+                 max_new_tokens: int = 48, batch: int = 5, seed: int = 0, simulator: str | None = None):
         if not isinstance(backend, Backend):
             raise LlmriError(f"backend: expected llmri.LocalLM or llmri.OpenAICompatible, got {type(backend).__name__}")
         if style not in STYLES:
@@ -47,7 +49,9 @@ class Explainer:
                 raise LlmriError(f"{name} must be a positive integer, got {v!r}")
         if not isinstance(n_non_activating, int) or n_non_activating < 0:
             raise LlmriError(f"n_non_activating must be a non-negative integer, got {n_non_activating!r}")
-        self.backend, self.style, self.window = backend, style, window
+        if simulator is not None:
+            resolve_simulator(backend, simulator)
+        self.backend, self.style, self.window, self.simulator = backend, style, window, simulator
         self.n_explain, self.n_quantiles, self.per_quantile = n_explain, n_quantiles, per_quantile
         self.n_non_activating, self.max_new_tokens, self.batch, self.seed = n_non_activating, max_new_tokens, batch, seed
 
@@ -63,7 +67,8 @@ class Explainer:
         return clean_explanation(reply)
 
     def score_unit(self, explanation: str, ex: UnitExamples, scorers=SCORERS) -> dict:
-        return score(self.backend, explanation, ex, scorers=scorers, batch=self.batch, seed=self.seed)
+        return score(self.backend, explanation, ex, scorers=scorers, batch=self.batch, seed=self.seed,
+                     simulator=self.simulator)
 
 
 @dataclass
@@ -225,6 +230,8 @@ def explain_units(acts: np.ndarray, offsets, tokens, units, explainer: Explainer
                 window=explainer.window, n_explain=explainer.n_explain, n_quantiles=explainer.n_quantiles,
                 per_quantile=explainer.per_quantile, n_non_activating=explainer.n_non_activating,
                 seed=explainer.seed, units=units, stats=stats)
+    if "simulation" in scorers:
+        info["simulator"] = resolve_simulator(be, explainer.simulator)
     if on_ray:
         info["engine"] = dict(engine="ray", workers=workers)
     res = ExplainResult(table, records, info)

@@ -13,6 +13,12 @@ Formats follow the papers (wording is ours):
   simulator's distribution over "0".."10" where each ``unknown`` stands is read in one forward
   pass (Bills et al.'s "all at once" simulator). Backends without log-probabilities answer the
   same prompt with numbers in place of ``unknown``, which are parsed.
+- Simulation by pointwise mutual information (``simulator="pmi"``, the local default): the
+  window's text, then "a neuron finds <explanation>; on which word of the text does it fire
+  most?", and the reply prefilled up to ``It fires most on the word "``. The log-probability of
+  each token of the window as the next token, minus the same under the content-free explanation
+  ``NEUTRAL``, is that token's pointwise mutual information with the explanation (see
+  ``scoring.simulate``).
 - Detection and fuzzing (delphi): a batch of examples, each answered 1 or 0 (does the example
   show the feature / are the marked tokens the right ones).
 
@@ -28,6 +34,8 @@ import numpy as np
 from .examples import Window
 
 VALUES = tuple(str(i) for i in range(11))
+NEUTRAL = "something"          # the content-free explanation of the pmi simulator
+PMI_PREFILL = 'It fires most on the word "'
 BINARY = ("0", "1")
 PREFIX = "the main thing this neuron does is find"
 EXPLAIN_PREFILL = {"bills": "Explanation of neuron 1 behavior: " + PREFIX, "delphi": "This feature finds"}
@@ -141,6 +149,15 @@ def simulation_prompt(explanation: str, window: Window, listed: bool = True) -> 
         pieces.append("unknown\n")
     pieces[-1] += "<end>\n"
     return [{"role": "system", "content": _SIMULATE_SYSTEM}, {"role": "user", "content": user}], pieces
+
+
+def pmi_prompt(explanation: str, window: Window) -> tuple[list[dict], str]:
+    """Messages and reply prefill of the ``pmi`` simulator for one held-out window: the model's
+    next token after the prefill is the word of the window it picks for the explanation."""
+    text = "".join(window.tokens).replace("\n", " ").strip()
+    user = (f"Text: {text}\nA neuron finds {explanation.strip().rstrip('.')}. "
+            "On which word of the text does it fire most?")
+    return [{"role": "user", "content": user}], PMI_PREFILL
 
 
 def binary_prompt(kind: str, explanation: str, texts: list[str]) -> tuple[list[dict], list[str]]:

@@ -3,8 +3,23 @@
 - Simulation: a simulator predicts the unit's activation on every held-out token from the
   explanation alone; the score is the Pearson correlation between prediction and truth pooled
   over all held-out tokens (Bills et al.'s "correlation scoring", their preferred variant over
-  averaging per window). With log-probabilities the prediction is the expected value
-  ``sum_k k * p(k)`` over the probabilities of "0".."10" renormalised among themselves.
+  averaging per window). Two simulators:
+
+  - ``"all_at_once"`` (Bills et al.): the prediction is the expected value ``sum_k k * p(k)``
+    over the probabilities of "0".."10" renormalised among themselves, read after each token
+    (or, without log-probabilities, the numbers of the reply).
+  - ``"pmi"`` (the default where the backend has next-token log-probabilities, i.e. LocalLM):
+    the model is asked on which word of the window a neuron that finds <explanation> fires
+    most, and the prediction at token t is ``max(0, log p(t | explanation) - log p(t | NEUTRAL))``,
+    the positive part of the pointwise mutual information between the explanation and the token
+    as the answer. Subtracting the answer under a content-free explanation is the calibration of
+    Zhao et al. 2021 ("Calibrate before use", content-free input) and the domain-conditional
+    PMI of Holtzman et al. 2021 ("Surface form competition"): a token the model picks whatever
+    the explanation says (a digit, a capitalised word) cancels out, so only what the
+    explanation adds remains. Negative PMI (the explanation makes the token less likely) is
+    predicted silent, as most activations are 0. Measured in benchmarks/explain_simulators.py:
+    with SmolLM2-135M the all-at-once simulator scores planted units nearly the same whatever
+    the explanation; the pmi simulator ranks the right explanation first on most of them.
 - Detection: given the explanation, does each held-out window (activating or not) show the
   feature? Fuzzing: are the tokens marked in an activating window the truly active ones, or
   as many inactive tokens? Both are scored by balanced accuracy (delphi; Paulo et al. 2024).
@@ -18,9 +33,10 @@ import numpy as np
 
 from ..errors import LlmriError
 from .examples import UnitExamples
-from .prompts import BINARY, VALUES, binary_prompt, fuzz_marks, marked_text, simulation_prompt
+from .prompts import BINARY, NEUTRAL, VALUES, binary_prompt, fuzz_marks, marked_text, pmi_prompt, simulation_prompt
 
 SCORERS = ("simulation", "detection", "fuzzing")
+SIMULATORS = ("pmi", "all_at_once")
 
 
 # ------------------------------------------------------------------ pure functions
@@ -110,11 +126,43 @@ def parse_binary(text: str, n: int) -> tuple[np.ndarray, int]:
 
 
 # ------------------------------------------------------------------ scorers
-def simulate(backend, explanation: str, windows, max_tokens_per_token: int = 6) -> tuple[list[np.ndarray], int]:
-    """Simulated activations (0-10) of every window; with log-probabilities, the expected value
-    over "0".."10" at each token, else the parsed reply. Returns them and the missing count."""
+def pmi_activations(logprobs: np.ndarray, neutral_logprobs: np.ndarray) -> np.ndarray:
+    """The pmi simulator's prediction: ``log p(token | explanation) - log p(token | neutral)``
+    clipped to 0..10; 0 where either is ``-inf`` (a whitespace token)."""
+    a = np.asarray(logprobs, dtype=np.float64)
+    b = np.asarray(neutral_logprobs, dtype=np.float64)
+    ok = np.isfinite(a) & np.isfinite(b)
+    return np.clip(np.where(ok, np.where(ok, a, 0.0) - np.where(ok, b, 0.0), 0.0), 0.0, 10.0)
+
+
+def resolve_simulator(backend, simulator: str | None) -> str:
+    """``None`` picks ``"pmi"`` where the backend has word log-probabilities, else ``"all_at_once"``."""
+    if simulator is None:
+        return "pmi" if backend.has_word_logprobs else "all_at_once"
+    if simulator not in SIMULATORS:
+        raise LlmriError(f"simulator {simulator!r} is not one of {', '.join(SIMULATORS)}")
+    if simulator == "pmi" and not backend.has_word_logprobs:
+        raise LlmriError(f"simulator 'pmi' needs next-token log-probabilities of arbitrary words, which backend "
+                         f"{backend.kind} ({backend.model_name}) does not give; use simulator='all_at_once'")
+    return simulator
+
+
+def simulate(backend, explanation: str, windows, max_tokens_per_token: int = 6,
+             simulator: str | None = None) -> tuple[list[np.ndarray], int]:
+    """Simulated activations of every window and the count of values missing from parsed replies.
+
+    ``simulator="pmi"``: :func:`pmi_activations` of each token (two forward passes per window,
+    the neutral one shared by every explanation through the call cache). ``"all_at_once"``: with
+    log-probabilities, the expected value over "0".."10" at each token, else the parsed reply.
+    ``None``: ``"pmi"`` when the backend supports it."""
+    simulator = resolve_simulator(backend, simulator)
     preds, missing = [], 0
     for w in windows:
+        if simulator == "pmi":
+            lp = backend.word_logprobs(*pmi_prompt(explanation, w), w.tokens)
+            neutral = backend.word_logprobs(*pmi_prompt(NEUTRAL, w), w.tokens)
+            preds.append(pmi_activations(lp, neutral))
+            continue
         messages, pieces = simulation_prompt(explanation, w, listed=not backend.has_logprobs)
         if backend.has_logprobs:
             preds.append(expected_value(backend.value_logprobs(messages, pieces, VALUES)))
@@ -166,8 +214,10 @@ def fuzzing_items(ex: UnitExamples, seed: int = 0) -> tuple[list[str], np.ndarra
     return texts, np.asarray(truth, dtype=bool)
 
 
-def score(backend, explanation: str, ex: UnitExamples, scorers=SCORERS, batch: int = 5, seed: int = 0) -> dict:
-    """Every requested score of one explanation on one unit's held-out windows.
+def score(backend, explanation: str, ex: UnitExamples, scorers=SCORERS, batch: int = 5, seed: int = 0,
+          simulator: str | None = None) -> dict:
+    """Every requested score of one explanation on one unit's held-out windows; ``simulator``
+    as in :func:`simulate` (``None``: ``"pmi"`` on a backend with word log-probabilities).
 
     Keys: ``simulation_score`` (pooled Pearson r), ``detection_balanced_accuracy``,
     ``fuzzing_balanced_accuracy``, ``parse_failures``, and ``simulated`` (per held-out window).
@@ -175,7 +225,7 @@ def score(backend, explanation: str, ex: UnitExamples, scorers=SCORERS, batch: i
     out: dict = {"parse_failures": 0}
     if "simulation" in scorers:
         held = ex.held_out
-        preds, miss = simulate(backend, explanation, held)
+        preds, miss = simulate(backend, explanation, held, simulator=simulator)
         out["simulation_score"] = pooled_correlation([w.activations for w in held], preds)
         out["simulated"] = [p.round(3).tolist() for p in preds]
         out["parse_failures"] += miss
