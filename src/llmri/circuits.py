@@ -1017,6 +1017,30 @@ def _ablated_metrics(model, saes, ids, tgt, sets: list[list[tuple[str, int, int]
     return np.concatenate(out) if out else np.zeros(0)
 
 
+def _graph_saes(model, saes, g: AttributionGraph) -> list:
+    """The SAEs of ``g``, loaded and on the model's device; an error if they are not the graph's."""
+    saes = load_saes(saes, model)
+    if [s.site for s in saes] != g.info["sites"]:
+        raise LlmriError(f"saes: the graph was built with SAEs at {g.info['sites']}, got {[s.site for s in saes]}")
+    return [s.to(model.device) for s in saes]
+
+
+def _feature_means(model, saes, g: AttributionGraph) -> dict:
+    """Each SAE's mean feature activation over the prompt's positions (the sink left out when
+    ``skip_first``): the values of a mean ablation."""
+    import torch
+
+    n_pos = max(len(g.token_ids) - (1 if g.info["skip_first"] else 0), 1)
+    means = {}
+    for s in saes:
+        sub = g.features[g.features["site"] == s.site]
+        m = torch.zeros(s.d_sae, device=model.device)
+        m.index_add_(0, torch.tensor(sub["feature"].to_numpy(), dtype=torch.long, device=model.device),
+                     torch.tensor(sub["activation"].to_numpy(), dtype=torch.float32, device=model.device))
+        means[s.site] = m / n_pos
+    return means
+
+
 def ablate_nodes(model, saes, g: AttributionGraph, nodes, mode: str = "zero", n_random: int = 10,
                  seed: int = 0) -> dict:
     """What breaks when a chosen set of feature nodes is removed: the drop of the metric when the
@@ -1042,25 +1066,11 @@ def ablate_nodes(model, saes, g: AttributionGraph, nodes, mode: str = "zero", n_
     if bad or not nodes:
         raise LlmriError(f"nodes: {bad[0]!r} is not an active feature of the graph" if bad
                          else "nodes: give at least one feature node id")
-    saes = [s.to(model.device) for s in load_saes(saes, model)]
-    if [s.site for s in saes] != g.info["sites"]:
-        raise LlmriError(f"saes: the graph was built with SAEs at {g.info['sites']}, got {[s.site for s in saes]}")
-    import torch
-
+    saes = _graph_saes(model, saes, g)
     chosen = df.loc[nodes]
-    means = None
-    if mode == "mean":
-        n_pos = max(len(g.token_ids) - (1 if g.info["skip_first"] else 0), 1)
-        means = {}
-        for s in saes:
-            sub = g.features[g.features["site"] == s.site]
-            m = torch.zeros(s.d_sae, device=model.device)
-            m.index_add_(0, torch.tensor(sub["feature"].to_numpy(), dtype=torch.long, device=model.device),
-                         torch.tensor(sub["activation"].to_numpy(), dtype=torch.float32, device=model.device))
-            means[s.site] = m / n_pos
-        new = np.array([float(means[s][i]) for s, i in zip(chosen["site"], chosen["feature"])])
-    else:
-        new = np.zeros(len(chosen))
+    means = _feature_means(model, saes, g) if mode == "mean" else None
+    new = (np.array([float(means[s][i]) for s, i in zip(chosen["site"], chosen["feature"])]) if means
+           else np.zeros(len(chosen)))
     key = lambda rows: [(s, int(p), int(f)) for s, p, f in zip(rows["site"], rows["position"], rows["feature"])]  # noqa: E731
     sets = [[], key(chosen)]
     rng = np.random.default_rng(seed)
@@ -1095,7 +1105,6 @@ def validate_circuit(model, saes, g: AttributionGraph, k=(5, 10, 20), mode: str 
 
     >>> v = llmri.validate_circuit(model, saes, g, k=(5, 10, 20))   # doctest: +SKIP
     """
-    import torch
     from scipy.stats import pearsonr, spearmanr
 
     from .model import as_model
@@ -1108,28 +1117,14 @@ def validate_circuit(model, saes, g: AttributionGraph, k=(5, 10, 20), mode: str 
     ks = [k] if isinstance(k, (int, np.integer)) else list(k)
     if not ks or any(not isinstance(x, (int, np.integer)) or x < 1 for x in ks):
         raise LlmriError(f"k: give positive integers, got {k!r}")
-    saes = load_saes(saes, model)
-    if [s.site for s in saes] != g.info["sites"]:
-        raise LlmriError(f"saes: the graph was built with SAEs at {g.info['sites']}, "
-                         f"got {[s.site for s in saes]}")
-    saes = [s.to(model.device) for s in saes]
+    saes = _graph_saes(model, saes, g)
     ids, tgt, skip_first = g.token_ids, g.info["target_ids"], g.info["skip_first"]
     df = g.features
     if not len(df):
         raise LlmriError("the graph has no active features to ablate")
-    means = None
-    if mode == "mean":
-        means = {}
-        for s in saes:
-            sub = df[df["site"] == s.site]
-            m = torch.zeros(s.d_sae, device=model.device)
-            n_pos = max(len(ids) - (1 if skip_first else 0), 1)
-            idx = torch.tensor(sub["feature"].to_numpy(), dtype=torch.long, device=model.device)
-            m.index_add_(0, idx, torch.tensor(sub["activation"].to_numpy(), dtype=torch.float32, device=model.device))
-            means[s.site] = m / n_pos
-        target_val = np.array([float(means[s][i]) for s, i in zip(df["site"], df["feature"])])
-    else:
-        target_val = np.zeros(len(df))
+    means = _feature_means(model, saes, g) if mode == "mean" else None
+    target_val = (np.array([float(means[s][i]) for s, i in zip(df["site"], df["feature"])]) if means
+                  else np.zeros(len(df)))
     predicted = -(df["gradient"].to_numpy() * (target_val - df["activation"].to_numpy()))  # predicted drop
     key = list(zip(df["site"], df["position"], df["feature"]))
     rng = np.random.default_rng(seed)
