@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 import llmri
-from llmri.capture import plan_batches, tokenize
+from llmri.batches import plan_batches, tokenize
 
 
 def mixed_corpus(n_docs: int, seed: int = 0) -> llmri.Corpus:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 import llmri
-from llmri.capture import tokenize
+from llmri.batches import tokenize
 
 sys.path.insert(0, str(Path(__file__).parent))
 from capture import bare_forward, mixed_corpus, timed  # noqa: E402

@@ -16,7 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
 import llmri
-from llmri.interventions import _Batches
+from llmri.batches import Batches
 
 
 def main() -> None:
@@ -29,7 +29,7 @@ def main() -> None:
     model = llmri.load_model("default", device=args.device)
     demo = llmri.demo_corpus("topics")
     corpus = demo.subset(range(0, len(demo), max(1, len(demo) // args.docs)))
-    batches = _Batches(model, corpus.texts, 8192)
+    batches = Batches(model, corpus.texts, 8192)
     n_jobs = model.n_layers * llmri.sites.n_heads(model.module) + model.n_layers
     with torch.inference_mode():
         for _, kw, _ in batches.batches:  # warm-up

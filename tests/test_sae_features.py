@@ -8,7 +8,7 @@ import torch
 from scipy.stats import false_discovery_control, ttest_ind
 
 import llmri
-from llmri.neurons import cohens_d
+from llmri.stats import cohens_d
 from llmri.sae import SAE, clamp, feature_activations, feature_card, feature_map, feature_neighbors
 from llmri.store import scan_from_arrays
 from conftest import TEXTS, make_model
@@ -110,7 +110,7 @@ def orthonormal_sae(d: int, m: int, site: str, bias: float = 100.0) -> SAE:
 
 
 def _inputs(model):
-    from llmri.capture import pad_batch
+    from llmri.batches import pad_batch
 
     ids = [model.tokenizer(t)["input_ids"] for t in TEXTS[:4]]
     return pad_batch(model, ids)[0]
@@ -150,7 +150,7 @@ def test_clamp_sets_the_feature(model):
 def test_clamp_leaves_the_attention_sink_alone(model):
     """Decoders: by default each sequence's first real token (the attention sink) is not clamped,
     with left padding and in generation's cached steps too; skip_first=False clamps it."""
-    from llmri.capture import pad_batch
+    from llmri.batches import pad_batch
 
     sae = orthonormal_sae(32, 8, "resid.2")
     kw = pad_batch(model, [model.tokenizer(t)["input_ids"] for t in TEXTS[:4]], side="left")[0]

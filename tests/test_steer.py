@@ -228,7 +228,7 @@ def test_mean_nosink_leaves_out_the_first_token(tmp_path, side):
 
 
 def test_one_token_document_keeps_its_token():
-    from llmri.capture import pool
+    from llmri.batches import pool
 
     x = torch.arange(12, dtype=torch.float32).view(2, 3, 2)
     mask = torch.tensor([[False, False, True], [True, True, False]])

@@ -26,7 +26,7 @@ _EXPORTS = {
     "Corpus": "corpus", "demo_corpus": "corpus",
     "LlmriError": "errors",
     "compare_categories": "metrics", "graph_metrics": "metrics", "layer_profile": "metrics",
-    "NeuronCard": "neurons", "cohens_d": "neurons", "neuron_card": "neurons", "neurons": "neurons",
+    "NeuronCard": "neurons", "cohens_d": "stats", "neuron_card": "neurons", "neurons": "neurons",
     "nrag": "nrag",
     "PatchResult": "interventions", "ablate": "interventions", "lesion_map": "interventions",
     "patch": "interventions", "patching": "interventions", "run_with_cache": "interventions",
@@ -44,7 +44,7 @@ _EXPORTS = {
     "FeatureCard": "sae",
     # automated explanations
     "ExplainResult": "explain", "Explainer": "explain", "LocalLM": "explain", "OpenAICompatible": "explain",
-    "explain": "explain",
+    "explain": "report.explain",
     # feature circuits
     "AttributionGraph": "circuits", "attribute": "circuits", "validate_circuit": "circuits", "ablate_nodes": "circuits",
 }
@@ -72,11 +72,17 @@ class _Package(types.ModuleType):
     Importing submodule ``llmri.X`` binds the package attribute ``X`` to the module; for the
     names that are both a module and its main function, the function wins, as it did when
     ``__init__`` imported everything up front (``from llmri.probe import ...`` still works).
+    A name defined in another module than its namesake (``llmri.explain``: the analysis and its
+    page, in ``report.explain``) is resolved by ``__getattr__`` instead.
     """
 
     def __setattr__(self, name, value):
-        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == name and hasattr(value, name):
-            value = getattr(value, name)
+        if isinstance(value, types.ModuleType) and name in _EXPORTS:
+            if _EXPORTS[name] != name:   # the public name is defined elsewhere: left to __getattr__
+                self.__dict__.pop(name, None)
+                return
+            if hasattr(value, name):
+                value = getattr(value, name)
         super().__setattr__(name, value)
 
 

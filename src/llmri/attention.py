@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .capture import ATTN_STATS, POOLS, default_pool
+from .batches import default_pool
+from .capture import ATTN_STATS, POOLS
 from .errors import LlmriError
 from .model import as_model
 from .sites import eager_attention, hooks
@@ -206,7 +207,7 @@ def compare_heads(scan, category, stats=ATTN_STATS, table: pd.DataFrame | None =
     """
     from scipy.stats import false_discovery_control, mannwhitneyu
 
-    from .neurons import cohens_d
+    from .stats import cohens_d
 
     df = head_stats(scan) if table is None else table
     if category not in scan.label_names:

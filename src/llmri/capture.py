@@ -23,6 +23,8 @@ from .corpus import Corpus
 from .errors import LlmriError
 from .model import Model, as_model
 from .sites import POOLS, block_of, eager_attention, expand_sites, hooks, parse_site
+from .batches import default_pool, pad_batch, plan_batches, pool, tokenize
+from .batches import pool as _pool  # for functions whose ``pool`` argument names the pooling
 from .store import (CORPUS_FILE, FORMAT_VERSION, MANIFEST, Scan, atomic_write_json,
                     complete_shards, read_manifest, shard_name, write_corpus, write_shard)
 
@@ -32,37 +34,6 @@ TOKEN_SHARD_BYTES = 256 * 2**20  # bound on token-level activations held in memo
 
 class _StopForward(Exception):
     """Raised at the output of the deepest block needed: the rest of the forward pass is not."""
-
-
-def pool(x: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
-    """Pool ``x`` ``[batch, tokens, dim]`` over the real tokens of ``mask`` ``[batch, tokens]``.
-
-    ``mean`` averages every real token (special tokens included); ``mean-nosink`` averages every
-    real token but the first, where decoders park a massive attention-sink activation (a
-    one-token document keeps its token); ``first``/``last`` take the first/last real token
-    whatever the padding side, ``max`` is the element-wise maximum.
-    """
-    xf = x.float()
-    if how == "mean-nosink":
-        rows = torch.arange(x.shape[0], device=x.device)
-        rest = mask.clone()
-        rest[rows, mask.int().argmax(1)] = False
-        mask = torch.where(rest.any(1, keepdim=True), rest, mask)
-        how = "mean"
-    if how == "mean":
-        m = mask.unsqueeze(-1).to(xf.dtype)
-        return (xf * m).sum(1) / m.sum(1).clamp(min=1)
-    if how == "max":
-        return xf.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(1)
-    rows = torch.arange(x.shape[0], device=x.device)
-    if how == "first":
-        idx = mask.int().argmax(1)
-    else:
-        idx = mask.shape[1] - 1 - mask.flip(1).int().argmax(1)
-    return xf[rows, idx]
-
-
-_pool = pool  # for functions whose ``pool`` argument names the pooling
 
 
 ATTN_STATS = ("entropy", "first", "special", "previous", "distance")
@@ -98,22 +69,6 @@ def attention_stats(probs: torch.Tensor, mask: torch.Tensor, special: torch.Tens
     return stats.reshape(B, len(ATTN_STATS) * H)
 
 
-def plan_batches(lengths: np.ndarray, batch_tokens: int) -> list[list[int]]:
-    """Length-sorted batches (longest first) whose padded size stays within ``batch_tokens``."""
-    order = sorted(range(len(lengths)), key=lambda i: (-int(lengths[i]), i))
-    batches: list[list[int]] = []
-    cur: list[int] = []
-    for i in order:
-        longest = int(lengths[cur[0]]) if cur else int(lengths[i])
-        if cur and (len(cur) + 1) * longest > batch_tokens:
-            batches.append(cur)
-            cur = []
-        cur.append(i)
-    if cur:
-        batches.append(cur)
-    return batches
-
-
 def plan_shards(batches: list[list[int]], lengths: np.ndarray, shard_tokens: int) -> list[list[int]]:
     """Group consecutive batches into shards of about ``shard_tokens`` real tokens."""
     shards, cur, size = [], [], 0
@@ -126,55 +81,6 @@ def plan_shards(batches: list[list[int]], lengths: np.ndarray, shard_tokens: int
     if cur:
         shards.append(cur)
     return shards
-
-
-def tokenize(model: Model, texts: list[str], max_length: int) -> tuple[list[list[int]], int]:
-    """Token ids per document, truncated to ``max_length``; also how many were truncated."""
-    tok = model.tokenizer
-    ids = tok(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
-    long = [i for i, x in enumerate(ids) if len(x) > max_length]
-    if long:
-        cut = tok([texts[i] for i in long], add_special_tokens=True, truncation=True,
-                  max_length=max_length, verbose=False)["input_ids"]
-        for i, x in zip(long, cut):
-            ids[i] = x
-    for i, x in enumerate(ids):
-        if not x:
-            raise LlmriError(f"document {i}: the tokenizer produced no tokens")
-    return [list(map(int, x)) for x in ids], len(long)
-
-
-def default_pool(model: Model) -> str:
-    """``mean-nosink`` for decoders (their first token holds an attention sink whose residual norm
-    is orders of magnitude above the others'), ``mean`` for encoders."""
-    return "mean-nosink" if model.adapter.causal else "mean"
-
-
-def pad_batch(model: Model, seqs: list[list[int]], side: str | None = None) -> tuple[dict, torch.Tensor]:
-    """Forward kwargs for token id lists padded on ``side``, and the real-token mask.
-
-    By default the tokenizer's side: with left padding, models that take position ids get them
-    counted from each document's first real token, and models that cannot (positions always
-    0..T-1) are padded on the right. An explicit ``side`` is always honoured (generation pads
-    on the left and lets ``generate`` derive positions from the attention mask).
-    """
-    if side is None:
-        left = (getattr(model.tokenizer, "padding_side", "right") == "left"
-                and model.adapter.positions != "none")
-    else:
-        left = side == "left"
-    T = max(len(x) for x in seqs)
-    input_ids = torch.full((len(seqs), T), model.tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), T), dtype=torch.bool)
-    for r, x in enumerate(seqs):
-        sl = slice(T - len(x), T) if left else slice(0, len(x))
-        input_ids[r, sl] = torch.tensor(x)
-        mask[r, sl] = True
-    dev = model.device
-    kwargs = dict(input_ids=input_ids.to(dev), attention_mask=mask.long().to(dev))
-    if left and model.adapter.positions == "ids":
-        kwargs["position_ids"] = (mask.long().cumsum(1) - 1).clamp(min=0).to(dev)
-    return kwargs, mask.to(dev)
 
 
 def embed(model, texts, site: str, pool: str = "auto",

@@ -299,8 +299,10 @@ def report_cmd(scan_dir, out, explanations, saes, **kw):
     for e in explanations:
         if not (Path(e) / "explanations.csv").is_file():
             raise LlmriError(f"--explanations {e}: no explanations.csv there; run llmri explain with --out {e}")
+    from .sae.collection import is_sae_folder
+
     for folder in saes:
-        if not (Path(folder) / "cfg.json").is_file():
+        if not is_sae_folder(folder):
             raise LlmriError(f"--sae {folder}: not an SAE folder (no cfg.json)")
     scan = Scan.open(scan_dir)
     out = Path(out) if out else Path(scan_dir).resolve().parent / f"{Path(scan_dir).resolve().name}-report"
@@ -537,7 +539,8 @@ def explain_cmd(scan_dir, site, neuron_spec, sae, feature_spec, backend, model_n
                 completion_logprobs, scorers, style, simulator, no_baseline, out, device, seed, ray_mode, workers, gpus_per_worker):
     """Explain neurons (or SAE features) of the Scan in SCAN_DIR with a language model and score
     the explanations by simulation, detection and fuzzing."""
-    from .explain import Explainer, LocalLM, OpenAICompatible, explain, parse_units
+    from .explain import Explainer, LocalLM, OpenAICompatible, parse_units
+    from .report.explain import explain
     from .explain.scoring import SCORERS
     from .sites import parse_site
     from .store import Scan
@@ -809,7 +812,7 @@ def sae_report_cmd(sae_dir, scan_dir, out, model_name, cards, method, explanatio
     from .sae import SAE, feature_activations
     from .store import Scan
 
-    from .explain.explainer import find_explanations
+    from .explain.results import find_explanations
 
     if cards < 0:
         raise LlmriError(f"--cards must be >= 0, got {cards}")

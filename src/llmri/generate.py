@@ -9,38 +9,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .batches import chat_prompt, pad_batch
 from .errors import LlmriError
-from .model import Model, as_model, is_causal_lm
-
-
-def chat_prompt(model: Model, prompt, chat: bool | None = None, system: str | None = None) -> str:
-    """The text the model reads for ``prompt``: wrapped in the tokenizer's chat template when it has
-    one (``chat=None``) or when ``chat=True``; as it is with ``chat=False``.
-
-    ``prompt`` is a string (one user message) or a list of ``{"role", "content"}`` messages.
-    """
-    tok = model.tokenizer
-    has_template = bool(getattr(tok, "chat_template", None))
-    if chat is None:
-        chat = has_template
-    if isinstance(prompt, (list, tuple)):
-        if not chat:
-            raise LlmriError("generate: a list of chat messages needs chat=True")
-        messages = list(prompt)
-        if not all(isinstance(m, dict) and "role" in m and "content" in m for m in messages):
-            raise LlmriError("generate: a chat prompt is a list of {'role': ..., 'content': ...} messages")
-    elif isinstance(prompt, str):
-        messages = [{"role": "user", "content": prompt}]
-    else:
-        raise LlmriError(f"generate: a prompt is a string or a list of chat messages, got {type(prompt).__name__}")
-    if not chat:
-        return prompt
-    if not has_template:
-        raise LlmriError(f"generate: chat=True but the tokenizer of {model.name} has no chat template; "
-                         "pass chat=False")
-    if system is not None:
-        messages = [{"role": "system", "content": system}] + [m for m in messages if m["role"] != "system"]
-    return tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+from .model import as_model, is_causal_lm
 
 
 def generate(model, prompts, max_new_tokens: int = 64, chat: bool | None = None, do_sample: bool = False,
@@ -57,7 +28,6 @@ def generate(model, prompts, max_new_tokens: int = 64, chat: bool | None = None,
     >>> llmri.generate(dec, "What is the capital of France?")
     'The capital of France is Paris.'
     """
-    from .capture import pad_batch
 
     model = as_model(model)
     if not is_causal_lm(model):

@@ -15,7 +15,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .capture import engine_options, pad_batch, plan_batches, tokenize
+from .batches import Batches, pad_batch
+from .capture import engine_options
 from .errors import LlmriError
 from .model import Model, as_model, is_causal_lm
 from .sites import (_linear_dims, expand_sites, hooks, layer_count, n_heads, parse_site, recorded_blocks,
@@ -145,17 +146,7 @@ def _indices(key: str, what, size: int) -> list[int]:
 
 
 # ---------------------------------------------------------------- effect measures
-class _Batches:
-    """A corpus tokenized, length-sorted and padded once, reused by every measured forward pass."""
-
-    def __init__(self, model: Model, texts: list[str], batch_tokens: int):
-        ids, _ = tokenize(model, texts, model.max_length)
-        lengths = np.asarray([len(x) for x in ids])
-        self.batches = [(b, *pad_batch(model, [ids[d] for d in b])) for b in plan_batches(lengths, batch_tokens)]
-        self.n = len(texts)
-
-
-def _lm_loss(model: Model, batches: _Batches) -> float:
+def _lm_loss(model: Model, batches: Batches) -> float:
     total, count = 0.0, 0
     for _, kw, mask in batches.batches:
         logits = model.module(**kw).logits[:, :-1].float()
@@ -168,7 +159,7 @@ def _lm_loss(model: Model, batches: _Batches) -> float:
     return total / max(count, 1)
 
 
-def _class_loss(model: Model, batches: _Batches, labels: np.ndarray) -> float:
+def _class_loss(model: Model, batches: Batches, labels: np.ndarray) -> float:
     total = 0.0
     for docs, kw, _ in batches.batches:
         logits = model.module(**kw).logits.float()
@@ -177,9 +168,9 @@ def _class_loss(model: Model, batches: _Batches, labels: np.ndarray) -> float:
     return total / batches.n
 
 
-def _representation(model: Model, batches: _Batches) -> np.ndarray:
+def _representation(model: Model, batches: Batches) -> np.ndarray:
     """Mean-pooled last residual stream of every document (corpus order)."""
-    from .capture import default_pool, pool
+    from .batches import default_pool, pool
 
     how = default_pool(model)
     out = [None] * batches.n
@@ -194,7 +185,7 @@ def _representation(model: Model, batches: _Batches) -> np.ndarray:
 
 
 def make_measure(model: Model, corpus, measure="auto", batch_tokens: int = 8192,
-                 batches: _Batches | None = None) -> tuple[str, Callable[[], float], float | None]:
+                 batches: Batches | None = None) -> tuple[str, Callable[[], float], float | None]:
     """A function that runs the corpus through the model and returns one number, with its
     unablated value when that is already known (else None).
 
@@ -205,7 +196,7 @@ def make_measure(model: Model, corpus, measure="auto", batch_tokens: int = 8192,
     A callable ``f(model) -> float`` is used as it is. ``auto`` is loss when the model has one,
     else representation.
     """
-    batches = batches or _Batches(model, corpus.texts, batch_tokens)
+    batches = batches or Batches(model, corpus.texts, batch_tokens)
     has_cls = type(model.module).__name__.endswith("ForSequenceClassification")
     if measure == "auto":
         measure = "loss" if (is_causal_lm(model) or has_cls) else "representation"
@@ -291,7 +282,7 @@ def lesion_values(model: Model, corpus, jobs: list[tuple], measure="auto", mode:
                   progress: bool | None = None) -> tuple[str, float | None, list[float]]:
     """Run the lesions ``jobs`` (any subset of :func:`lesion_jobs`): the measure's name, the unablated
     value (None when ``baseline`` is False and it would cost a pass) and one value per job."""
-    batches = _Batches(model, corpus.texts, batch_tokens)
+    batches = Batches(model, corpus.texts, batch_tokens)
     name, run, known = make_measure(model, corpus, measure, batch_tokens, batches)
     upto = _replay_depth(model, batches, jobs, measure, baseline and known is None)
     store: list[list] = [[] for _ in range(upto)]
@@ -313,7 +304,7 @@ def lesion_values(model: Model, corpus, jobs: list[tuple], measure="auto", mode:
 REPLAY_BYTES = 2 * 2**30  # most memory a lesion map spends on replaying unablated blocks
 
 
-def _replay_depth(model: Model, batches: _Batches, jobs: list[tuple], measure, baseline_pass: bool) -> int:
+def _replay_depth(model: Model, batches: Batches, jobs: list[tuple], measure, baseline_pass: bool) -> int:
     """How many leading blocks a lesion map records once and replays for every lesion in a later block
     (0: none). A lesion in block L leaves blocks 0..L-1 as they were, so replaying them saves L/n of
     a pass per lesion; recording costs one pass (free when the baseline needs one anyway) and

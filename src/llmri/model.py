@@ -498,3 +498,24 @@ def as_model(model, device="auto", dtype="auto") -> Model:
     if isinstance(model, (str, os.PathLike)):
         return load_model(str(model), device=device, dtype=dtype)
     raise LlmriError(f"model: expected a name, a folder or an llmri.Model, got {type(model).__name__}")
+
+
+def offline_tokenizer(name: str):
+    """The tokenizer of model ``name`` (an id, a folder, ``default`` or ``default-decoder``) if it
+    can be loaded without the network, else None. Scans record the name; views use this to show
+    token strings.
+
+    >>> offline_tokenizer(scan.model_name).convert_ids_to_tokens([101])      # doctest: +SKIP
+    """
+    try:
+        from transformers import AutoTokenizer
+
+        if name == DEFAULT_MODEL:
+            path = embedded_model_dir()
+        elif name == DEFAULT_DECODER:
+            path = convert_gguf(embedded_decoder_gguf(), progress=False)
+        else:
+            path = name
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception:
+        return None

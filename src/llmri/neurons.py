@@ -9,20 +9,8 @@ import numpy as np
 import pandas as pd
 
 from .errors import LlmriError
-
-
-def cohens_d(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Cohen's d of every column, (mean_x - mean_y) / pooled SD; 0 where the SD is 0."""
-    nx_, ny = len(x), len(y)
-    if nx_ < 1 or ny < 1:
-        raise LlmriError("effect size: both groups need documents")
-    vx = x.var(0, ddof=1) if nx_ > 1 else np.zeros(x.shape[1])
-    vy = y.var(0, ddof=1) if ny > 1 else np.zeros(y.shape[1])
-    dof = max(nx_ + ny - 2, 1)
-    pooled = np.sqrt(((nx_ - 1) * vx + (ny - 1) * vy) / dof)
-    diff = x.mean(0) - y.mean(0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(pooled > 0, diff / pooled, 0.0)
+from .model import offline_tokenizer
+from .stats import cohens_d
 
 
 def _category_index(scan, category) -> int:
@@ -116,7 +104,7 @@ def neuron_card(scan, layer: int, neuron: int, site: str = "mlp", top: int = 10,
                           "activation": values[order], "text": [scan.texts[d] for d in order]})
     tokens = []
     if f"{site}.{layer}" in scan.token_sites:
-        tok = tokenizer or _scan_tokenizer(scan)
+        tok = tokenizer or offline_tokenizer(scan.model_name)
         for d in order:
             ids = scan.token_ids(int(d))
             acts = scan.token_activations(layer, site, doc=int(d))[:, neuron]
@@ -124,26 +112,7 @@ def neuron_card(scan, layer: int, neuron: int, site: str = "mlp", top: int = 10,
             tokens.append((int(d), list(strs), acts))
     explanation = None
     if explanations is not None:
-        from .explain.explainer import unit_explanations
+        from .explain.results import unit_explanations
 
         explanation = unit_explanations(explanations, f"{site}.{layer}", "neuron").get(int(neuron))
     return NeuronCard(layer, neuron, site, table, tokens, values, scan.labels, scan.label_names, explanation)
-
-
-def _scan_tokenizer(scan):
-    """The scanned model's tokenizer, if it can be loaded without the network."""
-    try:
-        from transformers import AutoTokenizer
-
-        from .model import DEFAULT_DECODER, DEFAULT_MODEL, convert_gguf, embedded_decoder_gguf, embedded_model_dir
-
-        name = scan.model_name
-        if name == DEFAULT_MODEL:
-            path = embedded_model_dir()
-        elif name == DEFAULT_DECODER:
-            path = convert_gguf(embedded_decoder_gguf(), progress=False)
-        else:
-            path = name
-        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    except Exception:
-        return None

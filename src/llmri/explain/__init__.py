@@ -10,8 +10,8 @@ millions of features in large language models" (detection and fuzzing).
 
 from .backends import Backend, CallCache, LocalLM, OpenAICompatible
 from .examples import UnitExamples, Window, unit_activations, unit_examples
-from .explainer import (ExplainResult, Explainer, explain, explain_units, find_explanations, parse_units,
-                        unit_explanations)
+from .explainer import Explainer, explain, explain_units, parse_units
+from .results import ExplainResult, find_explanations, unit_explanations
 from .scoring import (SCORERS, balanced_accuracy, expected_value, mean_window_correlation, parse_binary,
                       parse_values, pearson, pooled_correlation, score)
 

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import LlmriError
-from ..store import atomic_write_json, atomic_write_text
 from .backends import Backend
 from .examples import UnitExamples, top_units, unit_activations, unit_examples
 from .prompts import EXPLAIN_PREFILL, clean_explanation, explanation_prompt
+from .results import ExplainResult
 from .scoring import SCORERS, resolve_simulator, score
 
 STYLES = ("bills", "delphi")
@@ -71,80 +69,6 @@ class Explainer:
                      simulator=self.simulator)
 
 
-@dataclass
-class ExplainResult:
-    """``table``: one row per unit (unit, explanation, scores, baselines, counts, tokens, cost);
-    ``records``: the same plus each unit's windows with true and simulated activations."""
-
-    table: object
-    records: list[dict] = field(default_factory=list)
-    info: dict = field(default_factory=dict)
-
-    @classmethod
-    def load(cls, out) -> "ExplainResult":
-        """Read what :meth:`save` wrote (for neuron cards, feature dashboards and notebooks).
-
-        >>> res = llmri.ExplainResult.load("runs/explain")                     # doctest: +SKIP
-        >>> res.table.set_index("unit").loc[12, "explanation"]
-        """
-        import pandas as pd
-
-        out = Path(out)
-        if not (out / "explanations.csv").is_file():
-            raise LlmriError(f"{out}: no explanations.csv; run llmri explain with --out {out}")
-        records = [json.loads(x) for x in (out / "explanations.jsonl").read_text(encoding="utf-8").splitlines() if x]
-        info = json.loads((out / "explain.json").read_text(encoding="utf-8"))
-        return cls(pd.read_csv(out / "explanations.csv", keep_default_na=True), records, info)
-
-    def save(self, out) -> Path:
-        """Write ``explanations.csv``, ``explanations.json`` (table), ``explanations.jsonl``
-        (records) and ``explain.json`` (run settings) into ``out``, each atomically."""
-        out = Path(out)
-        if out.exists() and not out.is_dir():
-            raise LlmriError(f"{out}: exists and is not a folder; choose another output folder")
-        atomic_write_text(out / "explanations.csv", self.table.to_csv(index=False))
-        atomic_write_text(out / "explanations.json", self.table.to_json(orient="records", indent=1))
-        atomic_write_text(out / "explanations.jsonl",
-                          "".join(json.dumps(_no_nan(r), ensure_ascii=False) + "\n" for r in self.records))
-        atomic_write_json(out / "explain.json", self.info)
-        return out
-
-    def page(self, out, top: int = 50) -> Path:
-        """``out/explain.html``: the table sorted by simulation score, the score distributions
-        against the random-explanation baseline, and the ``top`` best units' held-out windows
-        with true and simulated activations side by side."""
-        from ..report import build_page
-        from ..viz import explain_score_figure, explain_score_plot, explanation_html
-
-        key = "simulation_score" if "simulation_score" in self.table else "unit"
-        view = self.table.sort_values(key, ascending=key == "unit", na_position="last", kind="stable")
-        order = {int(u): i for i, u in enumerate(view["unit"])}
-        recs = sorted((r for r in self.records if "held_out_windows" in r), key=lambda r: order[int(r["unit"])])[:top]
-        info = self.info
-        intro = [f"{len(self.table)} {info.get('unit_kind', 'unit')}s of {info.get('site', '?')}"
-                 f"{' in ' + info['scan'] if info.get('scan') else ''}; explainer and simulator: "
-                 f"{info.get('backend')} {info.get('model')}; prompt style {info.get('style')}; scorers "
-                 f"{', '.join(info.get('scorers', []))}. Baselines score each unit with another unit's explanation.",
-                 "Simulation: Pearson r of simulated and true activations pooled over held-out tokens (Bills et al. "
-                 "2023). Detection and fuzzing: balanced accuracy, chance 0.5 (delphi)."]
-        return build_page(out, "explain", "llmri explanations", intro,
-                          [(explain_score_plot(self.table), explain_score_figure(self.table), "explain_scores")],
-                          [("Explanations", view, "explanations_by_score")],
-                          [(f"Held-out windows, true (red) and simulated (blue), best {len(recs)} units",
-                            "\n".join(explanation_html(r) for r in recs))])
-
-
-def _no_nan(obj):
-    """JSON has no NaN: missing scores become null."""
-    if isinstance(obj, dict):
-        return {k: _no_nan(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_no_nan(v) for v in obj]
-    if isinstance(obj, float) and obj != obj:
-        return None
-    return obj
-
-
 def _window_record(w, max_activation, simulated=None) -> dict:
     r = dict(doc=w.doc, start=w.start, tokens=w.tokens, activations=np.round(w.activations, 5).tolist(),
              scaled=w.scaled(max_activation).tolist())
@@ -162,7 +86,7 @@ def _derangement(n: int, seed: int) -> np.ndarray:
 
 
 def explain_units(acts: np.ndarray, offsets, tokens, units, explainer: Explainer, scorers=SCORERS,
-                  baseline: bool = True, progress: bool | None = None, out=None, page: bool = True,
+                  baseline: bool = True, progress: bool | None = None, out=None, page: bool = False,
                   meta: dict | None = None, engine: str = "local", workers: int = 1, resources: dict | None = None,
                   address: str | None = None) -> ExplainResult:
     """Explain and score units from their token activations ``acts`` ``[n_tokens, len(units)]``
@@ -171,9 +95,16 @@ def explain_units(acts: np.ndarray, offsets, tokens, units, explainer: Explainer
     This is the source-agnostic core of :func:`explain`: any per-token activation array works.
     ``engine="ray"`` sends the backend calls of each unit to ``workers`` Ray actors (see
     :func:`llmri.distributed.explainers`); the table is the same as the local one.
+    This analysis writes data only: ``page=True`` is refused here; the page is
+    :func:`llmri.report.explain_page`, and ``llmri.explain`` (:func:`llmri.report.explain.explain`)
+    writes both.
     """
     import pandas as pd
     from tqdm.auto import tqdm
+
+    if page:
+        raise LlmriError("page: llmri.explain.explain_units writes data only; build the page with "
+                         "llmri.report.explain_page(result, out), or call llmri.explain(..., page=True)")
 
     from ..capture import engine_options
 
@@ -237,8 +168,6 @@ def explain_units(acts: np.ndarray, offsets, tokens, units, explainer: Explainer
     res = ExplainResult(table, records, info)
     if out is not None:
         res.save(out)
-        if page:
-            res.page(out)
     return res
 
 
@@ -306,9 +235,9 @@ def _check_scorers(scorers) -> tuple[str, ...]:
 
 def _token_strings(scan, tokenizer):
     if tokenizer is None:
-        from ..neurons import _scan_tokenizer
+        from ..model import offline_tokenizer
 
-        tokenizer = _scan_tokenizer(scan)
+        tokenizer = offline_tokenizer(scan.model_name)
     if tokenizer is None:
         raise LlmriError(f"cannot load the tokenizer of {scan.model_name!r} offline; pass tokenizer=")
     cache: dict[int, list[str]] = {}
@@ -321,7 +250,7 @@ def _token_strings(scan, tokenizer):
 
 
 def explain(scan, site: str, units, explainer: Explainer, scorers=SCORERS, encoder=None, baseline: bool = True,
-            tokenizer=None, out=None, page: bool = True, progress: bool | None = None, engine: str = "local",
+            tokenizer=None, out=None, page: bool = False, progress: bool | None = None, engine: str = "local",
             workers: int = 1, resources: dict | None = None, address: str | None = None,
             meta: dict | None = None) -> ExplainResult:
     """Explain and score units of a Scan with token-level records.
@@ -329,8 +258,8 @@ def explain(scan, site: str, units, explainer: Explainer, scorers=SCORERS, encod
     Units are the neurons of ``site`` (e.g. ``"mlp.10"``), or, with ``encoder`` (an SAE: a
     callable or an object with ``encode`` mapping ``[n_tokens, d]`` to ``[n_tokens, n_features]``),
     its features. ``units`` is a list of indices or ``"top:K"`` (the K with the largest maximum).
-    With ``out``, the tables (and with ``page`` the HTML page ``explain.html``) are written there
-    and every backend call is cached in ``out/calls``. ``engine="ray"`` runs the units on
+    With ``out``, the tables are written there (the page is :func:`llmri.report.explain_page`;
+    ``llmri.explain`` writes both) and every backend call is cached in ``out/calls``. ``engine="ray"`` runs the units on
     ``workers`` Ray actors (``resources`` each, e.g. ``{"GPU": 1}``; ``address`` as in
     :func:`llmri.distributed.connect`), each with its own copy of the backend, sharing the cache.
     ``meta`` is stored in ``explain.json`` (e.g. ``{"sae": "runs/sae15"}``, which lets
@@ -363,48 +292,6 @@ def explain(scan, site: str, units, explainer: Explainer, scorers=SCORERS, encod
     return explain_units(acts, scan.token_offsets, tokens, units, explainer, scorers=scorers, baseline=baseline,
                          progress=progress, out=out, page=page, meta=meta, engine=engine, workers=workers,
                          resources=resources, address=address)
-
-
-def unit_explanations(explanations, site: str, unit_kind: str) -> dict[int, dict]:
-    """``{unit: row}`` (explanation, scores, baselines) of explain runs for the neurons
-    (``unit_kind="neuron"``) or SAE features (``"feature"``) of ``site``, for neuron cards and
-    feature dashboards. ``explanations``: an :class:`ExplainResult`, an explain output folder, or
-    a list of them (a later run wins for a unit both explain). A run of another site or kind is a
-    one-line error naming its folder.
-
-    >>> unit_explanations("runs/explain", "mlp.10", "neuron")[12]["simulation_score"]  # doctest: +SKIP
-    """
-    runs = explanations if isinstance(explanations, (list, tuple)) else [explanations]
-    out: dict[int, dict] = {}
-    for run in runs:
-        res = run if isinstance(run, ExplainResult) else ExplainResult.load(run)
-        where = "the explain run" if isinstance(run, ExplainResult) else str(run)
-        got = (res.info.get("site"), res.info.get("unit_kind", "neuron"))
-        if got != (site, unit_kind):
-            raise LlmriError(f"{where}: explains the {got[1]}s of {got[0]}, not the {unit_kind}s of {site}")
-        for row in res.table.to_dict("records"):
-            if row.get("status", "ok") == "ok":
-                out[int(row["unit"])] = _no_nan(row)
-    return out
-
-
-def find_explanations(folder, site: str, unit_kind: str) -> list[Path]:
-    """Explain runs beside ``folder`` (a Scan for neurons, an SAE for features): the sibling
-    folders whose ``explain.json`` names that folder (``scan``, or ``sae`` for features), ``site``
-    and ``unit_kind``, oldest first. This is how ``llmri report`` and ``llmri sae report`` find
-    explanations when none are given."""
-    folder = Path(folder).resolve()
-    key = "sae" if unit_kind == "feature" else "scan"
-    found = []
-    for info_file in sorted(folder.parent.glob("*/explain.json")):
-        try:
-            info = json.loads(info_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if (info.get(key) and Path(info[key]).resolve() == folder and info.get("site") == site
-                and info.get("unit_kind", "neuron") == unit_kind and (info_file.parent / "explanations.csv").is_file()):
-            found.append((info_file.stat().st_mtime_ns, info_file.parent))
-    return [f for _, f in sorted(found)]
 
 
 def parse_units(spec: str):

@@ -286,7 +286,7 @@ def _heads_section(scan, present, figs: _Figures) -> dict:
 def _neuron_explanations(scan, explanations) -> dict[tuple[int, int], dict]:
     """``{(layer, neuron): explain row}`` from explain runs of ``mlp.L`` neurons (given, or found
     beside the scan)."""
-    from ..explain.explainer import ExplainResult, find_explanations, unit_explanations
+    from ..explain.results import ExplainResult, find_explanations, unit_explanations
 
     if explanations is None:
         explanations = [f for s in scan.token_sites if s.startswith("mlp.")
@@ -334,7 +334,7 @@ def _neurons_section(scan, present, figs: _Figures, top: int, explanations=None)
 def _feature_explanations(sae, explanations, table, figs: _Figures, blocks: list, files: list) -> dict[int, dict]:
     """The explained features ``{feature: explain row}``; their explanation and scores become columns
     of ``table``, and the map coloured by simulation score is added to ``blocks``/``files``."""
-    from ..explain.explainer import unit_explanations
+    from ..explain.results import unit_explanations
     from ..viz import feature_map_figure, feature_map_plot
 
     explained = unit_explanations(explanations, sae.site, "feature") if explanations else {}
@@ -355,10 +355,9 @@ SAE_FOLDER = "saes"
 def scan_saes(scan) -> list[Path]:
     """The SAE folders beside a Scan: ``<scan>/saes/<name>/`` holding a ``cfg.json``, sorted by name
     (``llmri sae train SCAN --out SCAN/saes/NAME`` puts one there)."""
-    root = Path(scan.folder) / SAE_FOLDER
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and (p / "cfg.json").is_file())
+    from ..sae.collection import sae_folders
+
+    return sae_folders(Path(scan.folder) / SAE_FOLDER)
 
 
 def _features_section(scan, sae_dirs, present, figs: _Figures, out: Path, model, top: int, progress) -> dict:

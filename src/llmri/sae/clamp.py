@@ -97,12 +97,11 @@ def clamp(model, sae: SAE, spec: dict, feats=None, skip_first: bool | None = Non
     """
     from ..model import as_model
     from ..sites import hooks
-    from .evaluate import check_sae_fits
 
     model = as_model(model)
     if not isinstance(sae, SAE):
         raise LlmriError(f"sae: expected an llmri.SAE (SAE.load(folder)), got {type(sae).__name__}")
-    check_sae_fits(sae, model)
+    sae.check_fits(model)
     idx, vals = resolve_values(sae, spec, feats)
     if skip_first is None:
         skip_first = bool(model.adapter.causal)

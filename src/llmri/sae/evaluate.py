@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import sys
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -39,24 +38,6 @@ def _texts(corpus) -> list[str]:
     if isinstance(corpus, (list, tuple)) and corpus and all(isinstance(t, str) for t in corpus):
         return list(corpus)
     raise LlmriError("corpus: expected an llmri.Corpus, a corpus path or a non-empty list of texts")
-
-
-def check_sae_fits(sae: SAE, model) -> None:
-    """Fail with one line when the SAE's sites or widths do not fit the model."""
-    from ..sites import block_of, layer_count, parse_site
-
-    for what, site in (("site", sae.site), ("target site", sae.target_site)):
-        if site is None:
-            raise LlmriError("the SAE does not say which site it reads (cfg.json metadata.hook_name); "
-                             "set sae.site, e.g. 'resid.6'")
-        kind, layer = parse_site(site)
-        count = layer_count(kind, model.n_layers)
-        if layer is None or not 0 <= layer < count:
-            raise LlmriError(f"the SAE's {what} {site!r} does not exist in {model.name} "
-                             f"({model.n_layers} blocks)")
-    if sae.is_transcoder and block_of(sae.site) > block_of(sae.target_site):
-        raise LlmriError(f"transcoder {sae.site} -> {sae.target_site}: the input site must come before "
-                         "the site it predicts")
 
 
 def _check_width(sae: SAE, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -82,7 +63,8 @@ def evaluate_sae(sae: SAE, model, corpus, batch_tokens: int = 4096, dense_thresh
     >>> m = llmri.evaluate_sae(sae, model, "heldout/")          # doctest: +SKIP
     >>> m["explained_variance"], m["ce_loss_score"], m["l0"]      # doctest: +SKIP
     """
-    from ..interventions import _Batches, is_causal_lm
+    from ..batches import Batches
+    from ..model import is_causal_lm
     from ..model import as_model
     from ..sites import hooks
 
@@ -92,13 +74,13 @@ def evaluate_sae(sae: SAE, model, corpus, batch_tokens: int = 4096, dense_thresh
         raise LlmriError(f"dense_threshold must be in (0, 1], got {dense_threshold!r}")
     texts = _texts(corpus)
     model = as_model(model)
-    check_sae_fits(sae, model)
+    sae.check_fits(model)
     lm = is_causal_lm(model)
     if skip_first is None:
         skip_first = bool(model.adapter.causal)
     dev = model.device
     sae = sae.to(dev).eval()
-    batches = _Batches(model, texts, batch_tokens)
+    batches = Batches(model, texts, batch_tokens)
     state: dict = {}
 
     def read(site):

@@ -223,9 +223,9 @@ def _tokenizer(feats: FeatureActivations, model=None):
     if model is not None:
         return getattr(model, "tokenizer", model)
     if feats._tok is None:
-        from ..neurons import _scan_tokenizer
+        from ..model import offline_tokenizer
 
-        feats._tok = _scan_tokenizer(feats.scan) or False
+        feats._tok = offline_tokenizer(feats.scan.model_name) or False
     return feats._tok or None
 
 

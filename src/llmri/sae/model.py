@@ -123,6 +123,26 @@ class SAE(nn.Module):
         k = f", k={self.k}" if self.k else ""
         return f"SAE({self.arch}, d_in={self.d_in}, d_sae={self.d_sae}{k}, {kind})"
 
+    def check_fits(self, model) -> None:
+        """Fail with one line when this SAE's sites do not exist in ``model`` (an llmri Model).
+
+        >>> sae.check_fits(llmri.load_model("default-decoder"))          # doctest: +SKIP
+        """
+        from ..sites import block_of, layer_count, parse_site
+
+        for what, site in (("site", self.site), ("target site", self.target_site)):
+            if site is None:
+                raise LlmriError("the SAE does not say which site it reads (cfg.json metadata.hook_name); "
+                                 "set sae.site, e.g. 'resid.6'")
+            kind, layer = parse_site(site)
+            count = layer_count(kind, model.n_layers)
+            if layer is None or not 0 <= layer < count:
+                raise LlmriError(f"the SAE's {what} {site!r} does not exist in {model.name} "
+                                 f"({model.n_layers} blocks)")
+        if self.is_transcoder and block_of(self.site) > block_of(self.target_site):
+            raise LlmriError(f"transcoder {self.site} -> {self.target_site}: the input site must come before "
+                             "the site it predicts")
+
     # ------------------------------------------------------------------ disk
     def cfg(self) -> dict:
         """The ``cfg.json`` content: SAELens' inference fields plus llmri's own under ``llmri``."""
