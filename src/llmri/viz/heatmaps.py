@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from ..regions import RegionMap
 from .style import grid_shape, snippet
+
+if TYPE_CHECKING:  # figures draw what an analysis returns; they never run one
+    from ..regions import RegionMap
 
 
 def _matrices(rm: RegionMap, categories, normalize: bool):
