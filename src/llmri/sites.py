@@ -1,6 +1,6 @@
 """Site names, per-family adapters, and the one hook mechanism shared by capture and interventions.
 
-A site is a named place inside the model (see DESIGN.md):
+A site is a named place inside the model (see docs/architecture.md):
 
 * ``resid.0`` the embedding output (input of block 0); ``resid.{L+1}`` the output of block L.
 * ``mlp.L`` block L's MLP neuron activations: the input of its MLP output projection.
