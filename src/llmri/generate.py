@@ -10,8 +10,12 @@ import numpy as np
 import torch
 
 from .batches import chat_prompt, pad_batch
+from .capture import embed
 from .errors import LlmriError
+from .interventions import steer, steering_vector
 from .model import as_model, is_causal_lm
+from .probe import make_classifier
+from .store import Scan
 
 
 def generate(model, prompts, max_new_tokens: int = 64, chat: bool | None = None, do_sample: bool = False,
@@ -95,11 +99,6 @@ def steer_sweep(model, scan, positive, negative, layer: int, alphas, prompts, si
     Returns a DataFrame: prompt, alpha, generation, p_positive (NaN for an empty generation).
     """
     import pandas as pd
-
-    from .capture import embed
-    from .interventions import steer, steering_vector
-    from .probe import make_classifier
-    from .store import Scan
 
     model = as_model(model)
     scan = scan if isinstance(scan, Scan) else Scan.open(scan)

@@ -32,7 +32,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import LlmriError
+from ..model import as_model
 from ..store import atomic_write_json
+from .prompts import render_plain
 
 log = logging.getLogger("llmri.explain")
 
@@ -227,8 +229,6 @@ class LocalLM(Backend):
     @property
     def model(self):
         if self._model is None:
-            from ..model import as_model
-
             m = as_model(self._spec, device=self.device, dtype=self.dtype)
             template = getattr(m.tokenizer, "chat_template", None)
             if self._chat_mode is True and not template:
@@ -251,8 +251,6 @@ class LocalLM(Backend):
                 "chat": self._chat_mode}
 
     def _prefix_ids(self, messages) -> list[int]:
-        from .prompts import render_plain
-
         tok = self.model.tokenizer
         if self._chat_mode:
             ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
@@ -449,8 +447,6 @@ class OpenAICompatible(Backend):
                     completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0))
 
     def _value_logprobs(self, messages, pieces, candidates) -> dict:
-        from .prompts import render_plain
-
         prefix = render_plain(messages)
         ends, pos = [], len(prefix)
         for p in pieces[:-1]:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import LlmriError
+from ..sites import parse_site
 
 
 @dataclass
@@ -175,8 +176,6 @@ def unit_activations(scan, site: str, units=None, encoder=None) -> np.ndarray:
     activations go through ``encoder`` (a callable or an object with ``encode``, e.g. an SAE)
     and the units are its output columns (features). ``units=None`` keeps every column.
     """
-    from ..sites import parse_site
-
     _check_token_site(scan, site)
     kind, layer = parse_site(site)
     offsets = scan.token_offsets
@@ -203,8 +202,6 @@ def unit_activations(scan, site: str, units=None, encoder=None) -> np.ndarray:
 def top_units(scan, site: str, k: int, encoder=None) -> list[int]:
     """The ``k`` units with the largest maximum activation over every token (ties by the lower
     index), read shard by shard without holding every unit's activations."""
-    from ..sites import parse_site
-
     _check_token_site(scan, site)
     kind, layer = parse_site(site)
     peak = None

@@ -21,6 +21,8 @@ import re
 import torch
 
 from ..errors import LlmriError
+from ..model import as_model
+from ..sites import hooks
 from .model import SAE
 
 _MULTIPLE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*x\s*$")
@@ -95,9 +97,6 @@ def clamp(model, sae: SAE, spec: dict, feats=None, skip_first: bool | None = Non
     >>> with llmri.clamp(model, sae, {1234: "10x"}) as c:         # doctest: +SKIP
     ...     llmri.generate(model, "Tell me about yourself.")
     """
-    from ..model import as_model
-    from ..sites import hooks
-
     model = as_model(model)
     if not isinstance(sae, SAE):
         raise LlmriError(f"sae: expected an llmri.SAE (SAE.load(folder)), got {type(sae).__name__}")

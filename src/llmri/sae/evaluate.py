@@ -24,13 +24,15 @@ import sys
 import torch
 from tqdm.auto import tqdm
 
+from ..batches import Batches
+from ..corpus import Corpus
 from ..errors import LlmriError
+from ..model import as_model, is_causal_lm
+from ..sites import hooks
 from .model import SAE
 
 
 def _texts(corpus) -> list[str]:
-    from ..corpus import Corpus
-
     if isinstance(corpus, str) or hasattr(corpus, "__fspath__"):
         corpus = Corpus.from_path(corpus)
     if isinstance(corpus, Corpus):
@@ -63,11 +65,6 @@ def evaluate_sae(sae: SAE, model, corpus, batch_tokens: int = 4096, dense_thresh
     >>> m = llmri.evaluate_sae(sae, model, "heldout/")          # doctest: +SKIP
     >>> m["explained_variance"], m["ce_loss_score"], m["l0"]      # doctest: +SKIP
     """
-    from ..batches import Batches
-    from ..model import is_causal_lm
-    from ..model import as_model
-    from ..sites import hooks
-
     if not isinstance(sae, SAE):
         raise LlmriError(f"sae: expected an llmri.SAE (SAE.load(folder)), got {type(sae).__name__}")
     if not 0 < dense_threshold <= 1:

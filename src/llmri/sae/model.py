@@ -27,6 +27,8 @@ import torch
 from torch import nn
 
 from ..errors import LlmriError
+from ..sites import block_of, layer_count, parse_site
+from ..store import atomic_write_json, write_shard
 
 ARCHS = ("batchtopk", "topk", "jumprelu", "relu")
 CFG_FILE = "cfg.json"
@@ -128,8 +130,6 @@ class SAE(nn.Module):
 
         >>> sae.check_fits(llmri.load_model("default-decoder"))          # doctest: +SKIP
         """
-        from ..sites import block_of, layer_count, parse_site
-
         for what, site in (("site", self.site), ("target site", self.target_site)):
             if site is None:
                 raise LlmriError("the SAE does not say which site it reads (cfg.json metadata.hook_name); "
@@ -162,8 +162,6 @@ class SAE(nn.Module):
     def save(self, folder) -> Path:
         """Write ``cfg.json``, ``sae_weights.safetensors`` and ``feature_stats.safetensors``
         (atomically) into ``folder``; SAELens reads it with ``SAE.load_from_disk(folder)``."""
-        from ..store import atomic_write_json, write_shard
-
         folder = Path(folder)
         if folder.exists() and not folder.is_dir():
             raise LlmriError(f"{folder}: exists and is not a folder")

@@ -40,7 +40,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..errors import LlmriError
-from ..sites import parse_site
+from ..sites import ADAPTERS, parse_site
+from ..store import Scan
 from .model import ARCHS, SAE
 
 B_DEC_INITS = ("geometric_median", "mean", "zeros")
@@ -320,8 +321,6 @@ def train_sae(scan, site, n_latents: int = 4096, k: int = 32, arch: str = "batch
     >>> sae = llmri.train_sae(scan, site="resid.15", n_latents=4096, k=32)   # doctest: +SKIP
     >>> tc = llmri.train_sae(scan, site="mlp_in.3", target_site="mlp_out.3")  # a transcoder
     """
-    from ..store import Scan
-
     if isinstance(scan, str) or hasattr(scan, "__fspath__"):
         scan = Scan.open(scan)
     if arch not in ARCHS:
@@ -437,8 +436,6 @@ def _site_name(scan, site: str) -> str:
 
 def scan_is_causal(scan) -> bool:
     """Whether the scanned model is a decoder (its first token is an attention sink)."""
-    from ..sites import ADAPTERS
-
     adapter = ADAPTERS.get(scan.manifest["model"].get("family"))
     return bool(adapter and adapter.causal)
 
