@@ -11,6 +11,7 @@ Used by the redesign (issue 18) to show a change of shape changed no result.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -20,9 +21,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.suffix in (".json", ".safetensors", ".csv", ".jsonl")
-            and "calls" not in p.parts}
+    """sha256 of each output file; in JSON files the output folder and the llmri source folder
+    (recorded as paths: a corpus source, a scan) are replaced by placeholders first."""
+    roots = json.loads((folder / "roots.json").read_text())
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        if not p.is_file() or p.suffix not in (".json", ".safetensors", ".csv", ".jsonl") or "calls" in p.parts:
+            continue
+        if p.name == "roots.json":
+            continue
+        data = p.read_bytes()
+        if p.suffix in (".json", ".jsonl"):
+            data = data.replace(roots["out"].encode(), b"<out>").replace(roots["src"].encode(), b"<src>")
+        out[str(p.relative_to(folder))] = hashlib.sha256(data).hexdigest()
+    return out
 
 
 def produce(out: Path) -> None:
@@ -32,6 +44,8 @@ def produce(out: Path) -> None:
     import llmri
 
     out.mkdir(parents=True, exist_ok=True)
+    (out / "roots.json").write_text(json.dumps({"out": str(out.resolve()),
+                                                "src": str(Path(llmri.__file__).resolve().parent)}))
     corpus = llmri.demo_corpus()
     enc = llmri.load_model("default")
     llmri.scan(enc, corpus, out / "scan-encoder", sites=("resid", "mlp", "attn"), token_sites=("mlp.-1",), progress=False)
@@ -59,7 +73,7 @@ def produce(out: Path) -> None:
 
 def compare(a: Path, b: Path) -> int:
     da, db = digest(a), digest(b)
-    bad = sorted(k for k in set(da) | set(db) if da.get(k) != db.get(k) and not k.endswith("explain.json"))
+    bad = sorted(k for k in set(da) | set(db) if da.get(k) != db.get(k))
     for k in bad:
         print("differs:", k, "missing" if k not in da or k not in db else "")
     print(f"{len(set(da) & set(db)) - len(bad)} files identical, {len(bad)} differ")
