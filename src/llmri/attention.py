@@ -15,6 +15,7 @@ from .capture import ATTN_STATS, POOLS
 from .errors import LlmriError
 from .model import as_model
 from .sites import eager_attention, hooks
+from .stats import bh_q, category_vs_rest
 
 
 TARGETS = POOLS  # "mean", "mean-nosink", "first", "last", "max": what rollout and flow explain
@@ -205,10 +206,6 @@ def compare_heads(scan, category, stats=ATTN_STATS, table: pd.DataFrame | None =
     test, and Benjamini-Hochberg q-values over all the tests. Sorted by p-value. ``table`` is
     ``head_stats(scan)`` when the caller already has it.
     """
-    from scipy.stats import false_discovery_control, mannwhitneyu
-
-    from .stats import cohens_d
-
     df = head_stats(scan) if table is None else table
     if category not in scan.label_names:
         raise LlmriError(f"unknown category {category!r}; categories: {scan.label_names}")
@@ -222,14 +219,12 @@ def compare_heads(scan, category, stats=ATTN_STATS, table: pd.DataFrame | None =
     for (L, h), grp in df.groupby(["layer", "head"]):
         a_mask = (grp["category"] == category).to_numpy()
         for s in stats:
-            v = grp[s].to_numpy()
-            x, y = v[a_mask], v[~a_mask]
-            p = 1.0 if np.ptp(v) == 0 else float(mannwhitneyu(x, y, alternative="two-sided").pvalue)
-            rows.append({"layer": L, "head": h, "stat": s, "mean_category": float(x.mean()),
-                         "mean_rest": float(y.mean()), "effect_size": float(cohens_d(x[:, None], y[:, None])[0]),
-                         "p_value": p})
-    out = pd.DataFrame(rows)
-    out["q_value"] = false_discovery_control(out["p_value"].to_numpy(), method="bh")
+            v = grp[s].to_numpy()[:, None]
+            row = category_vs_rest(v[a_mask], v[~a_mask], test="mannwhitney")
+            rows.append({"layer": L, "head": h, "stat": s, **{k: float(x[0]) for k, x in row.items()}})
+    cols = ["layer", "head", "stat", "mean_category", "mean_rest", "effect_size", "p_value"]
+    out = pd.DataFrame(rows)[cols]
+    out["q_value"] = bh_q(out["p_value"].to_numpy())
     return out.sort_values(["p_value", "layer", "head"], ignore_index=True)
 
 

@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 
 from .errors import LlmriError
+from .explain.results import unit_explanations
 from .model import offline_tokenizer
-from .stats import cohens_d
+from .stats import bh_q, category_vs_rest
 
 
 def _category_index(scan, category) -> int:
@@ -30,8 +31,6 @@ def neurons(scan, category, site: str = "mlp", layers=None) -> pd.DataFrame:
 
     >>> llmri.neurons(scan, "astronomy").head()                # doctest: +SKIP
     """
-    from scipy.stats import false_discovery_control, ttest_ind
-
     c = _category_index(scan, category)
     inside = scan.labels == c
     if inside.sum() < 2 or (~inside).sum() < 2:
@@ -45,17 +44,11 @@ def neurons(scan, category, site: str = "mlp", layers=None) -> pd.DataFrame:
     frames = []
     for L in chosen:
         X = scan.activations(L, site).astype(np.float64)
-        a, b = X[inside], X[~inside]
-        d = cohens_d(a, b)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            p = ttest_ind(a, b, equal_var=False).pvalue
-        p = np.where(np.isfinite(p), p, 1.0)
-        df = pd.DataFrame({"layer": L, "neuron": np.arange(X.shape[1]), "effect_size": d, "p_value": p,
-                           "mean_category": a.mean(0), "mean_rest": b.mean(0)})
+        df = pd.DataFrame({"layer": L, "neuron": np.arange(X.shape[1]), **category_vs_rest(X[inside], X[~inside])})
         df["rank_in_layer"] = df["effect_size"].rank(ascending=False, method="first").astype(int)
         frames.append(df)
     out = pd.concat(frames, ignore_index=True)
-    out["q_value"] = false_discovery_control(out["p_value"].to_numpy(), method="bh")
+    out["q_value"] = bh_q(out["p_value"].to_numpy())
     cols = ["layer", "neuron", "effect_size", "p_value", "q_value", "rank_in_layer", "mean_category", "mean_rest"]
     return out[cols].sort_values(["effect_size", "layer", "neuron"], ascending=[False, True, True],
                                  ignore_index=True)
@@ -112,7 +105,5 @@ def neuron_card(scan, layer: int, neuron: int, site: str = "mlp", top: int = 10,
             tokens.append((int(d), list(strs), acts))
     explanation = None
     if explanations is not None:
-        from .explain.results import unit_explanations
-
         explanation = unit_explanations(explanations, f"{site}.{layer}", "neuron").get(int(neuron))
     return NeuronCard(layer, neuron, site, table, tokens, values, scan.labels, scan.label_names, explanation)

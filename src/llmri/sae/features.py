@@ -20,8 +20,12 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import LlmriError
+from ..model import offline_tokenizer
 from ..sites import parse_site
+from ..stats import bh_q, category_vs_rest_from_stats, mean_var_from_sums
+from ..store import Scan
 from .model import SAE
+from .train import first_token_rows, scan_is_causal
 
 
 @dataclass
@@ -74,11 +78,6 @@ def feature_activations(sae: SAE, scan, n_top: int = 20, n_samples: int = 50, ch
     >>> feats = llmri.feature_activations(sae, scan)            # doctest: +SKIP
     >>> feats.table().sort_values("effect_size").tail()         # doctest: +SKIP
     """
-    from scipy.stats import false_discovery_control, ttest_ind_from_stats
-
-    from ..store import Scan
-    from .train import first_token_rows, scan_is_causal
-
     if isinstance(scan, str) or hasattr(scan, "__fspath__"):
         scan = Scan.open(scan)
     if not isinstance(sae, SAE):
@@ -165,20 +164,14 @@ def feature_activations(sae: SAE, scan, n_top: int = 20, n_samples: int = 50, ch
         n1, n2 = N[c], N.sum() - N[c]
         if n1 < 2 or n2 < 2:
             continue
-        m1, m2 = S[c] / n1, (S.sum(0) - S[c]) / n2
-        v1 = np.maximum(Q[c] - n1 * m1 ** 2, 0) / (n1 - 1)
-        v2 = np.maximum(Q.sum(0) - Q[c] - n2 * m2 ** 2, 0) / (n2 - 1)
-        pooled = np.sqrt(((n1 - 1) * v1 + (n2 - 1) * v2) / (n1 + n2 - 2))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            d = np.where(pooled > 0, (m1 - m2) / pooled, 0.0)
-            p = ttest_ind_from_stats(m1, np.sqrt(v1), n1, m2, np.sqrt(v2), n2, equal_var=False).pvalue
-        p = np.where(np.isfinite(p), p, 1.0)
-        frames.append(pd.DataFrame({"feature": np.arange(m), "category": name, "effect_size": d, "p_value": p,
-                                    "mean_category": m1, "mean_rest": m2}))
+        m1, v1 = mean_var_from_sums(S[c], Q[c], n1)
+        m2, v2 = mean_var_from_sums(S.sum(0) - S[c], Q.sum(0) - Q[c], n2)
+        frames.append(pd.DataFrame({"feature": np.arange(m), "category": name,
+                                    **category_vs_rest_from_stats(m1, v1, n1, m2, v2, n2)}))
     cols = ["feature", "category", "effect_size", "p_value", "q_value", "mean_category", "mean_rest"]
     if frames:
         effects = pd.concat(frames, ignore_index=True)
-        effects["q_value"] = false_discovery_control(effects["p_value"].to_numpy(), method="bh")
+        effects["q_value"] = bh_q(effects["p_value"].to_numpy())
         effects = effects[cols]
     else:
         effects = pd.DataFrame(columns=cols)
@@ -223,8 +216,6 @@ def _tokenizer(feats: FeatureActivations, model=None):
     if model is not None:
         return getattr(model, "tokenizer", model)
     if feats._tok is None:
-        from ..model import offline_tokenizer
-
         feats._tok = offline_tokenizer(feats.scan.model_name) or False
     return feats._tok or None
 
