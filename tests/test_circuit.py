@@ -46,6 +46,16 @@ def llama():
     return make_model("llama")
 
 
+@pytest.fixture(scope="module")
+def llama64(llama):
+    """The same model in float64, for checks that float32 rounding would blur: a finite difference
+    of a log-probability of size ~4 in float32 carries an error of about 5e-7 / eps, and a small edge
+    weight summed from larger terms carries an absolute error of about 6e-6."""
+    import copy
+
+    return llmri.Model.from_module(copy.deepcopy(llama.module).double(), llama.tokenizer, name=llama.name)
+
+
 def _plain_grad(model, layer: int, target: int):
     """Metric value, residual stream resid.layer and the gradient of the metric there, from the
     plain transformers model (output_hidden_states), no llmri hooks."""
@@ -70,10 +80,10 @@ def _scaled_metric(model, layer: int, scale: float, target: int) -> float:
             logits = model.module(input_ids=torch.tensor([ids])).logits
     finally:
         h.remove()
-    return float(torch.log_softmax(logits[0, -1].float(), -1)[target])
+    return float(torch.log_softmax(logits[0, -1].double(), -1)[target])
 
 
-def test_identity_saes_give_gradient_times_activation(llama):
+def test_identity_saes_give_gradient_times_activation(llama, llama64):
     saes = [identity_sae(32, "resid.1"), identity_sae(32, "resid.2")]
     target = "moon"
     tid = llama.tokenizer(target, add_special_tokens=False)["input_ids"][0]
@@ -86,11 +96,11 @@ def test_identity_saes_give_gradient_times_activation(llama):
         got[df["position"].to_numpy(), df["feature"].to_numpy()] = df["attribution"].to_numpy()
         np.testing.assert_allclose(got, (grad * x).numpy(), rtol=1e-4, atol=1e-7)
         # the layer's features plus its error nodes: the first-order change when the layer is removed,
-        # checked against a finite difference of the real model
+        # checked against a central finite difference of the real model, in float64
         row = g.layer_totals().set_index("layer").loc[L]
         assert abs(row["error"]) < 1e-6 * max(abs(row["features"]), 1e-6)
         eps = 1e-3
-        fd = (m - _scaled_metric(llama, L, 1 - eps, tid)) / eps
+        fd = (_scaled_metric(llama64, L, 1 + eps, tid) - _scaled_metric(llama64, L, 1 - eps, tid)) / (2 * eps)
         assert row["total"] == pytest.approx(fd, rel=2e-2)
 
 
@@ -361,7 +371,7 @@ def _plain_derivative(model, target: int, read=None, scale="emb", held=()) -> fl
     ``held`` are replaced by their original values (cut from their inputs)."""
     ids = model.tokenizer(PROMPT)["input_ids"]
     orig = _mlp_outputs(model)
-    s = torch.tensor(1.0, requires_grad=True)
+    s = torch.tensor(1.0, dtype=next(model.module.parameters()).dtype, requires_grad=True)
     got, hs = {}, []
     for L, blk in enumerate(model.module.model.layers):
         if L in held or L == scale:
@@ -376,7 +386,7 @@ def _plain_derivative(model, target: int, read=None, scale="emb", held=()) -> fl
     finally:
         for h in hs:
             h.remove()
-    y = torch.log_softmax(out[0, -1].float(), -1)[target] if read is None else got["x"][0, read[1], read[2]]
+    y = torch.log_softmax(out[0, -1].double(), -1)[target] if read is None else got["x"][0, read[1], read[2]]
     (d,) = torch.autograd.grad(y, s)
     return float(d)
 
@@ -396,7 +406,7 @@ def _plain_mlp_grad(model, layer: int, target: int):
         logits = model.module(input_ids=torch.tensor([ids])).logits
     finally:
         h.remove()
-    m = torch.log_softmax(logits[0, -1].float(), -1)[target]
+    m = torch.log_softmax(logits[0, -1].double(), -1)[target]
     m.backward()
     model.module.zero_grad(set_to_none=True)
     return float(m.detach()), got["in"][0], got["out"].detach()[0], got["out"].grad[0]
@@ -436,11 +446,12 @@ def test_identity_transcoders_give_gradient_times_activation(llama):
         assert row["total"] == pytest.approx(float((grad * y).sum()), rel=1e-4, abs=1e-6)
 
 
-def test_transcoder_edges_are_direct_effects(llama):
+def test_transcoder_edges_are_direct_effects(llama64):
     """Edges into a feature (and into the target) come from the token embeddings and from every
     earlier transcoder, each transcoder's output cut from its input. Summed per source layer they are
     derivatives of the plain model with that layer's output scaled and the other outputs held."""
-    tcs = [identity_transcoder(32, 0), identity_transcoder(32, 1)]
+    llama = llama64                                      # exact algebra, checked in float64
+    tcs = [identity_transcoder(32, 0).double(), identity_transcoder(32, 1).double()]
     tid = llama.tokenizer("moon", add_special_tokens=False)["input_ids"][0]
     g = attribute(llama, tcs, PROMPT, target="moon", skip_first=False, max_feature_nodes=10_000, batch_size=128)
     logit = g.nodes("logit")[0]

@@ -7,6 +7,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import LlmriError
+from ..sae import feature_activations
+from ..sae.features import output_tokens, top_activating_tokens
+from ..store import Scan
 from .influence import FEATURE
 from .inputs import _explained, feature_explanations, load_saes
 
@@ -14,10 +17,6 @@ from .inputs import _explained, feature_explanations, load_saes
 def label_features(g, scan, saes, model=None, n: int = 2) -> dict:
     """``g.label_features``: each feature node's ``top_activations`` over ``scan``, and the
     ``{site: FeatureActivations}`` they came from."""
-    from ..sae import feature_activations
-    from ..sae.features import top_activating_tokens
-    from ..store import Scan
-
     scan = scan if isinstance(scan, Scan) else Scan.open(scan)
     by_site = {s.site: s for s in load_saes(saes)}
     nodes = [(node, d) for node, d in g.graph.nodes(data=True) if d["kind"] == FEATURE]
@@ -53,8 +52,6 @@ def top_features(g, n: int = 10, model=None, saes=None, explanations=None):
         df["explanation"] = [r[0] for r in rows]
         df["simulation_score"] = [r[1] for r in rows]
     if model is not None and saes is not None:
-        from ..sae.features import output_tokens
-
         by_site = {s.site: s for s in load_saes(saes)}
         tops = []
         for site, feat in zip(df["site"], df["feature"]):

@@ -7,12 +7,26 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..batches import pad_batch
 from ..errors import LlmriError
+from ..model import as_model, is_causal_lm
 from ..sites import parse_site
 from .graph import AttributionGraph, GraphInfo
 from .influence import EMBEDDING, ERROR, FEATURE, LOGIT, _set_influence
-from .inputs import _explained, _prompt_ids, _target_ids, feature_explanations, load_saes
-from .replacement import _edge_pass, _no_param_grads, _node_pass, _transcoder_edge_pass, frozen
+from .inputs import (
+    _explained,
+    _prompt_ids,
+    _target_ids,
+    feature_explanations,
+    load_saes,
+)
+from .replacement import (
+    _edge_pass,
+    _no_param_grads,
+    _node_pass,
+    _transcoder_edge_pass,
+    frozen,
+)
 
 
 def attribute(model, saes, prompt: str, target=None, chat: bool = False, max_feature_nodes: int = 200,
@@ -39,7 +53,6 @@ def attribute(model, saes, prompt: str, target=None, chat: bool = False, max_fea
     import pandas as pd
     import torch
 
-    from ..model import as_model, is_causal_lm
 
     model = as_model(model)
     if not is_causal_lm(model):
@@ -56,8 +69,6 @@ def attribute(model, saes, prompt: str, target=None, chat: bool = False, max_fea
     saes = [s.to(model.device) for s in saes]
     with _no_param_grads(model.module, *saes), frozen(model, freeze):
         if tgt is None:
-            from ..capture import pad_batch
-
             with torch.no_grad():
                 tgt = [int(model.module(**pad_batch(model, [ids])[0]).logits[0, -1].argmax())]
         target_str = tok.decode([tgt[0]]) if len(tgt) == 1 else (tok.decode([tgt[0]]), tok.decode([tgt[1]]))

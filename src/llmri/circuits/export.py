@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..store import atomic_write_text
 from .influence import EMBEDDING, ERROR, FEATURE, LOGIT, _influence
 
 # circuit-tracer's feature_type strings, which its viewer keys its node styles on
@@ -17,8 +18,6 @@ _CT_TYPES = {FEATURE: "cross layer transcoder", ERROR: "mlp reconstruction error
 def to_json(g, path, slug: str | None = None) -> Path:
     """Write the graph in circuit-tracer's graph-viewer format (``metadata``, ``qParams``,
     ``nodes``, ``links``; ``circuit_tracer/frontend/graph_models.py``), atomically."""
-    from ..store import atomic_write_text
-
     path = Path(path)
     atomic_write_text(path, json.dumps(to_dict(g, slug or path.stem), indent=1))
     return path

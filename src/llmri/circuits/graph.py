@@ -10,7 +10,15 @@ from pathlib import Path
 
 from ..errors import LlmriError
 from . import annotate, export
-from .influence import EMBEDDING, ERROR, FEATURE, LOGIT, _influence, _normalised_in, _set_influence
+from .influence import (
+    EMBEDDING,
+    ERROR,
+    FEATURE,
+    LOGIT,
+    _influence,
+    _normalised_in,
+    _set_influence,
+)
 
 
 @dataclass(frozen=True)

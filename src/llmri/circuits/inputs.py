@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..batches import chat_prompt
 from ..errors import LlmriError
+from ..explain.results import ExplainResult, find_explanations, unit_explanations
+from ..sae.collection import load_saes as collect
 from ..sites import parse_site
 
 
@@ -13,32 +16,10 @@ def load_saes(saes, model=None) -> list:
     """The SAEs of ``saes`` (an SAE, a list or dict of them, an SAE folder, or a folder of SAE
     folders) sorted by layer, checked against ``model`` when given: residual-stream SAEs (site
     ``resid.L``) or transcoders (``mlp_in.L -> mlp_out.L``), one kind per graph."""
-    from ..sae import SAE
-    from ..sae.model import CFG_FILE
-
-    if isinstance(saes, (str, Path)):
-        root = Path(saes)
-        if not root.is_dir():
-            raise LlmriError(f"saes: {root}: no such folder")
-        if (root / CFG_FILE).is_file():
-            saes = [SAE.load(root)]
-        else:
-            subs = sorted(p for p in root.iterdir() if (p / CFG_FILE).is_file())
-            if not subs:
-                raise LlmriError(f"saes: {root}: no SAE folders in it (folders with {CFG_FILE})")
-            saes = [SAE.load(p) for p in subs]
-    elif isinstance(saes, SAE):
-        saes = [saes]
-    elif isinstance(saes, dict):
-        saes = list(saes.values())
-    elif not isinstance(saes, (list, tuple)):
-        raise LlmriError(f"saes: expected an SAE, a list or dict of SAEs, or a folder, got {type(saes).__name__}")
-    saes = list(saes)
+    saes = collect(saes)
     if not saes:
         raise LlmriError("saes: no SAEs given")
     for i, sae in enumerate(saes):
-        if not isinstance(sae, SAE):
-            raise LlmriError(f"saes[{i}]: expected an llmri.SAE (SAE.load(folder)), got {type(sae).__name__}")
         if sae.site is None:
             raise LlmriError(f"saes[{i}]: the SAE does not say which site it reads; set sae.site, e.g. 'resid.6'")
         if sae.is_transcoder:
@@ -65,11 +46,9 @@ def load_saes(saes, model=None) -> list:
 
 
 def _check_fit(saes, model) -> None:
-    from ..sae.evaluate import check_sae_fits
-
     width = model.module.get_input_embeddings().weight.shape[1]
     for sae in saes:
-        check_sae_fits(sae, model)
+        sae.check_fits(model)
         if sae.d_in != width or sae.d_out != width:
             raise LlmriError(f"the SAE of {sae.site} reads vectors of width {sae.d_in} (writes {sae.d_out}), but "
                              f"{model.name}'s residual stream has width {width}: it belongs to another model")
@@ -90,8 +69,6 @@ def feature_explanations(saes, explanations=None) -> dict[str, dict[int, dict]]:
 
     >>> llmri.circuits.feature_explanations(saes, "runs/explain-resid.8")["resid.8"][123]["explanation"]  # doctest: +SKIP
     """
-    from ..explain.explainer import ExplainResult, find_explanations, unit_explanations
-
     folders = {s: None for s in saes if isinstance(s, str)}
     folders.update({s.site: getattr(s, "folder", None) for s in saes if not isinstance(s, str)})
     if explanations is None:
@@ -157,8 +134,6 @@ def _target_ids(tok, target) -> list[int] | None:
 
 
 def _prompt_ids(model, prompt, chat: bool) -> list[int]:
-    from ..generate import chat_prompt
-
     if not isinstance(prompt, str) or not prompt.strip():
         raise LlmriError(f"prompt: give a non-empty string, got {prompt!r}")
     text = chat_prompt(model, prompt, True) if chat else prompt

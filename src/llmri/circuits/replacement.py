@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 
+from ..batches import pad_batch
 from ..sites import eager_attention, hooks
 
 
@@ -165,7 +166,6 @@ def _backward(model, ids, fns: dict, state: dict, tgt=None) -> None:
     :func:`_stop_at` hook, or (the forward pass reaching the end) the metric of ``tgt``."""
     import torch
 
-    from ..capture import pad_batch
 
     inputs, _ = pad_batch(model, [ids])
     with hooks(model.module, model.adapter, fns), torch.enable_grad():
@@ -180,7 +180,6 @@ def _node_pass(model, saes, ids, tgt, skip_first: bool):
     """One forward and one backward pass: every node's value and the metric's gradient at it."""
     import torch
 
-    from ..capture import pad_batch
 
     state: dict = {}
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..batches import pad_batch
 from ..errors import LlmriError
+from ..model import as_model
 from ..sites import hooks
 from .graph import AttributionGraph
 from .inputs import load_saes
@@ -20,7 +22,6 @@ def _ablated_metrics(model, saes, ids, tgt, sets: list[list[tuple[str, int, int]
     ``llmri.clamp``, ``f'`` being 0 (zero) or the feature's mean over the prompt's positions (mean)."""
     import torch
 
-    from ..capture import pad_batch
 
     out = []
     for start in range(0, len(sets), batch_size):
@@ -61,8 +62,6 @@ def _ablated_metrics(model, saes, ids, tgt, sets: list[list[tuple[str, int, int]
 
 def _checked(model, g, mode: str):
     """The model, once ``g`` is a graph and ``mode`` an ablation mode."""
-    from ..model import as_model
-
     model = as_model(model)
     if not isinstance(g, AttributionGraph):
         raise LlmriError(f"g: expected the AttributionGraph of llmri.attribute, got {type(g).__name__}")
