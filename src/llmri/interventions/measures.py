@@ -91,7 +91,7 @@ def make_measure(model: Model, corpus, measure="auto", batch_tokens: int = 8192,
             def score(r):
                 return float(np.mean(1 - (r * unit).sum(1) / np.linalg.norm(r, axis=1).clip(1e-12)))
         else:
-            from ..probe import make_classifier  # scikit-learn, loaded when a probe is asked for
+            from ..probe import make_classifier  # scipy and scikit-learn: loaded when a probe is asked for
 
             if len(set(corpus.labels.tolist())) < 2:
                 raise LlmriError("measure 'probe' needs at least two categories")
