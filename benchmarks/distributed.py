@@ -64,8 +64,8 @@ def main() -> None:
 
     def on_ray(workers: int, out=None):
         def run():
-            llmri.distributed.scan(args.model, corpus, out or tmp / f"ray-{next(runs)}", workers=workers,
-                                   progress=False, **sites)
+            llmri.scan(args.model, corpus, out or tmp / f"ray-{next(runs)}", engine=llmri.Engine("ray", workers=workers),
+                       progress=False, **sites)
         return run
 
     threads = torch.get_num_threads()

@@ -16,6 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
 import llmri
+import llmri.interventions.lesion as I  # where lesion maps read REPLAY_BYTES
 from llmri.batches import Batches
 
 
@@ -39,8 +40,6 @@ def main() -> None:
             for _, kw, _ in batches.batches:
                 model.base(**kw)
         plain = time.perf_counter() - t
-    import llmri.interventions as I
-
     def timed(replay_bytes):
         I.REPLAY_BYTES = replay_bytes
         t = time.perf_counter()

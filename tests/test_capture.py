@@ -228,3 +228,67 @@ def test_mlp_in_is_the_post_attention_norm_output(kind, tmp_path):
                                        err_msg=f"{kind} doc {d}")
     finally:
         h.remove()
+
+
+# ---------------------------------------------------------------- scan settings and the request cache
+@pytest.mark.parametrize("kwargs, python, flag", [
+    (dict(batch_tokens=0), "batch_tokens must be a positive integer, got 0", "--batch-tokens 0: must be a positive integer"),
+    (dict(max_length=0), "max_length must be a positive integer, got 0", "--max-length 0: must be a positive integer"),
+    (dict(dtype="fp8"), "dtype 'fp8' is not one of auto", "--dtype 'fp8' is not one of auto"),
+    (dict(layers="1,x"), "layers '1,x': expected comma-separated integers", "--layers '1,x': expected comma"),
+    (dict(sites="resid,mpl"), "unknown site 'mpl'", "unknown site 'mpl'"),
+    (dict(token_sites=("attn",)), "token_sites: attention is stored as per-head statistics", "token_sites: attention"),
+    (dict(pool="median"), "pool 'median' is not one of auto", "--pool 'median' is not one of auto"),
+])
+def test_scan_settings_check_themselves_in_either_spelling(kwargs, python, flag):
+    from llmri.scan_settings import ScanSettings
+
+    with pytest.raises(llmri.LlmriError, match=python):
+        ScanSettings(**kwargs)
+    with pytest.raises(llmri.LlmriError, match=flag):
+        ScanSettings(**kwargs, flags=True)
+
+
+def test_a_repeated_request_is_answered_without_the_model(tmp_path, monkeypatch):
+    import llmri.model
+    from llmri.scan_settings import ScanSettings, cached_scan, scan_request
+
+    model = make_model("bert")
+    model.module.save_pretrained(tmp_path / "m")
+    model.tokenizer.save_pretrained(tmp_path / "m")
+    corpus = llmri.Corpus(TEXTS, ["a", "b"] * 5)
+    first = llmri.scan(str(tmp_path / "m"), corpus, tmp_path / "s", sites=("resid",), layers=[0], request=True)
+    settings = ScanSettings(sites=("resid",), layers=[0])
+    assert first.manifest["request"] == scan_request(str(tmp_path / "m"), corpus, settings)
+    assert cached_scan(tmp_path / "s", first.manifest["request"]).folder == first.folder
+    monkeypatch.setattr(llmri.model, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    again = llmri.scan(str(tmp_path / "m"), corpus, tmp_path / "s", settings=settings, request=True)
+    assert again.manifest == first.manifest
+    with pytest.raises(llmri.LlmriError, match="not both"):
+        llmri.scan(str(tmp_path / "m"), corpus, tmp_path / "s", settings=settings, pool="max")
+
+
+# ---------------------------------------------------------------- where work runs (the local engine)
+def test_the_local_engine_maps_in_job_order_and_builds_the_state_once():
+    from llmri.engine import Engine, as_engine
+
+    built, done = [], []
+
+    def state():
+        built.append(1)
+        return 10
+
+    engine = Engine()
+    with engine:
+        assert engine.map(lambda s, x: s + x, [1, 2, 3], state=state, done=done.append) == [11, 12, 13]
+        assert engine.map(lambda s, x: s * x, range(4), state=state, threads=3) == [0, 10, 20, 30]
+        assert engine.each(lambda s: s, state=state) == [10]
+    assert built == [1] and done == [0, 1, 2]
+    assert engine.chunks([4, 5]) == [[4, 5]] and engine.progress(None) == (False, None)
+    assert as_engine(engine) is engine and as_engine("ray", workers=2).workers == 2
+    with pytest.raises(llmri.LlmriError, match="engine 'spark' is not one of local, ray"):
+        llmri.Engine("spark")
+    with pytest.raises(llmri.LlmriError, match="retries must be an integer >= 0, got -1"):
+        llmri.Engine("ray", retries=-1)
+    with pytest.raises(llmri.LlmriError, match="give them to Engine"):
+        as_engine(engine, workers=2)

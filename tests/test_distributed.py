@@ -124,8 +124,8 @@ def test_scan_on_ray_is_byte_identical_to_a_local_scan(cluster, model_dir, tmp_p
 
 def test_a_killed_worker_is_restarted_and_the_scan_ends_identical(cluster, model_dir, tmp_path):
     flag = tmp_path / "killed"
-    llmri.distributed.scan(FailOnce(model_dir, flag, exit=True), llmri.Corpus(TEXTS, LABELS), tmp_path / "ray",
-                           workers=2, retries=1, **SCAN)
+    llmri.scan(FailOnce(model_dir, flag, exit=True), llmri.Corpus(TEXTS, LABELS), tmp_path / "ray",
+               engine=llmri.Engine("ray", workers=2, retries=1), **SCAN)
     assert flag.exists()  # a worker did die mid-run
     local_scan(model_dir, tmp_path / "local")
     assert files(tmp_path / "ray") == files(tmp_path / "local")
@@ -134,14 +134,14 @@ def test_a_killed_worker_is_restarted_and_the_scan_ends_identical(cluster, model
 def test_a_failed_shard_leaves_an_incomplete_scan_that_a_rerun_finishes(cluster, model_dir, tmp_path):
     corpus = llmri.Corpus(TEXTS, LABELS)
     with pytest.raises(llmri.LlmriError, match=r"1 shard\(s\) failed .*injected failure.*3/4 shards .*rerun"):
-        llmri.distributed.scan(FailOnce(model_dir, tmp_path / "flag", exit=False), corpus, tmp_path / "ray",
-                               workers=2, retries=0, **SCAN)
+        llmri.scan(FailOnce(model_dir, tmp_path / "flag", exit=False), corpus, tmp_path / "ray",
+                   engine=llmri.Engine("ray", workers=2, retries=0), **SCAN)
     assert json.loads((tmp_path / "ray" / "manifest.json").read_text())["complete"] is False
     with pytest.raises(llmri.LlmriError, match="incomplete"):
         llmri.Scan.open(tmp_path / "ray")
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "ray").glob("shard-*")}
     assert len(before) == 3
-    llmri.distributed.scan(str(model_dir), corpus, tmp_path / "ray", workers=2, **SCAN)
+    llmri.scan(str(model_dir), corpus, tmp_path / "ray", engine=llmri.Engine("ray", workers=2), **SCAN)
     after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "ray").glob("shard-*")}
     assert {k: after[k] for k in before} == before  # finished shards were not captured again
     local_scan(model_dir, tmp_path / "local")
@@ -343,5 +343,5 @@ def test_python_options_are_checked(tmp_path):
     with pytest.raises(llmri.LlmriError, match="s3://bucket/scan: object-store URLs are not supported"):
         llmri.scan("x", corpus, "s3://bucket/scan", engine="ray")
     with pytest.raises(llmri.LlmriError, match="resources: 'GPU': -1"):
-        llmri.distributed.scan("x", corpus, tmp_path / "a", resources={"GPU": -1})
+        llmri.scan("x", corpus, tmp_path / "a", engine=llmri.Engine("ray", resources={"GPU": -1}))
     assert not (tmp_path / "a").exists()

@@ -24,6 +24,7 @@ _EXPORTS = {
     "Attention": "attention", "attention": "attention", "compare_heads": "attention", "head_stats": "attention",
     "ATTN_STATS": "capture", "POOLS": "capture", "scan": "capture",
     "Corpus": "corpus", "demo_corpus": "corpus",
+    "Engine": "engine",
     "LlmriError": "errors",
     "compare_categories": "metrics", "graph_metrics": "metrics", "layer_profile": "metrics",
     "NeuronCard": "neurons", "cohens_d": "stats", "neuron_card": "neurons", "neurons": "neurons",

@@ -13,22 +13,24 @@ import hashlib
 import json
 import sys
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .corpus import Corpus
-from .errors import LlmriError
-from .model import Model, as_model
-from .sites import POOLS, block_of, eager_attention, expand_sites, hooks, parse_site
 from .batches import default_pool, pad_batch, plan_batches, pool, tokenize
 from .batches import pool as _pool  # for functions whose ``pool`` argument names the pooling
+from .corpus import Corpus
+from .engine import JobsFailed, as_engine
+from .errors import LlmriError
+from .model import Model, as_model
+from .scan_settings import DEFAULT_BATCH_TOKENS, ScanSettings, cached_scan, out_folder, scan_request
+from .sites import POOLS, block_of, eager_attention, expand_sites, hooks, parse_site
 from .store import (CORPUS_FILE, FORMAT_VERSION, MANIFEST, Scan, atomic_write_json,
                     complete_shards, read_manifest, shard_name, write_corpus, write_shard)
 
-DEFAULT_BATCH_TOKENS = 8192
 TOKEN_SHARD_BYTES = 256 * 2**20  # bound on token-level activations held in memory per shard
 
 
@@ -146,8 +148,9 @@ def scan(model, corpus, out, sites=("resid",), pool: str = "auto", layers=None,
          max_length: int | None = None, batch_tokens: int = DEFAULT_BATCH_TOKENS,
          token_sites=(), shard_tokens: int | None = None, device: str = "auto",
          dtype: str = "auto", overwrite: bool = False, worker: tuple[int, int] | None = None,
-         progress: bool | None = None, engine: str = "local", workers: int = 1,
-         resources: dict | None = None, request: str | None = None) -> Scan:
+         progress: bool | None = None, engine="local", workers: int = 1,
+         resources: dict | None = None, request: str | bool | None = None, address: str | None = None,
+         retries: int | None = None, settings: ScanSettings | None = None) -> Scan:
     """Run each document of ``corpus`` through ``model`` once and store a Scan in ``out``.
 
     One pooled vector per document, site and layer; ``token_sites`` (for example
@@ -155,52 +158,83 @@ def scan(model, corpus, out, sites=("resid",), pool: str = "auto", layers=None,
     corpus and settings continues an interrupted scan, or returns the finished one at once.
     ``device`` and ``dtype`` apply when ``model`` is a name or folder; a loaded Model runs where it is.
     ``pool="auto"`` is ``mean`` for encoders and ``mean-nosink`` for decoders (:func:`default_pool`).
-    ``engine="ray"`` runs it on ``workers`` Ray actors needing ``resources`` each (e.g. ``{"GPU": 1}``),
-    writing the same files (see :mod:`llmri.distributed`).
+    ``settings`` (a :class:`~llmri.scan_settings.ScanSettings`) may stand for the keyword
+    arguments it holds.
+
+    ``engine`` says where the shards are captured: ``"local"``, or an :class:`~llmri.Engine`
+    (``engine="ray", workers=N, resources={"GPU": 1}, address=..., retries=...`` makes one):
+    the plan is made once, by a worker that holds the model, the shards go to whichever worker
+    is free, and the files written are the same. ``worker=(i, n)`` captures only shards
+    ``i, i + n, ...`` locally (several processes sharing one folder).
+
     ``request`` is stored in the manifest as is: a key of the request (model files, corpus and
-    options as given) that lets the command line answer a repeated scan without loading the model.
+    options as given, :func:`~llmri.scan_settings.scan_request`) that answers a repeated scan
+    without loading the model; ``request=True`` makes that key here (for a model given by name
+    or folder) and returns the finished Scan of the same request at once.
 
     >>> import llmri                                              # doctest: +SKIP
     >>> s = llmri.scan("default", llmri.demo_corpus(), "runs/demo")
     >>> s.activations(6).shape
     (96, 384)
     """
-    if engine_options(engine, workers, resources, worker=worker):
-        from .distributed import scan as scan_on_ray
-
-        return scan_on_ray(model, corpus, out, workers=workers, resources=resources, sites=sites, pool=pool,
-                           layers=layers, max_length=max_length, batch_tokens=batch_tokens,
-                           token_sites=token_sites, shard_tokens=shard_tokens, device=device, dtype=dtype,
-                           overwrite=overwrite, progress=progress, request=request)
-    corpus, out = check_scan_args(corpus, out, pool, batch_tokens)
-    model = as_model(model, device=device, dtype=dtype)
-    plan = plan_scan(model, corpus, out, sites=sites, pool=pool, layers=layers, max_length=max_length,
-                     batch_tokens=batch_tokens, token_sites=token_sites, shard_tokens=shard_tokens,
-                     overwrite=overwrite, clean=worker is None, request=request)
-    if plan.cached:
-        return Scan.open(out)  # answered from the cache
-    todo = [s for s in plan.todo if worker is None or s % worker[1] == worker[0]]
-    capture_shards(model, plan, todo, progress)
-    return finish_scan(plan)
-
-
-ENGINES = ("local", "ray")
-
-
-def engine_options(engine: str, workers: int, resources: dict | None, worker=None) -> bool:
-    """Check ``engine``/``workers``/``resources``; True when the work goes to Ray."""
-    if engine not in ENGINES:
-        raise LlmriError(f"engine {engine!r} is not one of {', '.join(ENGINES)}")
-    if engine == "local" and (workers != 1 or resources):
-        raise LlmriError("workers and resources apply to engine='ray'; pass engine='ray' (pip install 'llmri[ray]')")
-    if engine == "ray" and worker is not None:
+    engine = as_engine(engine, workers, resources, address, retries)
+    if worker is not None and engine.remote:
         raise LlmriError("worker: Ray deals the shards out itself; leave worker unset with engine='ray'")
-    return engine == "ray"
+    given = ScanSettings(sites=sites, token_sites=token_sites, pool=pool, layers=layers, batch_tokens=batch_tokens,
+                         max_length=max_length, shard_tokens=shard_tokens, device=device, dtype=dtype)
+    if settings is None:
+        settings = given
+    elif given != ScanSettings():
+        raise LlmriError("settings: give the scan settings as a ScanSettings or as keyword arguments, not both")
+    corpus, out = check_scan_args(corpus, out)
+    if request is True:
+        request = scan_request(model, corpus, settings)
+        done = cached_scan(out, request)
+        if done is not None:
+            return done
+    out = engine.path(out)
+    state = engine.model_state(model, settings.device, settings.dtype)
+    failed = None
+    with engine:
+        plan = engine.map(_plan_job, [(corpus, out, settings, overwrite, worker is None, request)], state=state)[0]
+        if plan.cached:
+            return Scan.open(out)  # answered from the cache
+        todo = [s for s in plan.todo if worker is None or s % worker[1] == worker[0]]
+        chunks = engine.chunks(todo)
+        driver, jobs = engine.progress(progress)
+        bar = tqdm(total=len(chunks), unit="shard", desc=engine.label("scanning"),
+                   disable=None if driver is None else not driver, dynamic_ncols=True)
+        with bar:
+            if len(chunks) < engine.workers:
+                bar.write(f"note: {len(chunks)} shard(s) to capture for {engine.workers} workers; a smaller "
+                          "shard_tokens (--shard-tokens) spreads the work", file=sys.stderr)
+            try:
+                engine.map(partial(_capture_job, plan, jobs), chunks, state=state, done=lambda i: bar.update(1))
+            except JobsFailed as e:
+                failed = e
+    result = finish_scan(plan)
+    if result is None and worker is None:
+        done = len(complete_shards(out, len(plan.shards)))
+        message = (f"{out}: {failed.failed if failed else 0} shard(s) failed after {engine.retries} retries "
+                   f"({failed.why if failed else 'shards missing'}); {done}/{len(plan.shards)} shards are "
+                   "complete: rerun the same command to capture the rest")
+        raise (failed.reword(message) if failed else LlmriError(message)) from None
+    return result
+
+
+def _plan_job(model: Model, args: tuple) -> ScanPlan:
+    corpus, out, settings, overwrite, clean, request = args
+    return plan_scan(model, corpus, out, settings, overwrite=overwrite, clean=clean, request=request)
+
+
+def _capture_job(plan: ScanPlan, progress: bool | None, model: Model, shards: list[int]) -> int:
+    capture_shards(model, plan, shards, progress)
+    return len(shards)
 
 
 # ---------------------------------------------------------------- the scan in three steps
 # plan_scan (once), capture_shards (any worker, any subset of shards), finish_scan (once, at the
-# end): llmri.distributed runs the same three steps on Ray.
+# end): scan runs them as jobs on its engine.
 class TokenIds:
     """Token ids of every document packed in one int64 array: ``ids[d]`` is document d's list."""
 
@@ -229,64 +263,44 @@ class ScanPlan:
     cached: bool = False
 
 
-def check_scan_args(corpus, out, pool: str, batch_tokens: int) -> tuple[Corpus, Path]:
-    """The checks that need no model: the corpus (read when a path), the output folder, pool, batch_tokens."""
-    if pool not in POOLS + ("auto",):
-        raise LlmriError(f"pool {pool!r} is not one of auto, {', '.join(POOLS)}")
-    if not isinstance(batch_tokens, int) or batch_tokens < 1:
-        raise LlmriError(f"batch_tokens must be a positive integer, got {batch_tokens!r}")
+def check_scan_args(corpus, out) -> tuple[Corpus, Path]:
+    """The checks of the inputs that need no model: the corpus (read when a path) and the output folder."""
     if isinstance(corpus, (str, Path)):
         corpus = Corpus.from_path(corpus)
     if not isinstance(corpus, Corpus):
         raise LlmriError(f"corpus: expected an llmri.Corpus or a path, got {type(corpus).__name__}")
-    if "://" in str(out):
-        raise LlmriError(f"{out}: object-store URLs are not supported; write to a local or shared POSIX folder "
-                         "(shards are made whole by an atomic rename, which object stores lack)")
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise LlmriError(f"{out}: exists and is not a folder; choose another output folder")
-    return corpus, out
+    return corpus, out_folder(out)
 
 
-def plan_scan(model: Model, corpus: Corpus, out: Path, sites=("resid",), pool: str = "auto", layers=None,
-              max_length: int | None = None, batch_tokens: int = DEFAULT_BATCH_TOKENS, token_sites=(),
-              shard_tokens: int | None = None, overwrite: bool = False, clean: bool = True,
-              request: str | None = None) -> ScanPlan:
+def plan_scan(model: Model, corpus: Corpus, out: Path, settings: ScanSettings, overwrite: bool = False,
+              clean: bool = True, request: str | None = None) -> ScanPlan:
     """Tokenize, plan batches and shards, prepare ``out`` (corpus file, manifest) for the shards.
 
     ``clean`` removes temporary files of a killed writer (not while other workers may be writing).
     """
-    if pool == "auto":
-        pool = default_pool(model)
+    pool = default_pool(model) if settings.pool == "auto" else settings.pool
     n_layers = model.n_layers
-    pooled = expand_sites(sites, n_layers, layers)
-    tokened = expand_sites(token_sites or (), n_layers, layers)
+    pooled, tokened = settings.expand(n_layers)
     if not pooled and not tokened:
         raise LlmriError("sites: nothing to capture (no sites given)")
-    if any(parse_site(s)[0] == "attn" for s in tokened):
-        raise LlmriError("token_sites: attention is stored as per-head statistics; "
-                         "pass attn in sites, not token_sites")
     limit = model.max_length
-    if max_length is None:
-        max_length = limit
-    elif not isinstance(max_length, int) or max_length < 1:
-        raise LlmriError(f"max_length must be a positive integer, got {max_length!r}")
-    max_length = min(max_length, limit)
+    max_length = min(limit if settings.max_length is None else settings.max_length, limit)
+    batch_tokens, shard_tokens = settings.batch_tokens, settings.shard_tokens
     hidden = int(model.module.config.hidden_size)
     if shard_tokens is None:
         per_token = 4 * hidden * 4 * max(1, len(tokened))  # mlp sites are ~4x wider
         shard_tokens = max(batch_tokens, 65536 if not tokened else TOKEN_SHARD_BYTES // per_token)
     padding_side = getattr(model.tokenizer, "padding_side", "right")
-    settings = dict(sites=pooled, token_sites=tokened, pool=pool, max_length=max_length,
+    recorded = dict(sites=pooled, token_sites=tokened, pool=pool, max_length=max_length,
                     batch_tokens=batch_tokens, shard_tokens=int(shard_tokens),
                     dtype=str(model.dtype).replace("torch.", ""), padding_side=padding_side)
     head = dict(model=dict(name=model.name, fingerprint=model.fingerprint,
                            family=model.adapter.family, n_layers=n_layers, hidden_size=hidden),
                 corpus=dict(fingerprint=corpus.fingerprint, n_docs=len(corpus),
                             label_names=corpus.label_names, source=corpus.source),
-                settings=settings)
+                settings=recorded)
     key = _key({"format": FORMAT_VERSION, "model": model.fingerprint,
-                "corpus": corpus.fingerprint, "settings": settings})
+                "corpus": corpus.fingerprint, "settings": recorded})
 
     old = read_manifest(out) if out.exists() else None
     if old is not None and old.get("key") == key and len(

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from ..engine import Constant, JobsFailed, as_engine
 from ..errors import LlmriError
-from .backends import Backend
+from ..model import Model, offline_tokenizer
+from ..store import Scan
+from .backends import Backend, LocalLM
 from .examples import UnitExamples, top_units, unit_activations, unit_examples
 from .prompts import EXPLAIN_PREFILL, clean_explanation, explanation_prompt
 from .results import ExplainResult
@@ -87,14 +89,14 @@ def _derangement(n: int, seed: int) -> np.ndarray:
 
 def explain_units(acts: np.ndarray, offsets, tokens, units, explainer: Explainer, scorers=SCORERS,
                   baseline: bool = True, progress: bool | None = None, out=None, page: bool = False,
-                  meta: dict | None = None, engine: str = "local", workers: int = 1, resources: dict | None = None,
-                  address: str | None = None) -> ExplainResult:
+                  meta: dict | None = None, engine="local", workers: int = 1, resources: dict | None = None,
+                  address: str | None = None, retries: int | None = None) -> ExplainResult:
     """Explain and score units from their token activations ``acts`` ``[n_tokens, len(units)]``
     (corpus order, documents at ``offsets``); ``tokens(doc)`` gives a document's token strings.
 
     This is the source-agnostic core of :func:`explain`: any per-token activation array works.
-    ``engine="ray"`` sends the backend calls of each unit to ``workers`` Ray actors (see
-    :func:`llmri.distributed.explainers`); the table is the same as the local one.
+    Each unit's backend calls (explain, then score; then the baseline) are one job on ``engine``
+    (see :func:`explain`); the table is the same wherever they run.
     This analysis writes data only: ``page=True`` is refused here; the page is
     :func:`llmri.report.explain_page`, and ``llmri.explain`` (:func:`llmri.report.explain.explain`)
     writes both.
@@ -106,15 +108,16 @@ def explain_units(acts: np.ndarray, offsets, tokens, units, explainer: Explainer
         raise LlmriError("page: llmri.explain.explain_units writes data only; build the page with "
                          "llmri.report.explain_page(result, out), or call llmri.explain(..., page=True)")
 
-    from ..capture import engine_options
-
-    on_ray = engine_options(engine, workers, resources)
+    engine = as_engine(engine, workers, resources, address, retries)
     scorers = _check_scorers(scorers)
     units = [int(u) for u in units]
     acts = np.asarray(acts, dtype=np.float32)
     if acts.ndim != 2 or acts.shape[1] != len(units):
         raise LlmriError(f"activations: expected shape [n_tokens, {len(units)}], got {list(acts.shape)}")
     be = explainer.backend
+    if engine.remote and isinstance(be, LocalLM) and isinstance(be._spec, Model):
+        raise LlmriError("backend: on Ray give LocalLM the model's name or folder (e.g. LocalLM('default-decoder')), "
+                         "so that each worker loads its own copy (got a loaded Model)")
     if out is not None and be.cache_dir is None:
         be.set_cache(Path(out) / "calls")
     be.reset_stats()
@@ -126,15 +129,26 @@ def explain_units(acts: np.ndarray, offsets, tokens, units, explainer: Explainer
     base: dict[int, dict] = {}
     perm = _derangement(len(live), explainer.seed) if baseline else []
 
-    bar = tqdm(total=len(live) + len(perm), unit="unit", desc="explaining" + (f" on {workers} workers" if on_ray else ""),
+    state = Constant(explainer)   # each Ray worker holds its own copy (a LocalLM loads its model there)
+
+    def run(jobs):
+        try:
+            return engine.map(run_job, jobs, state=state, done=lambda i: bar.update(1), threads=be.concurrency)
+        except JobsFailed as e:
+            raise e.reword(f"explain: {e.failed} of {e.total} units failed after {e.retries} retries ({e.why}); "
+                           "rerun the same command: the calls already made are cached") from None
+
+    bar = tqdm(total=len(live) + len(perm), unit="unit", desc=engine.label("explaining"),
                disable=None if progress is None else not progress, file=sys.stderr, dynamic_ncols=True)
-    with bar, _runner(explainer, on_ray, workers, resources, address) as run:
-        for u, (text, s, use) in run([("explain", u, examples[u], scorers) for u in live], bar.update):
+    with bar, engine:
+        for u, (text, s, use) in run([("explain", u, examples[u], scorers) for u in live]):
             explanations[u], scores[u], usage[u] = text, s, use
         jobs = [("score", u, examples[u], scorers, explanations[live[perm[i]]]) for i, u in enumerate(live[:len(perm)])]
-        for u, s in run(jobs, bar.update):
+        for u, s in run(jobs):
             base[u] = s
-        stats, model_name = run.stats()
+        got = engine.each(backend_stats, state)
+    stats = {k: sum(s[k] for s, _ in got) for k in got[0][0]}   # summed over the workers' copies
+    model_name = got[0][1]
 
     rows, records = [], []
     for u in units:
@@ -163,8 +177,8 @@ def explain_units(acts: np.ndarray, offsets, tokens, units, explainer: Explainer
                 seed=explainer.seed, units=units, stats=stats)
     if "simulation" in scorers:
         info["simulator"] = resolve_simulator(be, explainer.simulator)
-    if on_ray:
-        info["engine"] = dict(engine="ray", workers=workers)
+    if engine.remote:
+        info["engine"] = dict(engine=engine.kind, workers=engine.workers)
     res = ExplainResult(table, records, info)
     if out is not None:
         res.save(out)
@@ -184,43 +198,10 @@ def run_job(explainer: Explainer, job: tuple):
     return u, (text, s, used)
 
 
-class _Local:
-    """Jobs run in this process, ``backend.concurrency`` at a time (threads, for HTTP backends)."""
-
-    def __init__(self, explainer: Explainer):
-        self.explainer = explainer
-
-    def __call__(self, jobs, done):
-        for r in _map(lambda j: run_job(self.explainer, j), jobs, self.explainer.backend.concurrency):
-            done(1)
-            yield r
-
-    def stats(self):
-        be = self.explainer.backend
-        return dict(be.stats), be.model_name
-
-
-@contextlib.contextmanager
-def _runner(explainer: Explainer, on_ray: bool, workers: int, resources, address):
-    if not on_ray:
-        yield _Local(explainer)
-        return
-    from ..distributed import explainers
-
-    with explainers(explainer, workers=workers, resources=resources, address=address) as run:
-        yield run
-
-
-def _map(fn, items, concurrency: int):
-    items = list(items)
-    if concurrency <= 1 or len(items) <= 1:
-        for it in items:
-            yield fn(it)
-        return
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        yield from pool.map(fn, items)
+def backend_stats(explainer: Explainer) -> tuple[dict, str]:
+    """The call statistics of ``explainer``'s backend (this worker's copy) and its model's name."""
+    be = explainer.backend
+    return dict(be.stats), be.model_name
 
 
 def _check_scorers(scorers) -> tuple[str, ...]:
@@ -235,8 +216,6 @@ def _check_scorers(scorers) -> tuple[str, ...]:
 
 def _token_strings(scan, tokenizer):
     if tokenizer is None:
-        from ..model import offline_tokenizer
-
         tokenizer = offline_tokenizer(scan.model_name)
     if tokenizer is None:
         raise LlmriError(f"cannot load the tokenizer of {scan.model_name!r} offline; pass tokenizer=")
@@ -250,18 +229,20 @@ def _token_strings(scan, tokenizer):
 
 
 def explain(scan, site: str, units, explainer: Explainer, scorers=SCORERS, encoder=None, baseline: bool = True,
-            tokenizer=None, out=None, page: bool = False, progress: bool | None = None, engine: str = "local",
+            tokenizer=None, out=None, page: bool = False, progress: bool | None = None, engine="local",
             workers: int = 1, resources: dict | None = None, address: str | None = None,
-            meta: dict | None = None) -> ExplainResult:
+            meta: dict | None = None, retries: int | None = None) -> ExplainResult:
     """Explain and score units of a Scan with token-level records.
 
     Units are the neurons of ``site`` (e.g. ``"mlp.10"``), or, with ``encoder`` (an SAE: a
     callable or an object with ``encode`` mapping ``[n_tokens, d]`` to ``[n_tokens, n_features]``),
     its features. ``units`` is a list of indices or ``"top:K"`` (the K with the largest maximum).
     With ``out``, the tables are written there (the page is :func:`llmri.report.explain_page`;
-    ``llmri.explain`` writes both) and every backend call is cached in ``out/calls``. ``engine="ray"`` runs the units on
-    ``workers`` Ray actors (``resources`` each, e.g. ``{"GPU": 1}``; ``address`` as in
-    :func:`llmri.distributed.connect`), each with its own copy of the backend, sharing the cache.
+    ``llmri.explain`` writes both) and every backend call is cached in ``out/calls``. ``engine`` says
+    where the units run: ``"local"`` (``backend.concurrency`` units at a time, threads for HTTP
+    backends) or an :class:`~llmri.Engine` (``engine="ray", workers=N, resources={"GPU": 1},
+    address=..., retries=...`` makes one), whose workers each hold their own copy of the backend,
+    sharing the cache.
     ``meta`` is stored in ``explain.json`` (e.g. ``{"sae": "runs/sae15"}``, which lets
     ``llmri sae report`` find the run beside that SAE).
 
@@ -269,12 +250,8 @@ def explain(scan, site: str, units, explainer: Explainer, scorers=SCORERS, encod
     >>> res = llmri.explain(scan, "mlp.10", [12, 40], explainer=ex, out="runs/explain")
     >>> res.table[["unit", "explanation", "simulation_score", "simulation_baseline"]]
     """
-    from ..store import Scan
-
-    from ..capture import engine_options
-
     scan = scan if isinstance(scan, Scan) else Scan.open(scan)
-    engine_options(engine, workers, resources)
+    engine = as_engine(engine, workers, resources, address, retries)
     if not isinstance(explainer, Explainer):
         raise LlmriError(f"explainer: expected an llmri.Explainer, got {type(explainer).__name__}")
     scorers = _check_scorers(scorers)
@@ -290,8 +267,7 @@ def explain(scan, site: str, units, explainer: Explainer, scorers=SCORERS, encod
     meta = dict(meta or {}, scan=str(Path(scan.folder).resolve()), site=site,
                 unit_kind="feature" if encoder is not None else "neuron")
     return explain_units(acts, scan.token_offsets, tokens, units, explainer, scorers=scorers, baseline=baseline,
-                         progress=progress, out=out, page=page, meta=meta, engine=engine, workers=workers,
-                         resources=resources, address=address)
+                         progress=progress, out=out, page=page, meta=meta, engine=engine)
 
 
 def parse_units(spec: str):
