@@ -16,7 +16,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "llmri"
 FLOORS = {
     "ground": ["errors", "sites", "model", "corpus", "store", "batches", "stats", "engine", "distributed"],
     "figures": ["viz"],
-    "analyses": ["capture", "regions", "nrag", "metrics", "probe", "neurons", "attention", "interventions",
+    "analyses": ["capture", "scan_settings", "regions", "nrag", "metrics", "probe", "neurons", "attention", "interventions",
                  "generate", "sae", "explain", "circuits"],
     "presentation": ["report"],
     "shell": ["cli", "commands", "__main__"],
