@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..explain import explainer as _analysis
 from ..viz import explain_score_figure, explain_score_plot, explanation_html
-from . import build_page
+from .page import build_page
 
 
 def explain_page(result, out, top: int = 50) -> Path:

@@ -1,0 +1,81 @@
+"""``llmri ablate`` and ``llmri patch``: what breaks when a part of the model is removed (a lesion
+map), and what comes back when one site is restored from a clean run (activation patching)."""
+
+from __future__ import annotations
+
+import click
+
+from .options import _check_ray, _ints, _model_loader, _ray_options, _specs
+
+
+@click.command("ablate")
+@click.argument("corpus")
+@click.option("--model", "model_name", default="default", show_default=True)
+@click.option("--out", required=True, help="Folder for lesion.html, figures and tables.")
+@click.option("--measure", type=click.Choice(["auto", "loss", "representation", "probe"]), default="auto",
+              show_default=True, help="auto: the model's loss when it has one, else representation change.")
+@click.option("--mode", type=click.Choice(["zero", "mean", "resample"]), default="zero", show_default=True)
+@click.option("--scan", "scan_dir", default=None, help="Scan with attn_z and mlp_out sites, for mean/resample.")
+@click.option("--layers", default=None, help="Comma-separated layers (default: all).")
+@click.option("--text-column", default=None)
+@click.option("--label-column", default=None)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--download", is_flag=True)
+@_ray_options
+def ablate_cmd(corpus, model_name, out, measure, mode, scan_dir, layers, text_column, label_column, device, download,
+               ray_mode, workers, gpus_per_worker):
+    """Lesion map: ablate every attention head and every MLP in turn over CORPUS."""
+    from ..corpus import Corpus
+    from ..interventions import lesion_map
+    from ..model import load_model
+    from ..report import largest_effects, lesion_page
+    from ..store import Scan
+
+    ray = _check_ray(ray_mode, workers, gpus_per_worker)
+    layers = _ints(layers, "--layers") if layers else None
+    docs = Corpus.from_path(corpus, text_column=text_column, label_column=label_column)
+    scan = Scan.open(scan_dir) if scan_dir else None
+    if ray is None:
+        model = load_model(model_name, device=device, download=download)
+        df = lesion_map(model, docs, measure=measure, mode=mode, scan=scan, layers=layers, progress=None)
+        model_name = model.name
+    else:
+        df = _lesion_map_on_ray(model_name, device, download, docs, measure, mode, scan, layers, ray)
+    click.echo(f"{df.attrs['measure']}: baseline {df.attrs['baseline']:.4g}; largest effects:")
+    click.echo(largest_effects(df).head(10).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    path = lesion_page(df, out, model_name, n_docs=len(docs), mode=mode)
+    click.echo(f"lesion map: {path}")
+
+
+def _lesion_map_on_ray(model_name, device, download, docs, measure, mode, scan, layers, ray):
+    """``llmri ablate --ray``: the one place the CLI reaches the Ray executor for a lesion map."""
+    from ..distributed import lesion_map as lesion_map_on_ray
+
+    return lesion_map_on_ray(_model_loader(model_name, device, download), docs, measure=measure, mode=mode,
+                             scan=scan, layers=layers, progress=None, **ray)
+
+
+@click.command("patch")
+@click.option("--model", "model_name", default="default", show_default=True)
+@click.option("--clean", required=True, help="The clean input text.")
+@click.option("--corrupted", required=True, help="The corrupted input (same number of tokens).")
+@click.option("--out", required=True, help="Folder for patch.html, figures and tables.")
+@click.option("--sites", default="resid,attn_out,mlp_out", show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--download", is_flag=True)
+def patch_cmd(model_name, clean, corrupted, out, sites, device, download):
+    """Activation patching (causal tracing) from a clean into a corrupted run."""
+    from ..interventions import patch
+    from ..model import load_model
+    from ..report import patch_page, patch_ranking
+
+    model = load_model(model_name, device=device, dtype="float32", download=download)
+    specs = _specs(sites)
+    res = patch(model, clean, corrupted, sites=specs, progress=None)
+    click.echo(f"metric: clean {res.clean_metric:.4g}, corrupted {res.corrupted_metric:.4g}")
+    ranked, why = patch_ranking(res)
+    click.echo(ranked.head(5).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if why:
+        click.echo(f"({why})")
+    path = patch_page(res, out, clean, corrupted, model_name=model.name, sites=specs)
+    click.echo(f"patching: {path}")

@@ -1,0 +1,162 @@
+"""``llmri sae``: sparse-autoencoder features: train, eval, report, steer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..errors import LlmriError
+from .options import _check_explanations, _check_out, _default_out, _specs
+
+
+@click.group("sae")
+def sae_group() -> None:
+    """Sparse-autoencoder features: train, eval, report, steer."""
+
+
+def _sae_out(out: str, overwrite: bool) -> Path:
+    out_p = _check_out(out, "choose another --out")
+    if out_p.is_dir() and any(out_p.iterdir()) and not overwrite:
+        raise LlmriError(f"{out}: folder is not empty; choose a new --out or pass --overwrite")
+    return out_p
+
+
+@sae_group.command("train")
+@click.argument("scan_dir")
+@click.option("--site", "--sites", "site", required=True,
+              help="Token site(s) to read, e.g. resid.15 or resid.4,resid.8 (one pass, one sub-folder each).")
+@click.option("--target-site", default=None, help="Train transcoders: the site to predict, e.g. mlp_out.15.")
+@click.option("--latents", type=int, default=4096, show_default=True, help="Number of SAE features.")
+@click.option("--k", type=int, default=32, show_default=True, help="Active features per token (TopK/BatchTopK).")
+@click.option("--arch", type=click.Choice(["batchtopk", "topk", "jumprelu", "relu"]), default="batchtopk",
+              show_default=True)
+@click.option("--epochs", type=int, default=1, show_default=True)
+@click.option("--batch-size", type=int, default=4096, show_default=True, help="Tokens per step.")
+@click.option("--lr", type=float, default=None, help="Learning rate (default 2e-4 / sqrt(latents / 16384)).")
+@click.option("--l1", "l1_coefficient", type=float, default=5.0, show_default=True, help="L1 weight (relu).")
+@click.option("--l0", "l0_coefficient", type=float, default=0.05, show_default=True, help="L0 weight (jumprelu).")
+@click.option("--skip-outliers", type=float, default=10.0, show_default=True,
+              help="Leave out tokens whose norm exceeds this many times the median (massive activations); 0 keeps all.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--out", required=True, help="Folder for the SAE (one sub-folder per site when several).")
+@click.option("--overwrite", is_flag=True, help="Write into a non-empty --out.")
+def sae_train_cmd(scan_dir, site, target_site, latents, k, arch, epochs, batch_size, lr, l1_coefficient,
+                  l0_coefficient, skip_outliers, seed, device, out, overwrite):
+    """Train an SAE (or transcoder) on the token records of SCAN_DIR; saved in SAELens' layout."""
+    from ..sae import train_sae
+    from ..store import Scan
+
+    out_p = _sae_out(out, overwrite)
+    scan = Scan.open(scan_dir)
+    sites = _specs(site)
+    targets = [x.strip() for x in target_site.split(",")] if target_site else None
+    if targets is not None and len(targets) != len(sites):
+        raise LlmriError(f"--target-site: give one target per site ({len(sites)}), got {len(targets)}")
+    result = train_sae(scan, sites[0] if len(sites) == 1 else sites, n_latents=latents, k=k, arch=arch,
+                       target_site=(targets[0] if targets and len(sites) == 1 else targets), epochs=epochs,
+                       batch_size=batch_size, lr=lr, l1_coefficient=l1_coefficient, l0_coefficient=l0_coefficient,
+                       skip_outliers=skip_outliers or None, seed=seed, device=device, progress=None)
+    saes = {sites[0]: result} if len(sites) == 1 else result
+    for name, sae in saes.items():
+        folder = out_p if len(saes) == 1 else out_p / name
+        sae.save(folder)
+        last = sae.metadata["final"]
+        click.echo(f"{sae!r}: {folder}  (last batch: explained variance {last['ev']:.3f}, L0 {last['l0']:.1f}, "
+                   f"dead {last['dead']:.1%})")
+
+
+@sae_group.command("eval")
+@click.argument("sae_dir")
+@click.option("--model", "model_name", required=True, help="The model the SAE was trained on.")
+@click.option("--corpus", required=True, help="Held-out texts: a corpus folder or CSV/TSV/JSONL file.")
+@click.option("--batch-tokens", type=int, default=4096, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--download", is_flag=True)
+def sae_eval_cmd(sae_dir, model_name, corpus, batch_tokens, device, download):
+    """Evaluate the SAE in SAE_DIR spliced into the model: L0, explained variance, CE loss score, KL.
+    The numbers are also written to SAE_DIR/eval.json."""
+    from ..corpus import Corpus
+    from ..model import load_model
+    from ..sae import SAE, evaluate_sae
+    from ..store import atomic_write_json
+
+    sae = SAE.load(sae_dir)
+    docs = Corpus.from_path(corpus)
+    model = load_model(model_name, device=device, dtype="float32", download=download)
+    m = evaluate_sae(sae, model, docs, batch_tokens=batch_tokens, progress=None)
+    scalars = {k: v for k, v in m.items() if k != "feature_density"}
+    atomic_write_json(Path(sae_dir) / "eval.json", scalars)
+    for key, v in scalars.items():
+        click.echo(f"{key:24s} {v:.4g}" if isinstance(v, float) else f"{key:24s} {v}")
+
+
+@sae_group.command("report")
+@click.argument("sae_dir")
+@click.option("--scan", "scan_dir", required=True, help="Scan with token records of the SAE's site.")
+@click.option("--out", default=None, help="Folder for features.html (default: SAE_DIR-report).")
+@click.option("--model", "model_name", default=None, help="Model, for output tokens (W_dec @ W_U).")
+@click.option("--cards", type=int, default=200, show_default=True, help="Features with a dashboard in the page.")
+@click.option("--map", "method", type=click.Choice(["pca", "umap"]), default="pca", show_default=True)
+@click.option("--explanations", multiple=True, help="An llmri explain --sae output folder of this SAE "
+              "(repeatable); default: the explain runs found beside SAE_DIR.")
+@click.option("--device", default="auto", show_default=True)
+def sae_report_cmd(sae_dir, scan_dir, out, model_name, cards, method, explanations, device):
+    """Feature browser of SAE_DIR over a Scan: map, searchable table, dashboards, categories."""
+    from ..explain.results import find_explanations
+    from ..model import load_model
+    from ..report import build_feature_browser
+    from ..sae import SAE, feature_activations
+    from ..store import Scan
+
+    if cards < 0:
+        raise LlmriError(f"--cards must be >= 0, got {cards}")
+    _check_explanations(explanations, " --sae")
+    sae = SAE.load(sae_dir)
+    explanations = list(explanations) or find_explanations(sae_dir, sae.site, "feature")
+    scan = Scan.open(scan_dir)
+    model = load_model(model_name, device=device, dtype="float32") if model_name else None
+    feats = feature_activations(sae, scan, progress=None)
+    ev = Path(sae_dir) / "eval.json"
+    metrics = json.loads(ev.read_text()) if ev.is_file() else None
+    out = Path(out) if out else _default_out(sae_dir, "report")
+    path = build_feature_browser(sae, feats, out, model=model, metrics=metrics, n_cards=cards, method=method,
+                                 explanations=explanations)
+    click.echo(f"features: {path}")
+
+
+@sae_group.command("steer")
+@click.argument("sae_dir")
+@click.argument("prompt")
+@click.option("--model", "model_name", required=True)
+@click.option("--feature", type=int, required=True, help="Feature id to clamp.")
+@click.option("--value", "values", multiple=True, default=("0", "5x", "10x"), show_default=True,
+              help="Clamp values, absolute or multiples of the feature's maximum ('10x'); repeat for several.")
+@click.option("--max-new-tokens", type=int, default=40, show_default=True)
+@click.option("--out", default=None, help="Folder for steer.html (side-by-side generations).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--download", is_flag=True)
+def sae_steer_cmd(sae_dir, prompt, model_name, feature, values, max_new_tokens, out, device, download):
+    """Generate from PROMPT with one SAE feature clamped to each --value, side by side."""
+    from ..generate import generate
+    from ..model import load_model
+    from ..sae import SAE, clamp
+    from ..sae.clamp import resolve_values
+
+    sae = SAE.load(sae_dir)
+    for v in values:  # every value checked before the model loads
+        resolve_values(sae, {feature: v})
+    model = load_model(model_name, device=device, dtype="float32", download=download)
+    rows = [("none (original)", generate(model, prompt, max_new_tokens=max_new_tokens))]
+    for v in values:
+        with clamp(model, sae, {feature: v}) as c:
+            rows.append((f"{v} = {c.values[0]:.4g}", generate(model, prompt, max_new_tokens=max_new_tokens)))
+    for label, text in rows:
+        click.echo(f"[{label}] {text}")
+    if out:
+        from ..report import clamp_page
+
+        path = clamp_page(rows, out, sae, feature, prompt, max_new_tokens=max_new_tokens)
+        click.echo(f"steer: {path}")

@@ -1,0 +1,103 @@
+"""The page plumbing every report page shares: the output folder, figures written as PNG/SVG
+beside the page and inlined as plotly, tables as HTML and CSV, and :func:`build_page`, the
+one-topic page in the report's format.
+
+>>> build_page("runs/probe", "probe", "llmri probe", ["one line of context"],
+...            [(probe_figure(df), probe_plot(df), "probe")], [("Probe per layer", df, "probe")])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+from markupsafe import Markup
+
+from ..errors import LlmriError
+from ..store import atomic_write_bytes, atomic_write_text
+from ..viz import save_figure, script_json
+
+
+class _Figures:
+    """Collects interactive figures for the page and writes static copies to ``figures/``."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.count = 0
+
+    def interactive(self, fig) -> Markup:
+        import plotly.io as pio
+
+        self.count += 1
+        fid = f"figure-{self.count}"
+        payload = script_json(pio.to_json(fig, validate=False), serialized=True)
+        return Markup(f'<div class="figure" id="{fid}"></div>\n<script>(function(){{var f={payload};'
+                      f'Plotly.newPlot("{fid}",f.data,f.layout,{{responsive:true,displaylogo:false}});}})();</script>')
+
+    def static(self, fig, name: str) -> list[str]:
+        import matplotlib.pyplot as plt
+
+        paths = [save_figure(fig, self.folder / f"{name}.{ext}").name for ext in ("png", "svg")]
+        plt.close(fig)
+        return paths
+
+
+def _slug(name: str) -> str:
+    """A file-name-safe form of a category name: ``"Outer space!"`` -> ``"outer_space"``."""
+    return re.sub(r"[^a-z0-9]+", "_", str(name).lower()).strip("_") or "category"
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+
+
+def output_folder(out) -> Path:
+    """The folder a page goes to, checked (call it before a model loads to fail early); static
+    figures are drawn off-screen from here on."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise LlmriError(f"{out}: exists and is not a folder")
+    return out
+
+
+def _table(df: pd.DataFrame) -> Markup:
+    return Markup(df.to_html(index=False, escape=True, border=0, classes="table",
+                             float_format=lambda v: f"{v:.4g}"))
+
+
+def _environment():
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    return Environment(loader=PackageLoader("llmri", "report"), autoescape=select_autoescape(["html", "j2"]))
+
+
+def build_page(out, name: str, title: str, intro: list[str], figures: list[tuple], tables: list[tuple],
+               html_blocks: list[tuple[str, str]] = ()) -> Path:
+    """A one-topic HTML page in the report's format: ``out/{name}.html``, static figures and CSVs.
+
+    ``figures`` holds (plotly figure, matplotlib figure, file stem); ``tables`` holds
+    (heading, DataFrame, CSV file stem); ``html_blocks`` holds (heading, trusted HTML fragment)
+    shown after the tables.
+    """
+    import plotly.offline
+
+    out = output_folder(out)
+    figs = _Figures(out)
+    blocks, files = [], []
+    for interactive, static, stem in figures:
+        blocks.append(figs.interactive(interactive))
+        files += figs.static(static, stem)
+    for _, df, stem in tables:
+        atomic_write_text(out / f"{_safe(stem)}.csv", df.to_csv(index=False))
+        files.append(f"{_safe(stem)}.csv")
+    page = _environment().get_template("page.html.j2").render(
+        plotly_js=Markup(plotly.offline.get_plotlyjs()), title=title, intro=intro, figures=blocks,
+        tables=[(h, _table(df)) for h, df, _ in tables], files=files,
+        html_blocks=[(h, Markup(b)) for h, b in html_blocks])
+    path = out / f"{name}.html"
+    atomic_write_bytes(path, page.encode("utf-8"))
+    return path
