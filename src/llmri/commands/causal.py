@@ -31,28 +31,21 @@ def ablate_cmd(corpus, model_name, out, measure, mode, scan_dir, layers, text_co
     from ..report import largest_effects, lesion_page
     from ..store import Scan
 
-    ray = _check_ray(ray_mode, workers, gpus_per_worker)
+    engine = _check_ray(ray_mode, workers, gpus_per_worker)
     layers = _ints(layers, "--layers") if layers else None
     docs = Corpus.from_path(corpus, text_column=text_column, label_column=label_column)
     scan = Scan.open(scan_dir) if scan_dir else None
-    if ray is None:
+    if engine is None:
         model = load_model(model_name, device=device, download=download)
-        df = lesion_map(model, docs, measure=measure, mode=mode, scan=scan, layers=layers, progress=None)
         model_name = model.name
-    else:
-        df = _lesion_map_on_ray(model_name, device, download, docs, measure, mode, scan, layers, ray)
+    else:  # each Ray worker loads its own copy
+        model = _model_loader(model_name, device, download)
+    df = lesion_map(model, docs, measure=measure, mode=mode, scan=scan, layers=layers, progress=None,
+                    engine=engine or "local")
     click.echo(f"{df.attrs['measure']}: baseline {df.attrs['baseline']:.4g}; largest effects:")
     click.echo(largest_effects(df).head(10).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     path = lesion_page(df, out, model_name, n_docs=len(docs), mode=mode)
     click.echo(f"lesion map: {path}")
-
-
-def _lesion_map_on_ray(model_name, device, download, docs, measure, mode, scan, layers, ray):
-    """``llmri ablate --ray``: the one place the CLI reaches the Ray executor for a lesion map."""
-    from ..distributed import lesion_map as lesion_map_on_ray
-
-    return lesion_map_on_ray(_model_loader(model_name, device, download), docs, measure=measure, mode=mode,
-                             scan=scan, layers=layers, progress=None, **ray)
 
 
 @click.command("patch")

@@ -47,7 +47,7 @@ def explain_cmd(scan_dir, site, neuron_spec, sae, feature_spec, backend, model_n
     from ..sites import parse_site
     from ..store import Scan
 
-    ray = _check_ray(ray_mode, workers, gpus_per_worker)
+    engine = _check_ray(ray_mode, workers, gpus_per_worker)
     if sae and neuron_spec:
         raise LlmriError("--neurons and --sae exclude each other; with --sae choose --features")
     spec = feature_spec if sae else neuron_spec
@@ -80,7 +80,7 @@ def explain_cmd(scan_dir, site, neuron_spec, sae, feature_spec, backend, model_n
     res = explain(scan, site, units, Explainer(be, style=style, seed=seed, simulator=simulator), scorers=names, encoder=encoder,
                   meta={"sae": str(Path(sae).resolve())} if sae else None,
                   baseline=not no_baseline, out=out, progress=None,
-                  **({} if ray is None else _on_ray(ray)))
+                  engine=engine or "local")
     cols = [c for c in res.table.columns if c in ("unit", "simulation_score", "simulation_baseline",
                                                  "detection_balanced_accuracy", "fuzzing_balanced_accuracy", "explanation")]
     click.echo(res.table[cols].to_string(index=False, max_colwidth=60, float_format=lambda v: f"{v:.3f}"))
@@ -88,11 +88,6 @@ def explain_cmd(scan_dir, site, neuron_spec, sae, feature_spec, backend, model_n
     click.echo(f"\n{st['calls']} calls ({st['cache_hits']} from the cache), {st['prompt_tokens']} prompt and "
                f"{st['completion_tokens']} completion tokens")
     click.echo(f"explanations: {Path(out) / 'explanations.csv'}")
-
-
-def _on_ray(ray: dict) -> dict:
-    """``llmri explain --ray``: the arguments that send the units to Ray workers."""
-    return dict(engine="ray", **ray)
 
 
 def _load_sae(path):

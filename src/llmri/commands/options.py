@@ -86,8 +86,8 @@ def _ray_options(f):
     return _apply(_RAY_OPTIONS, f)
 
 
-def _check_ray(ray_mode, workers, gpus_per_worker) -> dict | None:
-    """The Ray options checked before Ray or a model starts; None without --ray."""
+def _check_ray(ray_mode, workers, gpus_per_worker):
+    """The :class:`llmri.Engine` of the Ray options, checked before Ray or a model starts; None without --ray."""
     import importlib.util
 
     if ray_mode is None:
@@ -98,17 +98,12 @@ def _check_ray(ray_mode, workers, gpus_per_worker) -> dict | None:
         raise LlmriError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker}")
     workers = 2 if workers is None else workers
     resources = {"GPU": gpus_per_worker} if gpus_per_worker else None
-    _check_ray_options(workers, resources, ray_mode)
+    from ..engine import Engine
+
+    engine = Engine("ray", workers=workers, resources=resources, address=ray_mode)
     if importlib.util.find_spec("ray") is None:
         raise LlmriError("--ray: Ray is not installed; pip install 'llmri[ray]'")
-    return dict(workers=workers, resources=resources, address=ray_mode)
-
-
-def _check_ray_options(workers, resources, address) -> None:
-    """The library's check of the Ray options (to become the Engine's own check)."""
-    from ..distributed import check_options
-
-    check_options(workers, resources, address=address)
+    return engine
 
 
 def _model_loader(model_name, device, download, dtype="auto"):

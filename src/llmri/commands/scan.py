@@ -1,8 +1,8 @@
 """``llmri scan``, ``llmri demo`` and ``llmri report``: capture a corpus into a Scan, and the report
 of a Scan.
 
-The scan request cache (``_check_scan_args``, ``_scan_request``, ``_cached_scan``, ``_run_scan``)
-is here until it moves into the library with the scan settings.
+Settings are checked by the library's :class:`llmri.scan_settings.ScanSettings` before a model
+loads, and a repeated scan is answered from disk by :func:`llmri.scan_settings.cached_scan`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 import click
 
 from ..errors import LlmriError
-from .options import (_check_explanations, _check_ray, _default_out, _ints, _model_loader, _ray_options, _report_options, _scan_options,
-                      _specs)
+from .options import (_check_explanations, _check_ray, _default_out, _ints, _model_loader, _ray_options,
+                      _report_options, _scan_options)
 
 
 def _summary(scan) -> str:
@@ -28,97 +28,42 @@ def _summary(scan) -> str:
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------- the scan request cache
-def _check_scan_args(model_name, out, sites, token_sites, layers, batch_tokens, max_length, dtype):
-    """Everything that can be checked without the model, checked before it loads (in milliseconds).
+# ---------------------------------------------------------------- the scan, through the library's settings
+def _settings(sites, token_sites, layers, batch_tokens, max_length, dtype, pool="auto", device="auto",
+              shard_tokens=None):
+    from ..scan_settings import ScanSettings
 
-    Returns the model's folder on disk (``None`` when it must be downloaded) and the layer list.
-    """
-    from ..model import _DTYPES, config_n_layers, model_folder
-    from ..sites import expand_sites, parse_site
-
-    for spec in _specs(sites) + _specs(token_sites):
-        parse_site(spec)
-    layer_list = _ints(layers, "--layers") if layers is not None else None
-    if batch_tokens < 1:
-        raise LlmriError(f"--batch-tokens {batch_tokens}: must be a positive integer")
-    if max_length is not None and max_length < 1:
-        raise LlmriError(f"--max-length {max_length}: must be a positive integer")
-    if dtype != "auto" and dtype not in _DTYPES:
-        raise LlmriError(f"--dtype {dtype!r} is not one of auto, float32, bfloat16, float16")
-    if Path(out).exists() and not Path(out).is_dir():
-        raise LlmriError(f"{out}: exists and is not a folder; choose another output folder")
-    folder = model_folder(model_name)
-    n_layers = config_n_layers(folder) if folder is not None else None
-    if n_layers is not None:  # layer ranges, from config.json
-        expand_sites(_specs(sites), n_layers, layer_list)
-        expand_sites(_specs(token_sites), n_layers, layer_list)
-    return folder, layer_list
-
-
-def _cached_scan(out, request: str):
-    """The finished scan in ``out`` made by the same request, else ``None`` (no model needed)."""
-    from ..store import Scan, complete_shards, read_manifest
-
-    old = read_manifest(out) if Path(out).is_dir() else None
-    if old is None or old.get("request") != request:
-        return None
-    if len(complete_shards(out, old["plan"]["n_shards"])) < old["plan"]["n_shards"]:
-        return None
-    return Scan.open(out)
-
-
-def _scan_request(corpus, model_name, out, pool, sites, token_sites, layers, batch_tokens, max_length, device,
-                  dtype, shard_tokens):
-    """The checks made before the model loads, and the request key stored in the manifest
-    (None when the model is not on disk yet): ``(layer list, request)``."""
-    import hashlib
-    import json
-
-    from ..model import files_fingerprint
-
-    folder, layer_list = _check_scan_args(model_name, out, sites, token_sites, layers, batch_tokens,
-                                          max_length, dtype)
-    if folder is None:
-        return layer_list, None
-    options = dict(pool=pool, sites=sites, token_sites=token_sites, layers=layer_list,
-                   batch_tokens=batch_tokens, max_length=max_length, device=device, dtype=dtype,
-                   shard_tokens=shard_tokens)
-    return layer_list, hashlib.sha256(json.dumps(dict(model=files_fingerprint(folder), corpus=corpus.fingerprint,
-                                                      options=options), sort_keys=True).encode()).hexdigest()[:20]
+    return ScanSettings(sites=sites, token_sites=token_sites, pool=pool, layers=layers, batch_tokens=batch_tokens,
+                        max_length=max_length, shard_tokens=shard_tokens, device=device, dtype=dtype, flags=True)
 
 
 def _run_scan(corpus, out, model_name, pool, sites, token_sites, layers, batch_tokens, max_length,
-              device, dtype, download, overwrite, shard_tokens=None, need_model=False):
-    """Scan ``corpus`` into ``out``; an identical earlier request is answered from disk, model unloaded.
+              device, dtype, download, overwrite, shard_tokens=None, need_model=False, engine=None):
+    """Scan ``corpus`` into ``out``; an identical earlier request is answered from disk, model unloaded
+    (:func:`llmri.scan_settings.cached_scan`). Every setting is checked before the model loads.
 
     Returns ``(model or None, scan)``; with ``need_model`` the model is loaded in any case.
     """
-    layer_list, request = _scan_request(corpus, model_name, out, pool, sites, token_sites, layers, batch_tokens,
-                                        max_length, device, dtype, shard_tokens)
-    if request is not None:
-        cached = _cached_scan(out, request)
-        if cached is not None and not need_model:
-            return None, cached
-    if not overwrite:  # a different scan in --out, told before the model loads when the corpus or pool says so
-        from ..store import read_manifest
+    from ..scan_settings import cached_scan, check_same_scan, out_folder, scan_request
 
-        old = read_manifest(out) if Path(out).is_dir() else None
-        diffs = [] if old is None else (
-            (["corpus"] if old.get("corpus", {}).get("fingerprint") != corpus.fingerprint else [])
-            + ([f"pool {old['settings'].get('pool')} -> {pool}"]
-               if pool != "auto" and old.get("settings", {}).get("pool") != pool else []))
-        if diffs:
-            raise LlmriError(f"{out}: holds a different scan ({', '.join(diffs)}); "
-                             "choose another output folder or pass --overwrite")
+    settings = _settings(sites, token_sites, layers, batch_tokens, max_length, dtype, pool, device, shard_tokens)
+    out_folder(out)
+    request = scan_request(model_name, corpus, settings)
+    cached = cached_scan(out, request)
+    if cached is not None and not need_model:
+        return None, cached
+    if not overwrite:  # a different scan in --out, told before the model loads when the corpus or pool says so
+        check_same_scan(out, corpus, settings)
     from ..capture import scan
     from ..model import load_model
 
-    model = load_model(model_name, device=device, dtype=dtype, download=download)
-    result = scan(model, corpus, out, sites=_specs(sites), pool=pool, layers=layer_list,
-                  max_length=max_length, batch_tokens=batch_tokens, token_sites=_specs(token_sites),
-                  shard_tokens=shard_tokens, overwrite=overwrite, progress=None, request=request)
-    return model, result
+    if engine is None or need_model:
+        model = load_model(model_name, device=device, dtype=dtype, download=download)
+    else:
+        model = _model_loader(model_name, device, download, dtype)
+    result = scan(model, corpus, out, settings=settings, overwrite=overwrite, progress=None, request=request,
+                  engine=engine or "local")
+    return (model if need_model else None), result
 
 
 # ---------------------------------------------------------------- the commands
@@ -135,26 +80,11 @@ def scan_cmd(corpus, out, text_column, label_column, ray_mode, workers, gpus_per
     """Scan CORPUS (a folder of label sub-folders, or a CSV/TSV/JSONL file) into --out."""
     from ..corpus import Corpus
 
-    ray = _check_ray(ray_mode, workers, gpus_per_worker)
+    engine = _check_ray(ray_mode, workers, gpus_per_worker)
     if kw["layers"] is not None:
         _ints(kw["layers"], "--layers")
     docs = Corpus.from_path(corpus, text_column=text_column, label_column=label_column)
-    if ray is None:
-        click.echo(_summary(_run_scan(docs, out, **kw)[1]))
-        return
-    click.echo(_summary(_scan_on_ray(docs, out, ray, **kw)))
-
-
-def _scan_on_ray(docs, out, ray, model_name, pool, sites, token_sites, layers, batch_tokens, max_length, device,
-                 dtype, download, overwrite, shard_tokens):
-    """``llmri scan --ray``: the one place the CLI reaches the Ray executor for a scan."""
-    from ..distributed import scan
-
-    layers, request = _scan_request(docs, model_name, out, pool, sites, token_sites, layers, batch_tokens,
-                                    max_length, device, dtype, shard_tokens)
-    return scan(_model_loader(model_name, device, download, dtype), docs, out, sites=_specs(sites), pool=pool,
-                layers=layers, max_length=max_length, batch_tokens=batch_tokens, token_sites=_specs(token_sites),
-                shard_tokens=shard_tokens, overwrite=overwrite, progress=None, request=request, **ray)
+    click.echo(_summary(_run_scan(docs, out, engine=engine, **kw)[1]))
 
 
 def _run_report(scan, out, reducer, components, grid, categories, permutations, seed, preset=None, **extra):
