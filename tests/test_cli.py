@@ -153,3 +153,38 @@ def test_probe_ablate_patch_commands(tmp_path):
     assert (tmp_path / "p1" / "patch_resid.png").is_file()
     assert_one_line_error(run("patch", "--model", "tiny", "--clean", "the star", "--corrupted", "the big ball",
                               "--out", "p2", cwd=tmp_path), "same number of tokens")
+
+
+def test_the_pages_the_cli_writes_are_built_from_python(tmp_path):
+    """``llmri ablate`` and ``llmri patch`` write what ``llmri.report.lesion_page`` and
+    ``patch_page`` write from Python on the same results: the same tables, the same page text."""
+    import re
+
+    from conftest import make_module, make_tokenizer
+    from llmri.report import lesion_page, patch_page
+
+    make_module("gpt2").save_pretrained(tmp_path / "tiny")
+    make_tokenizer("gpt2").save_pretrained(tmp_path / "tiny")
+    (tmp_path / "c.csv").write_text("text,label\nthe star shines,a\nthe ball runs,b\nthe moon was slow,a\n")
+    assert run("ablate", "c.csv", "--model", "tiny", "--out", "cli-les", cwd=tmp_path).returncode == 0
+    clean, corrupted = "the star shines over the galaxy", "the ball kicks over the pitch"
+    assert run("patch", "--model", "tiny", "--clean", clean, "--corrupted", corrupted, "--out", "cli-pat",
+               "--sites", "resid,mlp_out", cwd=tmp_path).returncode == 0
+
+    model = llmri.load_model(str(tmp_path / "tiny"))
+    corpus = llmri.Corpus.from_path(tmp_path / "c.csv")
+    lesion_page(llmri.lesion_map(model, corpus, progress=False), tmp_path / "py-les", "tiny", n_docs=len(corpus))
+    res = llmri.patch(model, clean, corrupted, sites=("resid", "mlp_out"))
+    patch_page(res, tmp_path / "py-pat", clean, corrupted, model_name="tiny", sites=["resid", "mlp_out"])
+
+    def text(p):  # the page less its timestamp and the figures' embedded bytes (SVG dates, ids)
+        s = p.read_text()
+        s = re.sub(r"generated [^<]*", "", s)
+        return re.sub(r"<svg.*?</svg>|data:image/[^\"']+", "", s, flags=re.S)
+
+    for cli, py, name in (("cli-les", "py-les", "lesion"), ("cli-pat", "py-pat", "patch")):
+        cli, py = tmp_path / cli, tmp_path / py
+        assert sorted(p.name for p in cli.iterdir()) == sorted(p.name for p in py.iterdir())
+        for f in cli.glob("*.csv"):
+            assert f.read_text() == (py / f.name).read_text(), f.name
+        assert text(cli / f"{name}.html") == text(py / f"{name}.html")
