@@ -106,3 +106,19 @@ def test_module_sizes():
     assert not big, f"modules over {MAX_LINES} lines: {big}"
     cli = len((SRC / "cli.py").read_text(encoding="utf-8").splitlines())
     assert cli <= MAX_LINES_CLI, f"cli.py has {cli} lines; command bodies belong in llmri/commands/"
+
+
+def test_modules_import_modules_by_name_not_through_their_package():
+    """``from . import annotate`` inside a package reads as an import of the package itself, whose
+    ``__init__`` imports the module back: a cycle to any checker that does not resolve the name.
+    Outside an ``__init__``, name the module: ``from .annotate import label_features``."""
+    import ast
+
+    found = []
+    for p in SRC.rglob("*.py"):
+        if p.name == "__init__.py":
+            continue
+        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level > 0 and node.module is None:
+                found.append(f"{p.relative_to(SRC)}:{node.lineno}")
+    assert not found, f"imports through the package: {found}"

@@ -9,7 +9,10 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from ..errors import LlmriError
-from . import annotate, export
+from .annotate import label_features as _label_features
+from .annotate import top_features as _top_features
+from .export import to_dict as _to_dict
+from .export import to_json as _to_json
 from .influence import (
     EMBEDDING,
     ERROR,
@@ -136,7 +139,7 @@ class AttributionGraph:
 
         >>> p = g.prune(); p.label_features("runs/glosses", saes, model=dec)   # doctest: +SKIP
         """
-        return annotate.label_features(self, scan, saes, model=model, n=n)
+        return _label_features(self, scan, saes, model=model, n=n)
 
     def top_features(self, n: int = 10, model=None, saes=None, explanations=None):
         """The ``n`` features with the largest |attribution|: layer, site, position, token, feature,
@@ -146,7 +149,7 @@ class AttributionGraph:
 
         >>> g.top_features(10, model=dec, saes=saes, explanations="runs/explain-resid.8")  # doctest: +SKIP
         """
-        return annotate.top_features(self, n, model=model, saes=saes, explanations=explanations)
+        return _top_features(self, n, model=model, saes=saes, explanations=explanations)
 
     def scores(self) -> dict:
         """Graph scores (Ameisen et al. 2025; circuit-tracer's ``compute_graph_scores``), on this
@@ -210,11 +213,11 @@ class AttributionGraph:
     def to_json(self, path, slug: str | None = None) -> Path:
         """Write the graph in circuit-tracer's graph-viewer format (``metadata``, ``qParams``,
         ``nodes``, ``links``; ``circuit_tracer/frontend/graph_models.py``), atomically."""
-        return export.to_json(self, path, slug)
+        return _to_json(self, path, slug)
 
     def to_dict(self, slug: str = "graph") -> dict:
         """The circuit-tracer JSON as a dict."""
-        return export.to_dict(self, slug)
+        return _to_dict(self, slug)
 
 
 def _cumulative(values, threshold, items):
