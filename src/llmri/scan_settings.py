@@ -26,7 +26,7 @@ from typing import Sequence
 from .errors import LlmriError
 from .model import _DTYPES, config_n_layers, files_fingerprint, model_folder
 from .sites import POOLS, expand_sites, parse_site
-from .store import Scan, complete_shards, read_manifest
+from .store import Scan, check_out_folder, complete_shards, read_manifest
 
 DEFAULT_BATCH_TOKENS = 8192
 
@@ -122,10 +122,7 @@ def out_folder(out) -> Path:
     if "://" in str(out):
         raise LlmriError(f"{out}: object-store URLs are not supported; write to a local or shared POSIX folder "
                          "(shards are made whole by an atomic rename, which object stores lack)")
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise LlmriError(f"{out}: exists and is not a folder; choose another output folder")
-    return out
+    return check_out_folder(Path(out))
 
 
 def scan_request(model, corpus, settings: ScanSettings) -> str | None:

@@ -137,9 +137,9 @@ def _report_options(f):
 
 def _check_out(out, advice: str) -> Path:
     """``out`` as a Path, refused when it exists and is not a folder (told before a model loads)."""
-    if Path(out).exists() and not Path(out).is_dir():
-        raise LlmriError(f"{out}: exists and is not a folder; {advice}")
-    return Path(out)
+    from ..store import check_out_folder
+
+    return check_out_folder(out, advice)
 
 
 def _check_explanations(explanations, hint: str) -> None:

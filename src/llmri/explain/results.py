@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import LlmriError
-from ..store import atomic_write_json, atomic_write_text
+from ..store import atomic_write_json, atomic_write_text, check_out_folder
 
 
 @dataclass
@@ -44,9 +44,7 @@ class ExplainResult:
     def save(self, out) -> Path:
         """Write ``explanations.csv``, ``explanations.json`` (table), ``explanations.jsonl``
         (records) and ``explain.json`` (run settings) into ``out``, each atomically."""
-        out = Path(out)
-        if out.exists() and not out.is_dir():
-            raise LlmriError(f"{out}: exists and is not a folder; choose another output folder")
+        out = check_out_folder(Path(out))
         atomic_write_text(out / "explanations.csv", self.table.to_csv(index=False))
         atomic_write_text(out / "explanations.json", self.table.to_json(orient="records", indent=1))
         atomic_write_text(out / "explanations.jsonl",

@@ -14,8 +14,7 @@ from pathlib import Path
 import pandas as pd
 from markupsafe import Markup
 
-from ..errors import LlmriError
-from ..store import atomic_write_bytes, atomic_write_text
+from ..store import atomic_write_bytes, atomic_write_text, check_out_folder
 from ..viz import save_figure, script_json
 
 
@@ -58,10 +57,7 @@ def output_folder(out) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise LlmriError(f"{out}: exists and is not a folder")
-    return out
+    return check_out_folder(Path(out), advice=None)
 
 
 def _table(df: pd.DataFrame) -> Markup:

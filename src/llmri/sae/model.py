@@ -28,7 +28,7 @@ from torch import nn
 
 from ..errors import LlmriError
 from ..sites import block_of, layer_count, parse_site
-from ..store import atomic_write_json, write_shard
+from ..store import atomic_write_json, check_out_folder, write_shard
 
 ARCHS = ("batchtopk", "topk", "jumprelu", "relu")
 CFG_FILE = "cfg.json"
@@ -162,9 +162,7 @@ class SAE(nn.Module):
     def save(self, folder) -> Path:
         """Write ``cfg.json``, ``sae_weights.safetensors`` and ``feature_stats.safetensors``
         (atomically) into ``folder``; SAELens reads it with ``SAE.load_from_disk(folder)``."""
-        folder = Path(folder)
-        if folder.exists() and not folder.is_dir():
-            raise LlmriError(f"{folder}: exists and is not a folder")
+        folder = check_out_folder(Path(folder), advice=None)
         tensors = {n: getattr(self, n).detach().float().cpu().numpy()
                    for n in ("W_enc", "W_dec", "b_enc", "b_dec")}
         if self.arch in ("jumprelu", "batchtopk"):
