@@ -13,7 +13,7 @@ import torch
 from .batches import default_pool
 from .capture import ATTN_STATS, POOLS
 from .errors import LlmriError
-from .model import as_model
+from .model import as_model, computing
 from .sites import eager_attention, hooks
 from .stats import bh_q, category_vs_rest
 
@@ -164,7 +164,7 @@ def attention(model, text: str, max_length: int | None = None) -> Attention:
     def keep(layer):
         return lambda p: probs.__setitem__(layer, p[0].float().cpu().numpy())
 
-    with eager_attention(model.module), torch.inference_mode(), \
+    with eager_attention(model.module), torch.inference_mode(), computing(model, "scan"), \
             hooks(model.module, model.adapter, {f"attn.{L}": keep(L) for L in range(n)}):
         model.base(input_ids=torch.tensor([ids], device=model.device),
                    attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=model.device))

@@ -25,7 +25,7 @@ from .batches import pool as _pool  # for functions whose ``pool`` argument name
 from .corpus import Corpus
 from .engine import JobsFailed, as_engine
 from .errors import LlmriError
-from .model import Model, as_model
+from .model import Model, as_model, computing, precision_used
 from .scan_settings import DEFAULT_BATCH_TOKENS, ScanSettings, cached_scan, out_folder, scan_request
 from .sites import POOLS, block_of, eager_attention, expand_sites, hooks, parse_site
 from .store import (CORPUS_FILE, FORMAT_VERSION, MANIFEST, Scan, atomic_write_json,
@@ -115,7 +115,7 @@ def embed(model, texts, site: str, pool: str = "auto",
         state["x"] = _pool(x.view(*mask.shape, -1) if x.dim() == 2 else x, mask, pool).cpu().numpy()
         raise _StopForward
 
-    with hooks(model.module, model.adapter, {names[0]: grab}), torch.inference_mode():
+    with hooks(model.module, model.adapter, {names[0]: grab}), torch.inference_mode(), computing(model, "scan"):
         for b in plan_batches(lengths, batch_tokens):
             kwargs, state["mask"] = pad_batch(model, [ids[d] for d in b])
             try:
@@ -293,7 +293,7 @@ def plan_scan(model: Model, corpus: Corpus, out: Path, settings: ScanSettings, o
     padding_side = getattr(model.tokenizer, "padding_side", "right")
     recorded = dict(sites=pooled, token_sites=tokened, pool=pool, max_length=max_length,
                     batch_tokens=batch_tokens, shard_tokens=int(shard_tokens),
-                    dtype=str(model.dtype).replace("torch.", ""), padding_side=padding_side)
+                    dtype=precision_used(model, "scan"), padding_side=padding_side)
     head = dict(model=dict(name=model.name, fingerprint=model.fingerprint,
                            family=model.adapter.family, n_layers=n_layers, hidden_size=hidden),
                 corpus=dict(fingerprint=corpus.fingerprint, n_docs=len(corpus),
@@ -394,7 +394,7 @@ def _run(model: Model, ids, lengths, batches, shards, todo, pooled, tokened, how
 
     probs_needed = eager_attention(model.module) if attn else contextlib.nullcontext()
     with probs_needed, hooks(model.module, model.adapter, fns), \
-            torch.inference_mode():
+            torch.inference_mode(), computing(model, "scan"):
         for s in todo:
             state["pooled"] = {site: [] for site in pooled}
             state["tokens"] = {site: [] for site in tokened}

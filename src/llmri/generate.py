@@ -13,7 +13,7 @@ from .batches import chat_prompt, pad_batch
 from .capture import embed
 from .errors import LlmriError
 from .interventions import steer, steering_vector
-from .model import as_model, is_causal_lm
+from .model import as_model, computing, is_causal_lm
 from .probe import make_classifier
 from .store import Scan
 
@@ -70,7 +70,7 @@ def generate(model, prompts, max_new_tokens: int = 64, chat: bool | None = None,
     order = np.argsort([-len(x) for x in ids], kind="stable")
     out: list[str] = [""] * len(ids)
     devices = [model.device] if model.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), torch.inference_mode():
+    with torch.random.fork_rng(devices=devices), torch.inference_mode(), computing(model, "generate"):
         torch.manual_seed(seed)
         for start in range(0, len(order), batch_size):
             batch = [int(i) for i in order[start:start + batch_size]]

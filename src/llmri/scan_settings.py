@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import LlmriError
-from .model import _DTYPES, config_n_layers, files_fingerprint, model_folder
+from .model import check_dtype, config_n_layers, files_fingerprint, model_folder
 from .sites import POOLS, expand_sites, parse_site
 from .store import Scan, check_out_folder, complete_shards, read_manifest
 
@@ -91,8 +91,8 @@ class ScanSettings:
             if (v is not None or name == "batch_tokens") and (not isinstance(v, int) or v < 1):
                 raise LlmriError(f"{arg(name)} {v}: must be a positive integer" if flags
                                  else f"{name} must be a positive integer, got {v!r}")
-        if isinstance(self.dtype, str) and self.dtype != "auto" and self.dtype not in _DTYPES:
-            raise LlmriError(f"{arg('dtype')} {self.dtype!r} is not one of auto, float32, bfloat16, float16")
+        if self.dtype is None or isinstance(self.dtype, str):
+            check_dtype(self.dtype, arg("dtype"))
 
     @property
     def site_specs(self) -> list[str]:

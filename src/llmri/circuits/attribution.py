@@ -9,7 +9,7 @@ import numpy as np
 
 from ..batches import pad_batch
 from ..errors import LlmriError
-from ..model import as_model, is_causal_lm
+from ..model import as_model, computing, is_causal_lm
 from ..sites import parse_site
 from .graph import AttributionGraph, GraphInfo
 from .influence import EMBEDDING, ERROR, FEATURE, LOGIT, _set_influence
@@ -69,7 +69,7 @@ def attribute(model, saes, prompt: str, target=None, chat: bool = False, max_fea
     saes = [s.to(model.device) for s in saes]
     with _no_param_grads(model.module, *saes), frozen(model, freeze):
         if tgt is None:
-            with torch.no_grad():
+            with torch.no_grad(), computing(model, "attribute"):
                 tgt = [int(model.module(**pad_batch(model, [ids])[0]).logits[0, -1].argmax())]
         target_str = tok.decode([tgt[0]]) if len(tgt) == 1 else (tok.decode([tgt[0]]), tok.decode([tgt[1]]))
         node = _node_pass(model, saes, ids, tgt, skip_first)

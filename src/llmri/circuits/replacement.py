@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 
 from ..batches import pad_batch
+from ..model import computing
 from ..sites import eager_attention, hooks
 
 
@@ -168,7 +169,7 @@ def _backward(model, ids, fns: dict, state: dict, tgt=None) -> None:
 
 
     inputs, _ = pad_batch(model, [ids])
-    with hooks(model.module, model.adapter, fns), torch.enable_grad():
+    with hooks(model.module, model.adapter, fns), torch.enable_grad(), computing(model, "attribute"):
         try:
             state["scalar"] = _metric(model.module(**inputs).logits[:, -1], tgt).sum()
         except _Stop:
@@ -194,7 +195,7 @@ def _node_pass(model, saes, ids, tgt, skip_first: bool):
         fns.update(_hooks_for(s, state, (lambda x, fn=fn: fn(emb(x))) if s.site == "resid.0" else fn))
     fns.setdefault("resid.0", emb)  # resid.0 without an SAE: the embedding node only
     inputs, _ = pad_batch(model, [ids])
-    with hooks(model.module, model.adapter, fns), torch.enable_grad():
+    with hooks(model.module, model.adapter, fns), torch.enable_grad(), computing(model, "attribute"):
         logits = model.module(**inputs).logits[:, -1]
         m = _metric(logits, tgt)
         m.sum().backward()

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..batches import pad_batch
 from ..errors import LlmriError
-from ..model import as_model
+from ..model import as_model, computing
 from ..sites import hooks
 from .graph import AttributionGraph
 from .inputs import load_saes
@@ -55,7 +55,7 @@ def _ablated_metrics(model, saes, ids, tgt, sets: list[list[tuple[str, int, int]
         for s in saes:
             fns.update(_hooks_for(s, state, fn_for(s)))
         inputs, _ = pad_batch(model, [ids] * B)
-        with hooks(model.module, model.adapter, fns), torch.no_grad():
+        with hooks(model.module, model.adapter, fns), torch.no_grad(), computing(model, "attribute"):
             out.append(_metric(model.module(**inputs).logits[:, -1], tgt).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0)
 

@@ -41,6 +41,17 @@ def _apply(options, f):
     return f
 
 
+_DTYPE_OPTION = click.option(
+    "--dtype", default="auto", show_default=True,
+    help="auto (bfloat16 matrix products with float32 weights where the README's fidelity table says "
+         "they hold and the hardware has native bf16, float32 elsewhere), float32 (exact), bf16-mixed, "
+         "bfloat16 (bf16 weights), float16.")
+
+
+def _dtype_option(f):
+    return _DTYPE_OPTION(f)
+
+
 def _scan_option_list(sites: str, token_sites: str):
     return [
     click.option("--model", "model_name", default="default", show_default=True,
@@ -60,8 +71,7 @@ def _scan_option_list(sites: str, token_sites: str):
                  help="Padded tokens per batch."),
     click.option("--max-length", type=int, default=None, help="Truncate documents (default: model limit)."),
     click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ..."),
-    click.option("--dtype", default="auto", show_default=True,
-                 help="auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16."),
+    _DTYPE_OPTION,
     click.option("--download", is_flag=True, help="Allow fetching the model from the Hugging Face hub."),
     click.option("--overwrite", is_flag=True, help="Replace a different scan already in --out."),
     ]

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import LlmriError
-from ..model import as_model
+from ..model import as_model, computing
 from ..store import atomic_write_json
 from .prompts import render_plain
 
@@ -279,7 +279,7 @@ class LocalLM(Backend):
             kw.update(do_sample=True, temperature=float(temperature))
         else:
             kw.update(do_sample=False)
-        with torch.inference_mode():
+        with torch.inference_mode(), computing(m, "lm"):
             out = m.module.generate(x, attention_mask=torch.ones_like(x), **kw)
         new = out[0, len(ids):].tolist()
         eos = m.tokenizer.eos_token_id
@@ -309,7 +309,7 @@ class LocalLM(Backend):
         ids = self._prefix_ids(messages) + tok(prefill, add_special_tokens=False)["input_ids"]
         self._check_length(len(ids))
         x = torch.tensor([ids], device=m.device)
-        with torch.inference_mode():
+        with torch.inference_mode(), computing(m, "lm"):
             lp = torch.log_softmax(m.module(input_ids=x, attention_mask=torch.ones_like(x)).logits[0, -1].float(), -1)
         lp = lp.cpu().numpy()
         rows = []
@@ -334,7 +334,7 @@ class LocalLM(Backend):
         self._check_length(len(ids))
         cand = self.candidate_ids(candidates)
         dev = m.device
-        with torch.inference_mode():
+        with torch.inference_mode(), computing(m, "lm"):
             # The messages (system prompt, explanation) are shared by every window of a unit: their
             # key/value cache is computed once and reused for each window's pieces.
             if self._prefix[0] != prefix:

@@ -19,7 +19,7 @@ from ..batches import Batches
 from ..corpus import Corpus
 from ..engine import JobsFailed, as_engine
 from ..errors import LlmriError
-from ..model import Model
+from ..model import Model, computing
 from ..sites import n_heads, recorded_blocks
 from ..store import Scan
 from .ablate import MODES, ablate
@@ -113,7 +113,7 @@ def lesion_values(model: Model, corpus, jobs: list[tuple], measure="auto", mode:
     upto = _replay_depth(model, batches, jobs, measure, baseline and known is None)
     store: list[list] = [[] for _ in range(upto)]
     values = []
-    with torch.inference_mode():
+    with torch.inference_mode(), computing(model, "lesion"):
         base = known
         if upto or (baseline and known is None):
             with recorded_blocks(model.module, model.adapter, upto, store):

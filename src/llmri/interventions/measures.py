@@ -14,7 +14,7 @@ import torch
 
 from ..batches import Batches, default_pool, pool
 from ..errors import LlmriError
-from ..model import Model, is_causal_lm
+from ..model import Model, computing, is_causal_lm
 from ..sites import hooks
 
 MEASURES = ("auto", "loss", "representation", "probe")
@@ -82,7 +82,7 @@ def make_measure(model: Model, corpus, measure="auto", batch_tokens: int = 8192,
         raise LlmriError("measure 'loss': this model has no language-model or classification head; "
                          "use representation, probe or a function")
     if measure in ("representation", "probe"):
-        with torch.inference_mode():
+        with torch.inference_mode(), computing(model, "lesion"):
             clean = _representation(model, batches)
         if measure == "representation":
             name = "representation change (1 - cosine)"

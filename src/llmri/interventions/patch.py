@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from ..batches import pad_batch
 from ..errors import LlmriError
-from ..model import Model, as_model, is_causal_lm
+from ..model import Model, as_model, computing, is_causal_lm
 from ..sites import expand_sites, hooks, parse_site
 
 
@@ -33,7 +33,7 @@ def run_with_cache(model, text: str, sites=("resid",)) -> tuple[object, dict[str
     def keep(site):
         return lambda x: cache.__setitem__(site, x[0].detach().clone())
 
-    with torch.inference_mode(), hooks(model.module, model.adapter, {s: keep(s) for s in names}):
+    with torch.inference_mode(), computing(model, "patch"), hooks(model.module, model.adapter, {s: keep(s) for s in names}):
         out = _forward(model, inputs)
     return out, cache
 
@@ -126,7 +126,7 @@ def patch(model, clean: str, corrupted: str, metric: Callable | None = None, sit
         raise LlmriError(f"patch: clean has {first.shape[0]} tokens and corrupted {T}; "
                          "they must have the same number of tokens")
     metric = metric or default_metric(model, clean_out)
-    with torch.inference_mode():
+    with torch.inference_mode(), computing(model, "patch"):
         m_clean = float(metric(clean_out))
         m_corr = float(metric(_forward(model, corrupted_in)))
     if abs(m_clean - m_corr) < 1e-9:
@@ -135,7 +135,7 @@ def patch(model, clean: str, corrupted: str, metric: Callable | None = None, sit
     tokens = model.tokenizer.convert_ids_to_tokens(corrupted_in["input_ids"][0].tolist())
     rows = []
     jobs = [(s, p) for s in cache for p in positions]
-    with torch.inference_mode():
+    with torch.inference_mode(), computing(model, "patch"):
         for site, p in tqdm(jobs, desc="patching", disable=None if progress is None else not progress):
             with patching(model, {site: cache[site]}, positions=[p]):
                 m = float(metric(_forward(model, corrupted_in)))

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from ..batches import Batches
 from ..corpus import Corpus
 from ..errors import LlmriError
-from ..model import as_model, is_causal_lm
+from ..model import as_model, computing, is_causal_lm
 from ..sites import hooks
 from .model import SAE
 
@@ -104,7 +104,7 @@ def evaluate_sae(sae: SAE, model, corpus, batch_tokens: int = 4096, dense_thresh
     fired = torch.zeros(sae.d_sae, dtype=torch.float64, device=dev)
     bar = tqdm(batches.batches, desc="evaluating SAE", unit="batch", file=sys.stderr, dynamic_ncols=True,
                disable=None if progress is None else not progress)
-    with torch.no_grad():
+    with torch.no_grad(), computing(model, "sae-eval"):
         for _, kw, mask in bar:
             state["rows"] = torch.arange(mask.shape[0], device=mask.device)
             state["first"] = mask.int().argmax(1)
