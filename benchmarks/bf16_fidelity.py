@@ -1,7 +1,9 @@
 """bfloat16 against float32, for scans: what a user would see differ if capture ran in bf16.
 
 Both embedded models, two real labelled corpora (the bundled topic corpus and a seeded sample of
-``english_corpus``), scanned twice in one process with only ``dtype`` changed. Per layer:
+``english_corpus``), scanned in one process with only ``dtype`` changed: float32, ``bfloat16``
+(bf16 weights and activations) and ``bf16-mixed`` (float32 weights, bf16 matrix products under
+``torch.autocast``: what ``dtype="auto"`` uses where it holds). Per layer, each against float32:
 
 - pooled activations: relative error ||a - b|| / ||a|| and the smallest per-document cosine;
 - token activations (one middle site): relative error and the smallest per-token cosine;
@@ -94,6 +96,24 @@ def verdict(rows) -> list[str]:
     return bad
 
 
+VARIANTS = ("bfloat16", "bf16-mixed")
+
+
+def summary(rows) -> dict:
+    """The worst value of each row kind (the README's table)."""
+    def worst(what, key, fn=max):
+        vals = [r[key] for r in rows if r["what"].startswith(what) and key in r]
+        return fn(vals) if vals else None
+
+    cells = [r["cells"] for r in rows if "cells" in r]
+    return dict(resid_rel=worst("resid", "rel"), resid_min_cos=worst("resid", "min_cos", min),
+                tokens_rel=worst("tokens", "rel"), tokens_min_cos=worst("tokens", "min_cos", min),
+                cells_max=max(cells), cells_mean=float(np.mean(cells)), nrag_jaccard=worst("nrag", "jaccard"),
+                probe_diff=max(abs(r["probe32"] - r["probe16"]) for r in rows if "probe32" in r),
+                mlp_rel=worst("mlp", "rel"), top20_min=worst("mlp", "top20_overlap_min", min),
+                attn_stats_max_abs=worst("attn_stats", "max_abs"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--docs", type=int, default=100, help="english_corpus documents")
@@ -108,12 +128,12 @@ def main() -> None:
         for cname, corpus in corpora.items():
             scans = {dt: llmri.scan(model_name, corpus, out / f"{model_name}-{cname}-{dt}", dtype=dt,
                                     sites=("resid", "mlp", "attn"), token_sites=(token_site,), progress=False)
-                     for dt in ("float32", "bfloat16")}
-            rows = compare(scans["float32"], scans["bfloat16"], token_site)
-            report[f"{model_name} / {cname}"] = dict(rows=rows, misses=verdict(rows))
-            worst = max(r["rel"] for r in rows if r["what"] == "resid")
-            print(f"{model_name} / {cname}: worst resid relative error {worst:.4f}; "
-                  f"misses: {report[f'{model_name} / {cname}']['misses'] or 'none'}", flush=True)
+                     for dt in ("float32",) + VARIANTS}
+            for dt in VARIANTS:
+                rows = compare(scans["float32"], scans[dt], token_site)
+                key = f"{model_name} / {cname} / {dt}"
+                report[key] = dict(rows=rows, misses=verdict(rows), summary=summary(rows))
+                print(f"{key}: {report[key]['summary']}; misses: {report[key]['misses'] or 'none'}", flush=True)
     (out / "fidelity.json").write_text(json.dumps(dict(tolerances=TOL, results=report), indent=1))
     print(f"written: {out / 'fidelity.json'}")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import os
@@ -15,6 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import LlmriError
+from .precision import (AUTO_BF16, DTYPE_CHOICES, MIXED, check_dtype, compute_dtype,  # noqa: F401
+                        computing, native_bf16, precision_used, resolve_dtype)
 from .sites import Adapter, adapter_for, base_of, blocks
 
 if TYPE_CHECKING:
@@ -26,19 +27,6 @@ DEFAULT_DECODER = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DECODER_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_CACHE_FORMAT = 1
 _CACHE_INDEX = "llmri-cache.json"
-_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16",
-           "bf16": "bfloat16", "float16": "float16", "fp16": "float16"}
-MIXED = "bf16-mixed"
-DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16", MIXED)
-
-# Where bf16-mixed (float32 weights, bfloat16 matrix products) holds against float32, measured
-# by benchmarks/bf16_fidelity.py with tolerances set before measuring (README, "Precision").
-# dtype="auto" computes these uses in bf16-mixed on hardware with native bfloat16, and every
-# other use in float32. A use missing here has not been measured, so it stays float32.
-AUTO_BF16 = {
-    "scan-encoder": True,    # every scan row holds (grid cells differ <= 4.2 %, NRAG Jaccard >= 0.93)
-    "scan-decoder": False,   # SmolLM2: up to 15 % of region-grid cells move (tolerance 5 %)
-}
 
 
 def embedded_model_dir() -> Path:
@@ -332,99 +320,6 @@ def _resolve_device(device) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise LlmriError(f"device {device!r}: CUDA is not available on this machine")
     return dev
-
-
-def check_dtype(dtype, what: str = "dtype") -> str:
-    """``dtype`` as one of :data:`DTYPE_CHOICES` (aliases bf16, fp32, fp16 accepted), else a one-line error."""
-    if dtype in (None, "auto"):
-        return "auto"
-    if dtype == MIXED:
-        return MIXED
-    if not isinstance(dtype, str) or dtype not in _DTYPES:
-        raise LlmriError(f"{what} {dtype!r} is not one of {', '.join(DTYPE_CHOICES)}")
-    return _DTYPES[dtype]
-
-
-def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
-    """The dtype the weights load in: float32 for ``auto`` and ``bf16-mixed`` (which compute in
-    bfloat16 per use, see :func:`computing`), else the dtype named."""
-    import torch
-
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    name = check_dtype(dtype)
-    return torch.float32 if name in ("auto", MIXED) else getattr(torch, name)
-
-
-@functools.lru_cache(maxsize=None)
-def _cpu_flags() -> frozenset:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
-def native_bf16(device) -> bool:
-    """Whether ``device`` multiplies bfloat16 matrices natively: a CUDA GPU that supports bf16,
-    or a CPU with AMX-BF16 or AVX512-BF16 (read once from ``/proc/cpuinfo``, no benchmark).
-
-    >>> native_bf16(torch.device("cpu"))                            # doctest: +SKIP
-    True
-    """
-    import torch
-
-    device = torch.device(device)
-    if device.type == "cuda":
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    if device.type == "cpu":
-        return bool(_cpu_flags() & {"amx_bf16", "avx512_bf16"})
-    return False
-
-
-def _use_key(model: "Model", use: str) -> str:
-    return f"scan-{'decoder' if model.adapter.causal else 'encoder'}" if use == "scan" else use
-
-
-def compute_dtype(model: "Model", use: str) -> torch.dtype | None:
-    """The autocast dtype ``model`` computes ``use`` in (``"scan"``, ``"generate"``, ...), or
-    None when it runs in its weights' own dtype. ``bf16-mixed`` always autocasts; ``auto``
-    autocasts where :data:`AUTO_BF16` says bf16 holds and the hardware has native bfloat16."""
-    import torch
-
-    if model.precision == MIXED or (model.precision == "auto" and model.dtype == torch.float32
-                                    and AUTO_BF16.get(_use_key(model, use)) and native_bf16(model.device)):
-        return torch.bfloat16
-    return None
-
-
-def precision_used(model: "Model", use: str) -> str:
-    """The name of the precision ``use`` runs in, as outputs record it: ``bf16-mixed``,
-    ``float32``, ``bfloat16`` or ``float16``."""
-    return MIXED if compute_dtype(model, use) is not None else str(model.dtype).replace("torch.", "")
-
-
-@contextlib.contextmanager
-def computing(model: "Model", use: str):
-    """Run ``model``'s forward passes for ``use`` in its precision: under ``torch.autocast`` when
-    :func:`compute_dtype` says bf16-mixed, as they are otherwise. The one place llmri switches
-    precision; every heavy path (capture, generation, steering, patching, SAE evaluation,
-    attribution, the local LM) runs its forwards inside it.
-
-    >>> with computing(model, "generate"):                          # doctest: +SKIP
-    ...     out = model.module.generate(**inputs)
-    """
-    dt = compute_dtype(model, use)
-    if dt is None:
-        yield
-        return
-    import torch
-
-    with torch.autocast(model.device.type, dtype=dt):
-        yield
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..batches import pad_batch
 from ..errors import LlmriError
-from ..model import as_model, computing, is_causal_lm
+from ..model import as_model, computing, is_causal_lm, precision_used
 from ..sites import parse_site
 from .graph import AttributionGraph, GraphInfo
 from .influence import EMBEDDING, ERROR, FEATURE, LOGIT, _set_influence
@@ -83,7 +83,8 @@ def attribute(model, saes, prompt: str, target=None, chat: bool = False, max_fea
                      skip_first=skip_first, target_ids=tgt, layer_totals=totals,
                      embedding_attribution=emb_attr, max_feature_nodes=max_feature_nodes,
                      explained={site: len(rows) for site, rows in emap.items()},
-                     transcoders=[f"{s.site}->{s.target_site}" for s in saes if s.is_transcoder])
+                     transcoders=[f"{s.site}->{s.target_site}" for s in saes if s.is_transcoder],
+                     precision=precision_used(model, "attribute"))
     out = AttributionGraph(g, pd.DataFrame(features), tokens, ids, target_str, node["metric"], info)
     out.explanations = emap
     return out

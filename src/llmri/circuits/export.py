@@ -54,6 +54,7 @@ def to_dict(g, slug: str = "graph") -> dict:
             "schema_version": 1,
             "info": {"generator": "llmri", "target": g.target, "metric": g.info.metric_name,
                      "metric_value": g.metric, "sae_sites": g.info.sites, "freeze": g.info.freeze,
+                     "precision": g.info.precision,
                      "scores": g.scores(), "validation": _jsonable(g.validation)}}
     return {"metadata": meta, "qParams": {"pinnedIds": [], "supernodes": [], "linkType": "both",
                                           "clickedId": "", "sg_pos": ""},

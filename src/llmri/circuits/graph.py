@@ -45,6 +45,7 @@ class GraphInfo:
     transcoders: list[str]  # "mlp_in.L->mlp_out.L" per transcoder; [] for residual-stream SAEs
     node_threshold: float | None = None
     edge_threshold: float | None = None
+    precision: str = "float32"  # what the attribution passes ran in (llmri.model.precision_used)
 
     def __contains__(self, key) -> bool:
         return key in _INFO_KEYS and not (key in _PRUNING and getattr(self, key) is None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from .options import _check_ray, _ints, _model_loader, _ray_options, _specs
+from .options import _check_ray, _dtype_option, _ints, _model_loader, _ray_options, _specs
 
 
 @click.command("ablate")
@@ -20,10 +20,11 @@ from .options import _check_ray, _ints, _model_loader, _ray_options, _specs
 @click.option("--text-column", default=None)
 @click.option("--label-column", default=None)
 @click.option("--device", default="auto", show_default=True)
+@_dtype_option
 @click.option("--download", is_flag=True)
 @_ray_options
-def ablate_cmd(corpus, model_name, out, measure, mode, scan_dir, layers, text_column, label_column, device, download,
-               ray_mode, workers, gpus_per_worker):
+def ablate_cmd(corpus, model_name, out, measure, mode, scan_dir, layers, text_column, label_column, device, dtype,
+               download, ray_mode, workers, gpus_per_worker):
     """Lesion map: ablate every attention head and every MLP in turn over CORPUS."""
     from ..corpus import Corpus
     from ..interventions import lesion_map
@@ -36,10 +37,10 @@ def ablate_cmd(corpus, model_name, out, measure, mode, scan_dir, layers, text_co
     docs = Corpus.from_path(corpus, text_column=text_column, label_column=label_column)
     scan = Scan.open(scan_dir) if scan_dir else None
     if engine is None:
-        model = load_model(model_name, device=device, download=download)
+        model = load_model(model_name, device=device, dtype=dtype, download=download)
         model_name = model.name
     else:  # each Ray worker loads its own copy
-        model = _model_loader(model_name, device, download)
+        model = _model_loader(model_name, device, download, dtype)
     df = lesion_map(model, docs, measure=measure, mode=mode, scan=scan, layers=layers, progress=None,
                     engine=engine or "local")
     click.echo(f"{df.attrs['measure']}: baseline {df.attrs['baseline']:.4g}; largest effects:")
@@ -55,14 +56,15 @@ def ablate_cmd(corpus, model_name, out, measure, mode, scan_dir, layers, text_co
 @click.option("--out", required=True, help="Folder for patch.html, figures and tables.")
 @click.option("--sites", default="resid,attn_out,mlp_out", show_default=True)
 @click.option("--device", default="auto", show_default=True)
+@_dtype_option
 @click.option("--download", is_flag=True)
-def patch_cmd(model_name, clean, corrupted, out, sites, device, download):
+def patch_cmd(model_name, clean, corrupted, out, sites, device, dtype, download):
     """Activation patching (causal tracing) from a clean into a corrupted run."""
     from ..interventions import patch
     from ..model import load_model
     from ..report import patch_page, patch_ranking
 
-    model = load_model(model_name, device=device, dtype="float32", download=download)
+    model = load_model(model_name, device=device, dtype=dtype, download=download)
     specs = _specs(sites)
     res = patch(model, clean, corrupted, sites=specs, progress=None)
     click.echo(f"metric: clean {res.clean_metric:.4g}, corrupted {res.corrupted_metric:.4g}")

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import LlmriError
-from .options import _check_out, _ints
+from .options import _check_out, _dtype_option, _ints
 
 
 @click.command("circuit")
@@ -31,9 +31,10 @@ from .options import _check_out, _ints
 @click.option("--scan", "scan_dir", default=None, help="A scan with token records of the SAE sites: clicking a "
               "feature node then opens its dashboard (top activating windows, density, output tokens).")
 @click.option("--device", default="auto", show_default=True)
+@_dtype_option
 @click.option("--download", is_flag=True)
 def circuit_cmd(prompt, model_name, saes, target, contrast, chat, out, max_nodes, node_threshold, edge_threshold,
-                freeze, k_spec, ablation, no_validate, explanations, scan_dir, device, download):
+                freeze, k_spec, ablation, no_validate, explanations, scan_dir, device, dtype, download):
     """Attribution graph of the model's answer to PROMPT over SAE features: which features, at
     which layers and positions, move it toward --target, and how they feed each other."""
     from ..circuits import attribute, feature_explanations, load_saes, validate_circuit
@@ -65,7 +66,7 @@ def circuit_cmd(prompt, model_name, saes, target, contrast, chat, out, max_nodes
         if missing:
             raise LlmriError(f"--scan {scan_dir}: no token records of {missing[0]} (scan with --token-sites "
                              f"{','.join(s.site for s in sae_list)})")
-    model = load_model(model_name, device=device, dtype="float32", download=download)
+    model = load_model(model_name, device=device, dtype=dtype, download=download)
     g = attribute(model, sae_list, prompt, target=(target, contrast) if contrast else target, chat=chat,
                   max_feature_nodes=max_nodes, freeze=freeze, explanations=explanations)
     if not no_validate:

@@ -9,7 +9,7 @@ import click
 
 from ..errors import LlmriError
 from ..sites import POOLS
-from .options import _default_out, _ints
+from .options import _default_out, _dtype_option, _ints
 
 
 @click.command("attention")
@@ -20,8 +20,9 @@ from .options import _default_out, _ints
               help="What rollout and flow explain: a token position (0, -1, ...) or mean, mean-nosink, first, "
                    "last (default: what fits the model's pooling: mean for encoders, mean-nosink for decoders).")
 @click.option("--device", default="auto", show_default=True)
+@_dtype_option
 @click.option("--download", is_flag=True, help="Allow fetching the model from the Hugging Face hub.")
-def attention_cmd(text, model_name, out, target, device, download):
+def attention_cmd(text, model_name, out, target, device, dtype, download):
     """Attention of one TEXT: every head, an interactive head view, rollout and flow."""
     from ..attention import attention
     from ..model import load_model
@@ -33,7 +34,7 @@ def attention_cmd(text, model_name, out, target, device, download):
         except ValueError:
             if target not in POOLS:
                 raise LlmriError(f"--target {target!r} is not a token position or one of {', '.join(POOLS)}")
-    model = load_model(model_name, device=device, dtype="float32", download=download)
+    model = load_model(model_name, device=device, dtype=dtype, download=download)
     att = attention(model, text)
     roll = att.contributions(target)
     path = build_attention_page(att, out, target=target, model_name=model.name)

@@ -41,8 +41,14 @@ def _apply(options, f):
     return f
 
 
+def _check_dtype(ctx, param, value):
+    from ..model import check_dtype
+
+    return check_dtype(value, "--dtype")
+
+
 _DTYPE_OPTION = click.option(
-    "--dtype", default="auto", show_default=True,
+    "--dtype", default="auto", show_default=True, callback=_check_dtype,
     help="auto (bfloat16 matrix products with float32 weights where the README's fidelity table says "
          "they hold and the hardware has native bf16, float32 elsewhere), float32 (exact), bf16-mixed, "
          "bfloat16 (bf16 weights), float16.")

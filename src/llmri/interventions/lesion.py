@@ -19,7 +19,7 @@ from ..batches import Batches
 from ..corpus import Corpus
 from ..engine import JobsFailed, as_engine
 from ..errors import LlmriError
-from ..model import Model, computing
+from ..model import Model, computing, precision_used
 from ..sites import n_heads, recorded_blocks
 from ..store import Scan
 from .ablate import MODES, ablate
@@ -34,7 +34,7 @@ def lesion_map(model, corpus, measure="auto", mode: str = "zero", scan=None, lay
 
     Returns a DataFrame with columns ``component`` (``head`` or ``mlp``), ``layer``, ``head``
     (-1 for an MLP), ``value`` and ``effect`` (value minus the unablated value); its ``attrs``
-    hold the measure's name and the baseline. ``engine`` says where the lesions run: ``"local"``,
+    hold the measure's name, the baseline and the precision used. ``engine`` says where the lesions run: ``"local"``,
     or an :class:`~llmri.Engine` (``engine="ray", workers=N, resources=..., address=...,
     retries=...`` makes one), which deals every ``workers``-th lesion to the same worker, each
     loading the model (``device``/``dtype`` apply when it is a name or folder); the table is the
@@ -54,7 +54,7 @@ def lesion_map(model, corpus, measure="auto", mode: str = "zero", scan=None, lay
     driver, quiet = engine.progress(progress)
     options = dict(measure=measure, mode=mode, scan=scan_dir, batch_tokens=batch_tokens, seed=seed, progress=quiet)
     with engine:
-        jobs = engine.map(_jobs_job, [(layers, heads, mlps)], state=state)[0]
+        jobs, precision = engine.map(_jobs_job, [(layers, heads, mlps)], state=state)[0]
         parts = [list(range(len(jobs)))[i::engine.workers] for i in range(engine.workers)]
         parts = [p for k, p in enumerate(parts) if p or k == 0]  # part 0 also measures the baseline
         bar = tqdm(total=len(jobs), unit="lesion", desc=engine.label("lesions"),
@@ -73,11 +73,11 @@ def lesion_map(model, corpus, measure="auto", mode: str = "zero", scan=None, lay
             values[j] = v
         if k == 0:
             baseline = base
-    return lesion_table(jobs, values, name, baseline, mode)
+    return lesion_table(jobs, values, name, baseline, mode, precision)
 
 
-def _jobs_job(model: Model, args: tuple) -> list[tuple]:
-    return lesion_jobs(model, *args)
+def _jobs_job(model: Model, args: tuple) -> tuple[list[tuple], str]:
+    return lesion_jobs(model, *args), precision_used(model, "lesion")
 
 
 def _values_job(corpus, options: dict, model: Model, part: tuple) -> tuple[str, float | None, list[float]]:
@@ -148,9 +148,11 @@ def _replay_depth(model: Model, batches: Batches, jobs: list[tuple], measure, ba
     return upto if padded * d * 4 * upto <= REPLAY_BYTES else 0
 
 
-def lesion_table(jobs: list[tuple], values: list[float], name: str, baseline: float, mode: str) -> pd.DataFrame:
-    """The lesion map DataFrame of ``jobs`` and their measured ``values``."""
+def lesion_table(jobs: list[tuple], values: list[float], name: str, baseline: float, mode: str,
+                 precision: str = "float32") -> pd.DataFrame:
+    """The lesion map DataFrame of ``jobs`` and their measured ``values``; ``attrs`` hold the
+    measure, baseline, mode and the precision the lesions ran in."""
     df = pd.DataFrame([{"component": comp, "layer": L, "head": h, "value": v, "effect": v - baseline}
                        for (comp, L, h, _), v in zip(jobs, values)])
-    df.attrs.update(measure=name, baseline=baseline, mode=mode)
+    df.attrs.update(measure=name, baseline=baseline, mode=mode, precision=precision)
     return df

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from ..batches import pad_batch
 from ..errors import LlmriError
-from ..model import Model, as_model, computing, is_causal_lm
+from ..model import Model, as_model, computing, is_causal_lm, precision_used
 from ..sites import expand_sites, hooks, parse_site
 
 
@@ -99,6 +99,7 @@ class PatchResult:
     tokens: list[str]
     clean_metric: float
     corrupted_metric: float
+    precision: str = "float32"  # what the forwards ran in (llmri.model.precision_used)
 
     def matrix(self, kind: str = "resid") -> np.ndarray:
         """``restored`` as ``[layers, positions]`` for one site kind (causal tracing)."""
@@ -142,4 +143,4 @@ def patch(model, clean: str, corrupted: str, metric: Callable | None = None, sit
             kind, layer = parse_site(site)
             rows.append({"kind": kind, "layer": layer, "position": p, "token": tokens[p], "metric": m,
                          "restored": (m - m_corr) / (m_clean - m_corr)})
-    return PatchResult(pd.DataFrame(rows), tokens, m_clean, m_corr)
+    return PatchResult(pd.DataFrame(rows), tokens, m_clean, m_corr, precision_used(model, "patch"))

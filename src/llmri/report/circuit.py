@@ -38,7 +38,8 @@ def build_circuit_page(ag, out, pruned=None, model=None, saes=None, n_top: int =
     cards, node_cards = _circuit_dashboards(shown, ag, model, saes, scan)
     scores = ag.scores()
     probs = [d.get("prob") for _, d in ag.graph.nodes(data=True) if d["kind"] == "logit"]
-    intro = [f"prompt: {ag.info['prompt']!r} ({len(ag.tokens)} tokens), model {ag.info['model']}",
+    intro = [f"prompt: {ag.info['prompt']!r} ({len(ag.tokens)} tokens), model {ag.info['model']} "
+             f"({ag.info.precision})",
              f"target {ag.target!r}: {ag.info['metric_name']} {ag.metric:.4g}"
              + (f" (p = {probs[0]:.3f})" if probs and probs[0] is not None and ag.info["metric_name"] != "logit difference" else ""),
              (f"transcoders {', '.join(ag.info['transcoders'])} (edges: direct effects)" if ag.info.get("transcoders")

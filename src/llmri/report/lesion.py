@@ -27,6 +27,7 @@ def lesion_page(table, out, model_name: str, n_docs: int, mode: str | None = Non
     mode = table.attrs["mode"] if mode is None else mode
     return build_page(out, "lesion", f"llmri lesion map: {model_name}",
                       [f"{n_docs} documents; {mode} ablation of each head and each layer's MLP in turn; "
-                       f"measure: {table.attrs['measure']} (baseline {table.attrs['baseline']:.4g})."],
+                       f"measure: {table.attrs['measure']} (baseline {table.attrs['baseline']:.4g}); "
+                       f"precision: {table.attrs.get('precision', 'float32')}."],
                       [(lesion_figure(table), lesion_plot(table), "lesion")],
                       [("Effects, largest first", largest_effects(table), "lesion")])

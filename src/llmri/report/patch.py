@@ -38,7 +38,8 @@ def patch_page(result, out, clean: str, corrupted: str, model_name: str = "", si
     return build_page(out, "patch", f"llmri activation patching: {model_name}",
                       [f"clean: {clean}", f"corrupted: {corrupted}",
                        f"metric: clean {result.clean_metric:.4g}, corrupted {result.corrupted_metric:.4g}; each cell "
-                       "restores one site at one position from the clean run."],
+                       "restores one site at one position from the clean run; "
+                       f"precision: {result.precision}."],
                       [(patch_figure(result, k), patch_plot(result, k), f"patch_{k}") for k in kinds],
                       [("Scores, most restored first" + (f" ({why})" if why else ""), ranked, "patch_ranked"),
                        ("All scores", result.scores, "patch")])
