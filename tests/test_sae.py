@@ -130,12 +130,22 @@ def test_batch_topk_select_equals_the_dense_reference():
     pre = torch.randn(64, 50, generator=g)
     pre[3] += 4.0    # one row holds far more than 2k winners: it must be searched in full
     pre[7] = -1.0    # a row with nothing positive
-    for k in (1, 3, 20, 50):
-        rows, cols = batch_topk_select(pre, k)
-        dense = torch.zeros_like(pre)
-        dense[rows, cols] = torch.relu(pre[rows, cols])
-        assert torch.equal(dense, batch_topk_relu(pre, k))
-        assert torch.all(rows[1:] >= rows[:-1])     # sorted by row, as embedding_bag's offsets need
+    wide = torch.randn(64, 96, generator=g)   # 96 = 12 blocks of 8: the block-maxima search for k <= 12
+    wide[5] += 4.0
+    wide[9] = -1.0
+    wide[11, 40:48] += 6.0                    # one block holding 8 winners
+    decoy = torch.randn(64, 96, generator=g)   # the sampled block maxima (every 17th block, 12 a row)
+    sampled = torch.arange(0, 64 * 12, 17)     # tower over the rest: the sample's threshold is too high
+    decoy[sampled // 12, sampled % 12] += 10.0
+    for p, ks in ((pre, (1, 3, 20, 50)), (wide, (1, 3, 12, 13, 40)), (decoy, (1, 2))):
+        for k in ks:
+            rows, cols = batch_topk_select(p, k)
+            dense = torch.zeros_like(p)
+            dense[rows, cols] = torch.relu(p[rows, cols])
+            assert torch.equal(dense, batch_topk_relu(p, k)), k
+            assert torch.all(rows[1:] >= rows[:-1])     # sorted by row, as embedding_bag's offsets need
+            flat = rows * p.shape[1] + cols
+            assert torch.all(flat[1:] > flat[:-1])       # and by column within a row, each entry once
 
 
 @pytest.mark.parametrize("arch", ["topk", "batchtopk"])
