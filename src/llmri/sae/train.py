@@ -53,6 +53,7 @@ from .model import ARCHS, SAE
 
 B_DEC_INITS = ("geometric_median", "mean", "zeros")
 THRESHOLD_LR_MULT = 10.0
+TRAINING_DTYPES = (None, "auto", "float32", "fp32", MIXED, "bfloat16", "bf16")
 SELECT_BLOCK = 8  # entries per block in BatchTopK's selection (_select_by_blocks)
 
 
@@ -482,12 +483,13 @@ def train_sae(scan, site, n_latents: int = 4096, k: int = 32, arch: str = "batch
     return out[names[0]] if single else out
 
 
-def training_precision(dtype, device) -> str:
-    """What ``train_sae(dtype=...)`` computes in on ``device``: ``"bf16-mixed"`` or ``"float32"``."""
-    name = check_dtype(dtype, "dtype")
-    if name == "float16":
-        raise LlmriError("dtype 'float16': SAE training computes in float32 or bf16-mixed (bfloat16 products, "
-                         "float32 weights); choose auto, float32 or bf16-mixed")
+def training_precision(dtype, device, what: str = "dtype") -> str:
+    """What ``train_sae(dtype=...)`` computes in on ``device``: ``"bf16-mixed"`` or ``"float32"``
+    (``what`` names the argument in the error a bad ``dtype`` raises)."""
+    name = check_dtype(dtype, what) if dtype in TRAINING_DTYPES else None
+    if name is None:
+        raise LlmriError(f"{what} {dtype!r} is not one of auto, float32, bf16-mixed (SAE training keeps float32 "
+                         "weights; bfloat16 means bf16-mixed here)")
     if name == "auto":
         return MIXED if AUTO_BF16.get("sae-train") and native_bf16(device) else "float32"
     return MIXED if name in (MIXED, "bfloat16") else "float32"
