@@ -130,12 +130,22 @@ def test_batch_topk_select_equals_the_dense_reference():
     pre = torch.randn(64, 50, generator=g)
     pre[3] += 4.0    # one row holds far more than 2k winners: it must be searched in full
     pre[7] = -1.0    # a row with nothing positive
-    for k in (1, 3, 20, 50):
-        rows, cols = batch_topk_select(pre, k)
-        dense = torch.zeros_like(pre)
-        dense[rows, cols] = torch.relu(pre[rows, cols])
-        assert torch.equal(dense, batch_topk_relu(pre, k))
-        assert torch.all(rows[1:] >= rows[:-1])     # sorted by row, as embedding_bag's offsets need
+    wide = torch.randn(64, 96, generator=g)   # 96 = 12 blocks of 8: the block-maxima search for k <= 12
+    wide[5] += 4.0
+    wide[9] = -1.0
+    wide[11, 40:48] += 6.0                    # one block holding 8 winners
+    decoy = torch.randn(64, 96, generator=g)   # the sampled block maxima (every 17th block, 12 a row)
+    sampled = torch.arange(0, 64 * 12, 17)     # tower over the rest: the sample's threshold is too high
+    decoy[sampled // 12, sampled % 12] += 10.0
+    for p, ks in ((pre, (1, 3, 20, 50)), (wide, (1, 3, 12, 13, 40)), (decoy, (1, 2))):
+        for k in ks:
+            rows, cols = batch_topk_select(p, k)
+            dense = torch.zeros_like(p)
+            dense[rows, cols] = torch.relu(p[rows, cols])
+            assert torch.equal(dense, batch_topk_relu(p, k)), k
+            assert torch.all(rows[1:] >= rows[:-1])     # sorted by row, as embedding_bag's offsets need
+            flat = rows * p.shape[1] + cols
+            assert torch.all(flat[1:] > flat[:-1])       # and by column within a row, each entry once
 
 
 @pytest.mark.parametrize("arch", ["topk", "batchtopk"])
@@ -246,6 +256,90 @@ def test_bad_training_input(syn):
         train_sae(scan, "resid.1", n_latents=8, k=9, progress=False)
     with pytest.raises(llmri.LlmriError, match="n_latents"):
         train_sae(scan, "resid.1", n_latents=0, progress=False)
+
+
+@pytest.mark.parametrize("arch,extra", [("batchtopk", {}), ("topk", {}), ("relu", {"l1_coefficient": 1.0}),
+                                        ("jumprelu", {"l0_coefficient": 0.5})])
+def test_bf16_mixed_training_reaches_the_float32_runs_explained_variance(syn, arch, extra):
+    """Same data, seed and steps; the reference is the float32 run. The products really ran in
+    bfloat16 (the weights differ), and what comes out is a float32 SAE that says how it was trained."""
+    scan, X, _ = syn
+    kw = dict(n_latents=96, k=3, arch=arch, epochs=2, batch_size=256, lr=3e-3, seed=0, progress=False, **extra)
+    f32 = train_sae(scan, "resid.1", dtype="float32", **kw)
+    b16 = train_sae(scan, "resid.1", dtype="bf16-mixed", **kw)
+    ev32, ev16 = explained_variance(f32, X), explained_variance(b16, X)
+    assert ev32 > 0.8
+    assert abs(ev16 - ev32) < 0.01, (ev32, ev16)
+    assert not torch.equal(f32.W_enc, b16.W_enc)
+    assert (f32.metadata["precision"], b16.metadata["precision"]) == ("float32", "bf16-mixed")
+    assert all(t.dtype == torch.float32 for t in b16.state_dict().values())
+
+
+@pytest.mark.parametrize("arch", ["batchtopk", "relu", "jumprelu"])
+def test_bf16_mixed_step_keeps_float32_weights_and_optimiser_state(arch):
+    """Under bf16-mixed the loss is that of bfloat16 products (close to, not equal to, float32's),
+    and the weights, their gradients and Adam's moments all stay float32."""
+    from llmri.sae.train import _Trainer
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(64, 24, generator=g)
+    losses = {}
+    for ac in (None, torch.bfloat16):
+        torch.manual_seed(0)
+        sae = SAE(24, 80, arch=arch, k=4 if arch == "batchtopk" else None)
+        with torch.no_grad():
+            sae.W_enc.copy_(torch.randn(sae.W_enc.shape, generator=torch.Generator().manual_seed(3)) * 0.3)
+            sae.W_dec.copy_(torch.nn.functional.normalize(sae.W_enc.T.clone(), dim=1))
+            sae.threshold.fill_(0.1 if arch == "jumprelu" else 0.0)
+        tr = _Trainer(sae, 1e-3, 10, 1.0, 0.05, 0.05, aux_k=6, aux_coefficient=1 / 32, dead_tokens=10**9, autocast=ac)
+        tr.step(x, x)
+        losses[ac] = tr.last["loss"]
+        tr.step(x, x)
+        assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in tr.params)
+        moments = [v for st in tr.opt.state.values() for v in st.values() if v.numel() > 1]
+        assert len(moments) == 2 * len(tr.params) and all(v.dtype == torch.float32 for v in moments)
+        assert sae.threshold.dtype == torch.float32 and tr.fmax.dtype == torch.float32
+    assert losses[None] != losses[torch.bfloat16]
+    assert losses[torch.bfloat16] == pytest.approx(losses[None], rel=0.02)
+
+
+def test_training_precision_and_the_saved_folder(syn, tmp_path, monkeypatch):
+    """auto follows AUTO_BF16["sae-train"] on native-bf16 hardware; the folder records the precision
+    in llmri's own cfg.json section and keeps float32 weights, so SAELens still reads it."""
+    from safetensors import safe_open
+
+    import llmri.sae.train as tr
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(tr, "native_bf16", lambda device: True)
+    monkeypatch.setitem(tr.AUTO_BF16, "sae-train", True)
+    assert tr.training_precision("auto", cpu) == "bf16-mixed"
+    monkeypatch.setitem(tr.AUTO_BF16, "sae-train", False)
+    assert tr.training_precision("auto", cpu) == "float32"
+    monkeypatch.setitem(tr.AUTO_BF16, "sae-train", True)
+    monkeypatch.setattr(tr, "native_bf16", lambda device: False)
+    assert tr.training_precision("auto", cpu) == "float32"
+    assert tr.training_precision("bfloat16", cpu) == tr.training_precision("bf16-mixed", cpu) == "bf16-mixed"
+    assert tr.training_precision("fp32", cpu) == "float32"
+    for bad in ("float16", "int8", torch.bfloat16):
+        with pytest.raises(llmri.LlmriError, match="dtype .* is not one of auto, float32, bf16-mixed"):
+            train_sae(syn[0], "resid.1", dtype=bad, progress=False)
+    sae = train_sae(syn[0], "resid.1", n_latents=16, k=2, batch_size=2000, dtype="bf16-mixed", progress=False)
+    sae.save(tmp_path / "sae")
+    cfg = json.loads((tmp_path / "sae" / "cfg.json").read_text())
+    assert cfg["llmri"]["precision"] == "bf16-mixed" and cfg["dtype"] == "float32"
+    with safe_open(str(tmp_path / "sae" / "sae_weights.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}
+    assert SAE.load(tmp_path / "sae").metadata["precision"] == "bf16-mixed"
+
+
+@pytest.mark.parametrize("args", [["train", "nowhere", "--site", "resid.1", "--out", "o"],
+                                  ["eval", "nowhere", "--model", "tiny", "--corpus", "c.csv"]])
+def test_bad_dtype_on_the_command_line_is_one_line(tmp_path, args):
+    from test_cli import assert_one_line_error, run
+
+    assert_one_line_error(run("sae", *args, "--dtype", "half", cwd=tmp_path), "--dtype 'half' is not one of")
+    assert not (tmp_path / "o").exists()
 
 
 def test_streaming_memory_is_bounded(tmp_path):

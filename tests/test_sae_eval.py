@@ -101,6 +101,23 @@ def test_random_sae_matches_hand_spliced_forward(model, skip_first):
     assert 0 < m["l0"] <= 6 and m["feature_density"].shape == (48,)
 
 
+def test_precision_is_recorded_and_bf16_mixed_stays_near_the_float32_metrics(model):
+    """The same SAE and model evaluated in float32 (the reference) and in bf16-mixed. The SAE is the
+    identity shrunk by about the median |x| of resid.2, so a varying half of its features fire."""
+    sae = identity_sae(32, "resid.2")
+    with torch.no_grad():
+        sae.b_enc.fill_(-0.015)
+    m32 = evaluate_sae(sae, model, TEXTS, progress=False)
+    mixed = llmri.Model.from_module(model.module, model.tokenizer, name=model.name, precision="bf16-mixed")
+    m16 = evaluate_sae(sae, mixed, TEXTS, progress=False)
+    assert (m32["precision"], m16["precision"]) == ("float32", "bf16-mixed")
+    assert m16["ce_loss_with_sae"] != m32["ce_loss_with_sae"]     # the forwards did run in bfloat16
+    assert 0.3 < m32["explained_variance"] < 0.9 and 5 < m32["l0"] < 27
+    assert m16["explained_variance"] == pytest.approx(m32["explained_variance"], abs=0.01)
+    assert m16["ce_loss_score"] == pytest.approx(m32["ce_loss_score"], abs=0.02)
+    assert m16["l0"] == pytest.approx(m32["l0"], rel=0.05)
+
+
 def test_bad_sae_for_model(model):
     with pytest.raises(llmri.LlmriError, match="another model or site"):
         evaluate_sae(identity_sae(16, "resid.2"), model, TEXTS, progress=False)

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..errors import LlmriError
-from .options import _check_explanations, _check_out, _default_out, _specs
+from .options import _check_explanations, _check_out, _default_out, _dtype_option, _specs
 
 
 @click.group("sae")
@@ -41,14 +41,20 @@ def _sae_out(out: str, overwrite: bool) -> Path:
               help="Leave out tokens whose norm exceeds this many times the median (massive activations); 0 keeps all.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
+@click.option("--dtype", default="auto", show_default=True,
+              help="Training arithmetic: float32, bf16-mixed (bfloat16 matrix products; weights, optimiser state "
+                   "and losses float32) or auto (bf16-mixed on native-bf16 hardware where the README's fidelity "
+                   "table says it holds). The saved SAE is float32 either way.")
 @click.option("--out", required=True, help="Folder for the SAE (one sub-folder per site when several).")
 @click.option("--overwrite", is_flag=True, help="Write into a non-empty --out.")
 def sae_train_cmd(scan_dir, site, target_site, latents, k, arch, epochs, batch_size, lr, l1_coefficient,
-                  l0_coefficient, skip_outliers, seed, device, out, overwrite):
+                  l0_coefficient, skip_outliers, seed, device, dtype, out, overwrite):
     """Train an SAE (or transcoder) on the token records of SCAN_DIR; saved in SAELens' layout."""
     from ..sae import train_sae
+    from ..sae.train import training_precision
     from ..store import Scan
 
+    training_precision(dtype, "cpu", "--dtype")
     out_p = _sae_out(out, overwrite)
     scan = Scan.open(scan_dir)
     sites = _specs(site)
@@ -58,14 +64,14 @@ def sae_train_cmd(scan_dir, site, target_site, latents, k, arch, epochs, batch_s
     result = train_sae(scan, sites[0] if len(sites) == 1 else sites, n_latents=latents, k=k, arch=arch,
                        target_site=(targets[0] if targets and len(sites) == 1 else targets), epochs=epochs,
                        batch_size=batch_size, lr=lr, l1_coefficient=l1_coefficient, l0_coefficient=l0_coefficient,
-                       skip_outliers=skip_outliers or None, seed=seed, device=device, progress=None)
+                       skip_outliers=skip_outliers or None, seed=seed, device=device, dtype=dtype, progress=None)
     saes = {sites[0]: result} if len(sites) == 1 else result
     for name, sae in saes.items():
         folder = out_p if len(saes) == 1 else out_p / name
         sae.save(folder)
         last = sae.metadata["final"]
         click.echo(f"{sae!r}: {folder}  (last batch: explained variance {last['ev']:.3f}, L0 {last['l0']:.1f}, "
-                   f"dead {last['dead']:.1%})")
+                   f"dead {last['dead']:.1%}; {sae.metadata['precision']})")
 
 
 @sae_group.command("eval")
@@ -74,18 +80,21 @@ def sae_train_cmd(scan_dir, site, target_site, latents, k, arch, epochs, batch_s
 @click.option("--corpus", required=True, help="Held-out texts: a corpus folder or CSV/TSV/JSONL file.")
 @click.option("--batch-tokens", type=int, default=4096, show_default=True)
 @click.option("--device", default="auto", show_default=True)
+@_dtype_option
 @click.option("--download", is_flag=True)
-def sae_eval_cmd(sae_dir, model_name, corpus, batch_tokens, device, download):
+def sae_eval_cmd(sae_dir, model_name, corpus, batch_tokens, device, dtype, download):
     """Evaluate the SAE in SAE_DIR spliced into the model: L0, explained variance, CE loss score, KL.
-    The numbers are also written to SAE_DIR/eval.json."""
+    The numbers, and the precision they were computed in, are also written to SAE_DIR/eval.json."""
     from ..corpus import Corpus
     from ..model import load_model
+    from ..precision import check_dtype
     from ..sae import SAE, evaluate_sae
     from ..store import atomic_write_json
 
+    check_dtype(dtype, "--dtype")
     sae = SAE.load(sae_dir)
     docs = Corpus.from_path(corpus)
-    model = load_model(model_name, device=device, dtype="float32", download=download)
+    model = load_model(model_name, device=device, dtype=dtype, download=download)
     m = evaluate_sae(sae, model, docs, batch_tokens=batch_tokens, progress=None)
     scalars = {k: v for k, v in m.items() if k != "feature_density"}
     atomic_write_json(Path(sae_dir) / "eval.json", scalars)

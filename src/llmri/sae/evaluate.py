@@ -13,6 +13,9 @@ follows (Bricken et al. 2023; Gao et al. 2024, section 4.1; Rajamanoharan et al.
   spliced one) per token; ``kl_div_score = (KL_ablation - KL_sae) / KL_ablation``.
 * ``dead_fraction``: features that never fire on the evaluated tokens; ``dense_fraction``:
   features firing on more than ``dense_threshold`` of them; ``feature_density`` per feature.
+* ``precision``: what the forward passes, SAE included, computed in (``float32``, ``bf16-mixed``,
+  ...), from the model's precision and the ``"sae-eval"`` policy (:func:`llmri.model.computing`);
+  the sums behind every metric are float32 or float64 either way.
 
 The site is read and replaced through ``llmri.sites.hooks``, at every real token.
 """
@@ -27,7 +30,8 @@ from tqdm.auto import tqdm
 from ..batches import Batches
 from ..corpus import Corpus
 from ..errors import LlmriError
-from ..model import as_model, computing, is_causal_lm
+from ..model import as_model, is_causal_lm
+from ..precision import computing, precision_used
 from ..sites import hooks
 from .model import SAE
 
@@ -147,8 +151,9 @@ def evaluate_sae(sae: SAE, model, corpus, batch_tokens: int = 4096, dense_thresh
     mean_y = acc["sum_y"] / n
     total = acc["sum_y2"] - n * float(mean_y.pow(2).sum())
     density = (fired / n).float().cpu().numpy()
-    out = dict(n_tokens=acc["n"], l0=acc["l0"] / n, explained_variance=1 - acc["sse"] / max(total, 1e-30),
-               mse=acc["sse"] / n, cossim=acc["cos"] / n, l2_ratio=acc["l2"] / n,
+    out = dict(precision=precision_used(model, "sae-eval"), n_tokens=acc["n"], l0=acc["l0"] / n,
+               explained_variance=1 - acc["sse"] / max(total, 1e-30), mse=acc["sse"] / n,
+               cossim=acc["cos"] / n, l2_ratio=acc["l2"] / n,
                dead_fraction=float((density == 0).mean()), dense_fraction=float((density > dense_threshold).mean()))
     nan = float("nan")
     if lm and acc["n_ce"]:

@@ -27,6 +27,12 @@ Choices, with their sources:
   saved SAE reads raw activations, and the factor is recorded in the config.
 * Adam (eps 6.25e-10 as Gao et al.), learning rate ``2e-4 / sqrt(n_latents / 2**14)`` unless
   given, gradient norm clipped to 1, linear decay to 0 over the last 20% of steps.
+* Precision (``dtype``): ``bf16-mixed`` computes the dense matrix products (the encoder, and the
+  decoder of ReLU/JumpReLU) under ``torch.autocast(bfloat16)``; the weights, Adam's moments, the
+  gradients they receive, the losses and the statistics (firing counts, dead latents, explained
+  variance) stay float32. TopK's decoder is a gather of k rows per token, which gains nothing
+  from bf16, so it stays float32. ``auto`` picks bf16-mixed on hardware with native bfloat16
+  where ``AUTO_BF16["sae-train"]`` says the measured fidelity holds (benchmarks/bf16_sae.py).
 """
 
 from __future__ import annotations
@@ -40,12 +46,15 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..errors import LlmriError
+from ..precision import AUTO_BF16, MIXED, check_dtype, native_bf16
 from ..sites import ADAPTERS, parse_site
 from ..store import Scan
 from .model import ARCHS, SAE
 
 B_DEC_INITS = ("geometric_median", "mean", "zeros")
 THRESHOLD_LR_MULT = 10.0
+TRAINING_DTYPES = (None, "auto", "float32", "fp32", MIXED, "bfloat16", "bf16")
+SELECT_BLOCK = 8  # entries per block in BatchTopK's selection (_select_by_blocks)
 
 
 # ---------------------------------------------------------------- JumpReLU estimators
@@ -96,10 +105,12 @@ def geometric_median(x: torch.Tensor, iters: int = 100, tol: float = 1e-6) -> to
 
 def _pre_acts(sae: SAE, x: torch.Tensor) -> torch.Tensor:
     """``sae.pre_acts(x)`` written as ``x @ W_enc + (b_enc - b_dec @ W_enc)``: the same value, but
-    ``b_dec``'s gradient is then a matrix-vector product instead of a third [batch, d_sae] product."""
-    if not sae.apply_b_dec_to_input:
-        return x @ sae.W_enc + sae.b_enc
-    return x @ sae.W_enc + (sae.b_enc - sae.b_dec @ sae.W_enc)
+    ``b_dec``'s gradient is then a matrix-vector product instead of a third [batch, d_sae] product.
+    Under bf16 autocast the bias is added in bfloat16, so the [batch, d_sae] result, and the
+    gradient that flows back into the product, stay bfloat16 (no float32 copy of either)."""
+    h = x @ sae.W_enc
+    bias = sae.b_enc - sae.b_dec @ sae.W_enc if sae.apply_b_dec_to_input else sae.b_enc
+    return h + bias.to(h.dtype)
 
 
 def batch_topk_select(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,9 +120,13 @@ def batch_topk_select(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Te
 
     Each row's ``2k`` largest entries are candidates; ``t``, the ``k * rows``-th largest candidate,
     is at most the true threshold, so an entry left out can only win in a row whose ``2k``-th
-    candidate reaches ``t``; such rows are searched in full. The result is exact."""
+    candidate reaches ``t``; such rows are searched in full. The result is exact. When rows split
+    into blocks of ``SELECT_BLOCK`` with at least k blocks per row, :func:`_select_by_blocks` finds
+    the same entries with one linear pass instead of a per-row top-2k."""
     B, n = pre.shape
     total = min(k * B, B * n)
+    if n % SELECT_BLOCK == 0 and n // SELECT_BLOCK >= k:
+        return _select_by_blocks(pre, total)
     m = min(n, 2 * k)
     cv, ci = pre.topk(m, dim=-1)
     t = cv.reshape(-1).topk(total).values[-1]
@@ -131,11 +146,35 @@ def batch_topk_select(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Te
     return rows[order], cols[order]
 
 
+def _select_by_blocks(pre: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``batch_topk_select`` through block maxima. Block ``(r, c)`` holds the ``SELECT_BLOCK``
+    entries ``pre[r, c + g * n / SELECT_BLOCK]``. If at least ``total`` blocks have a maximum of
+    ``t`` or more, that many entries reach ``t``, so the ``total``-th largest entry is at least
+    ``t`` and every winner lies in one of those blocks: only they are searched."""
+    B, n = pre.shape
+    w = n // SELECT_BLOCK
+    grid = pre.reshape(B, SELECT_BLOCK, w)
+    bmax = grid.amax(1).reshape(-1)
+    sample = bmax[::17]  # t from a sample (17 is prime to the row width), checked below
+    rank = min(sample.numel(), math.ceil(1.25 * total * sample.numel() / bmax.numel()) + 1)
+    blocks = (bmax >= sample.kthvalue(sample.numel() - rank + 1).values).nonzero().squeeze(1)
+    if blocks.numel() < total:  # the sample's t was too high: the exact one
+        blocks = (bmax >= bmax.kthvalue(bmax.numel() - total + 1).values).nonzero().squeeze(1)
+    r, c = blocks // w, blocks % w
+    top = grid[r, :, c].reshape(-1).topk(total, sorted=False)
+    keep = top.indices[top.values > 0]
+    b, g = keep // SELECT_BLOCK, keep % SELECT_BLOCK
+    flat = (r[b] * n + g * w + c[b]).sort().values
+    return flat // n, flat % n
+
+
 # ---------------------------------------------------------------- one SAE's training state
 class _Trainer:
     def __init__(self, sae: SAE, lr: float, total_steps: int, l1_coefficient: float, l0_coefficient: float,
-                 bandwidth: float, aux_k: int, aux_coefficient: float, dead_tokens: int):
+                 bandwidth: float, aux_k: int, aux_coefficient: float, dead_tokens: int,
+                 autocast: torch.dtype | None = None):
         self.sae = sae
+        self.autocast = autocast
         self.arch = sae.arch
         self.params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec]
         if self.arch == "jumprelu":
@@ -168,6 +207,11 @@ class _Trainer:
         else:
             self._step_dense(x, y)
 
+    def _products(self, x: torch.Tensor):
+        """The context of the dense matrix products: bf16 autocast under bf16-mixed, else nothing.
+        Their outputs meet a float32 bias, so what leaves the context is float32 again."""
+        return torch.autocast(x.device.type, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None)
+
     def _step_sparse(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """TopK/BatchTopK: only the selected latents are gathered and decoded.
 
@@ -177,19 +221,20 @@ class _Trainer:
         (``tests/test_sae.py`` checks them against autograd through dense matrices)."""
         sae = self.sae
         B, n = x.shape[0], sae.d_sae
-        pre = _pre_acts(sae, x)
+        with self._products(x):
+            pre = _pre_acts(sae, x)
         with torch.no_grad():
             if self.arch == "topk":
                 cols = pre.detach().topk(sae.k, dim=-1).indices
                 rows = None
             else:
                 rows, cols = batch_topk_select(pre.detach(), sae.k)
-        if rows is None:  # k per row: fixed-size bags
-            vals = torch.relu(pre.gather(1, cols))
+        if rows is None:  # k per row: fixed-size bags; the decoder's weights and sums stay float32
+            vals = torch.relu(pre.gather(1, cols)).float()
             y_hat = F.embedding_bag(cols, sae.W_dec, mode="sum", per_sample_weights=vals) + sae.b_dec
             cols_f, vals_f = cols.reshape(-1), vals.reshape(-1)
         else:  # BatchTopK: a variable number per row, rows sorted
-            vals = torch.relu(pre[rows, cols])
+            vals = torch.relu(pre[rows, cols]).float()
             offsets = torch.zeros(B, dtype=torch.long, device=x.device)
             offsets[1:] = torch.bincount(rows, minlength=B).cumsum(0)[:-1]
             y_hat = F.embedding_bag(cols, sae.W_dec, offsets, mode="sum", per_sample_weights=vals) + sae.b_dec
@@ -208,7 +253,7 @@ class _Trainer:
             # AuxK (Gao et al. 2024): dead latents' top pre-activations model the residual error.
             dead_idx = dead.nonzero().squeeze(1)
             av, ai = pre[:, dead_idx].topk(min(self.aux_k, n_dead), dim=-1)
-            e_hat = F.embedding_bag(dead_idx[ai], sae.W_dec, mode="sum", per_sample_weights=torch.relu(av))
+            e_hat = F.embedding_bag(dead_idx[ai], sae.W_dec, mode="sum", per_sample_weights=torch.relu(av).float())
             aux = (err.detach() - e_hat).pow(2).sum(-1).mean()
             if torch.isfinite(aux):
                 loss = loss + self.aux_c * aux
@@ -247,12 +292,14 @@ class _Trainer:
     def _step_dense(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """ReLU + L1 and JumpReLU: every latent may fire, so the product is dense."""
         sae = self.sae
-        pre = _pre_acts(sae, x)
+        with self._products(x):
+            pre = _pre_acts(sae, x).float()
         if self.arch == "relu":
             f = torch.relu(pre)
         else:
             f = _JumpReLU.apply(pre, self.log_threshold.exp(), self.eps)
-        y_hat = sae.decode(f)
+        with self._products(x):
+            y_hat = (f @ sae.W_dec + sae.b_dec).float()
         err = y - y_hat
         mse = err.pow(2).sum(-1).mean()
         loss = mse
@@ -298,7 +345,8 @@ def train_sae(scan, site, n_latents: int = 4096, k: int = 32, arch: str = "batch
               l1_coefficient: float = 5.0, l0_coefficient: float = 0.05, bandwidth: float = 0.05,
               b_dec_init: str = "geometric_median", normalize: bool = True, aux_k: int | None = None,
               aux_coefficient: float = 1 / 32, dead_tokens: int | None = None, skip_first: bool | None = None,
-              skip_outliers: float | None = 10.0, seed: int = 0, device: str = "auto", progress: bool | None = None):
+              skip_outliers: float | None = 10.0, seed: int = 0, device: str = "auto", dtype: str = "auto",
+              progress: bool | None = None):
     """Train an SAE (or a transcoder, with ``target_site``) on a Scan's token-level records.
 
     ``site`` is one token site (``"resid.6"``) or a list of them: several SAEs are then
@@ -317,6 +365,12 @@ def train_sae(scan, site, n_latents: int = 4096, k: int = 32, arch: str = "batch
     dominate the squared error and claim latents of their own. The threshold, in the site's raw
     units, is kept in ``sae.metadata["max_norm"]``, and :func:`feature_activations` skips the same
     tokens. ``None`` keeps every token.
+
+    ``dtype`` is the precision of the training arithmetic: ``float32``, ``bf16-mixed`` (``bfloat16``
+    means the same here: bfloat16 matrix products, float32 weights, optimiser state and losses) or
+    ``auto`` (bf16-mixed on hardware with native bfloat16 where the fidelity table allows it, see
+    :data:`llmri.model.AUTO_BF16`, else float32). The saved SAE is float32 either way; the precision
+    used is kept in ``sae.metadata["precision"]``.
 
     >>> sae = llmri.train_sae(scan, site="resid.15", n_latents=4096, k=32)   # doctest: +SKIP
     >>> tc = llmri.train_sae(scan, site="mlp_in.3", target_site="mlp_out.3")  # a transcoder
@@ -337,6 +391,7 @@ def train_sae(scan, site, n_latents: int = 4096, k: int = 32, arch: str = "batch
     if skip_outliers is not None and not (isinstance(skip_outliers, (int, float)) and skip_outliers > 1):
         raise LlmriError(f"skip_outliers must be a number above 1 (times the median token norm) or None, "
                          f"got {skip_outliers!r}")
+    training_precision(dtype, "cpu")  # a bad dtype fails before any data is read
     single = isinstance(site, str)
     sites = [site] if single else list(site)
     if not sites:
@@ -354,6 +409,7 @@ def train_sae(scan, site, n_latents: int = 4096, k: int = 32, arch: str = "batch
 
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
+    precision = training_precision(dtype, dev)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     needed = list(dict.fromkeys(names + tnames))
@@ -388,7 +444,7 @@ def train_sae(scan, site, n_latents: int = 4096, k: int = 32, arch: str = "batch
         n_lr = lr if lr is not None else 2e-4 / math.sqrt(n_latents / 2 ** 14)
         ak = aux_k if aux_k is not None else min(512, max(1, d_out // 2), n_latents)
         trainers.append(_Trainer(sae, n_lr, total_steps, l1_coefficient, l0_coefficient, bandwidth, ak,
-                                 aux_coefficient, dead_tokens))
+                                 aux_coefficient, dead_tokens, torch.bfloat16 if precision == MIXED else None))
     del first
 
     bar = tqdm(total=total_tokens, unit="tok", unit_scale=True, desc=f"training {arch} SAE",
@@ -415,7 +471,7 @@ def train_sae(scan, site, n_latents: int = 4096, k: int = 32, arch: str = "batch
     for tr, name, tname in zip(trainers, names, tnames):
         sae = tr.finish(scales[name], scales[tname])
         sae.metadata.update(arch=arch, n_tokens=total_tokens, epochs=epochs, batch_size=batch_size, lr=tr.lr,
-                            seed=seed, b_dec_init=b_dec_init, skip_first=bool(skip_first),
+                            seed=seed, precision=precision, b_dec_init=b_dec_init, skip_first=bool(skip_first),
                             max_norm=max_norm.get(name), aux_k=tr.aux_k, aux_coefficient=aux_coefficient,
                             dead_tokens=dead_tokens, scan=str(scan.folder),
                             normalization=dict(method="expected_average_only_in" if normalize else "none",
@@ -425,6 +481,18 @@ def train_sae(scan, site, n_latents: int = 4096, k: int = 32, arch: str = "batch
                             **({"l0_coefficient": l0_coefficient, "bandwidth": bandwidth} if arch == "jumprelu" else {}))
         out[name] = sae.cpu()
     return out[names[0]] if single else out
+
+
+def training_precision(dtype, device, what: str = "dtype") -> str:
+    """What ``train_sae(dtype=...)`` computes in on ``device``: ``"bf16-mixed"`` or ``"float32"``
+    (``what`` names the argument in the error a bad ``dtype`` raises)."""
+    name = check_dtype(dtype, what) if dtype in TRAINING_DTYPES else None
+    if name is None:
+        raise LlmriError(f"{what} {dtype!r} is not one of auto, float32, bf16-mixed (SAE training keeps float32 "
+                         "weights; bfloat16 means bf16-mixed here)")
+    if name == "auto":
+        return MIXED if AUTO_BF16.get("sae-train") and native_bf16(device) else "float32"
+    return MIXED if name in (MIXED, "bfloat16") else "float32"
 
 
 def _site_name(scan, site: str) -> str:
