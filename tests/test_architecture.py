@@ -14,7 +14,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "llmri"
 
 # Floors, lowest first. A module may import from its own floor and the floors below it, never above.
 FLOORS = {
-    "ground": ["errors", "precision", "sites", "model", "corpus", "store", "batches", "stats", "engine", "distributed"],
+    "ground": ["errors", "precision", "sites", "model", "corpus", "store", "batches", "stats", "threads", "engine",
+               "distributed"],
     "figures": ["viz"],
     "analyses": ["capture", "scan_settings", "regions", "nrag", "metrics", "probe", "neurons", "attention", "interventions",
                  "generate", "sae", "explain", "circuits"],

@@ -9,18 +9,20 @@ times (a dead actor is restarted and rebuilds its state); an LlmriError raised b
 input, not bad luck) is never retried and comes back to the driver as itself, one line. Ray is
 imported only here, and only when a pool starts: ``import llmri`` never imports it.
 
->>> workers = Workers(ModelLoader("default"), 2, {"num_cpus": 1}, retries=2)   # doctest: +SKIP
+>>> workers = Workers(ModelLoader("default"), 2, {}, retries=2)   # doctest: +SKIP
 >>> results, errors = workers.map(job, items)
 >>> workers.close()
 """
 
 from __future__ import annotations
 
+import math
 import os
 from numbers import Number
 from pathlib import Path
 
 from .errors import LlmriError
+from .threads import configure_threads, split_cores, usable_cores
 
 CLUSTERS = ("auto", "local")
 
@@ -28,11 +30,12 @@ CLUSTERS = ("auto", "local")
 def check_options(workers, resources=None, retries: int = 2, address: str | None = None) -> dict:
     """Validate the Ray options before Ray or a model starts; the actor options for ``resources``.
 
-    ``resources`` maps ``CPU``, ``GPU`` or a custom Ray resource to the amount each worker needs
-    (``CPU`` is 1 unless given). :class:`llmri.Engine` checks its options with it.
+    ``resources`` maps ``CPU``, ``GPU`` or a custom Ray resource to the amount each worker needs;
+    without ``CPU`` the workers' share of the cores is decided once connected (:func:`worker_cpus`).
+    :class:`llmri.Engine` checks its options with it.
 
-    >>> check_options(2, {"GPU": 1})                                      # doctest: +SKIP
-    {'num_cpus': 1, 'num_gpus': 1}
+    >>> check_options(2, {"GPU": 1, "CPU": 4})                            # doctest: +SKIP
+    {'num_cpus': 4, 'num_gpus': 1}
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise LlmriError(f"workers must be a positive integer, got {workers!r}")
@@ -45,7 +48,7 @@ def check_options(workers, resources=None, retries: int = 2, address: str | None
         if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, Number) or v < 0:
             raise LlmriError(f"resources: {k!r}: {v!r} is not a resource name with an amount >= 0, "
                              "e.g. {'GPU': 1}")
-    opts = {"num_cpus": resources.pop("CPU", 1)}
+    opts = {"num_cpus": resources.pop("CPU")} if "CPU" in resources else {}
     if "GPU" in resources:
         opts["num_gpus"] = resources.pop("GPU")
     if resources:
@@ -88,6 +91,20 @@ def connect(address: str | None = None):
     return ray
 
 
+def worker_cpus(ray, workers: int) -> int:
+    """The CPUs each of ``workers`` actors reserves when the caller named none: on a cluster of
+    one machine, its cores split between them (``max(1, cores // workers)``, the cores being this
+    process's :func:`llmri.threads.usable_cores` when the machine is this one, capped by the
+    cluster's CPUs); on several machines 1, as Ray's own default (pass ``resources={"CPU": n}``)."""
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) != 1:
+        return 1
+    cpus = int(nodes[0].get("Resources", {}).get("CPU", 1))
+    if nodes[0].get("NodeManagerAddress") == ray.util.get_node_ip_address():
+        cpus = min(cpus, usable_cores())
+    return split_cores(cpus, workers)
+
+
 class _Refused:
     """What an actor returns for a job that raised an LlmriError: its message (not retried)."""
 
@@ -96,10 +113,12 @@ class _Refused:
 
 
 class _Holder:
-    """One worker: the state built once from its factory; Ray runs it as an actor."""
+    """One worker: the state built once from its factory, on ``threads`` torch threads (its share
+    of the cores); Ray runs it as an actor."""
 
-    def __init__(self, factory):
+    def __init__(self, factory, threads: int = 1):
         self.error, self.state = None, None
+        configure_threads(threads)
         try:
             self.state = factory() if factory is not None else None
         except LlmriError as e:  # reported by the first job, as a one-line error on the driver
@@ -142,8 +161,12 @@ class Workers:
 
     def __init__(self, factory, workers: int, options: dict, retries: int, address: str | None = None):
         self.ray = connect(address)
+        options = dict(options)
+        if "num_cpus" not in options:
+            options["num_cpus"] = worker_cpus(self.ray, workers)
+        threads = max(1, math.floor(options["num_cpus"]))   # as Ray's OMP_NUM_THREADS for the actor
         actor = self.ray.remote(max_restarts=retries, max_task_retries=retries)(_Holder)
-        self.actors = [actor.options(**options).remote(factory) for _ in range(workers)]
+        self.actors = [actor.options(**options).remote(factory, threads) for _ in range(workers)]
 
     def map(self, job, jobs: list, done=None, threads: int = 1) -> tuple[dict, list]:
         """Run ``job(state, item)`` for every item on whichever actor is free. Returns the results

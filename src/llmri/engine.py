@@ -68,7 +68,9 @@ class ModelLoader:
 
     def __call__(self):
         from .model import as_model
+        from .threads import configure_threads
 
+        configure_threads()      # torch's pool sized before the first heavy work (a no-op once set)
         model = self.model
         if callable(model) and not hasattr(model, "forward"):  # a function returning a Model (not a torch module)
             model = model()
@@ -116,7 +118,9 @@ class _Here:
 class Engine:
     """Where jobs run: ``Engine("local")`` in this process, ``Engine("ray", workers=N,
     resources={"GPU": 1}, address="auto", retries=2)`` on ``N`` Ray actors, each needing
-    ``resources`` (``CPU``, ``GPU`` or a custom Ray resource), on the cluster at ``address``
+    ``resources`` (``CPU``, ``GPU`` or a custom Ray resource; without ``CPU``, workers on a
+    one-machine cluster split its cores, ``max(1, cores // N)`` each, and run that many torch
+    threads), on the cluster at ``address``
     (``"auto"``: the one running on this machine; ``"local"``: a new one here; None: Ray's
     choice), with a job whose worker raises or dies retried ``retries`` times (a dead worker is
     restarted). The options are checked here, before Ray or a model starts.

@@ -6,8 +6,11 @@ prompt, then one pass per new token with the key/value cache) goes through them.
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .batches import chat_prompt, pad_batch
 from .capture import embed
@@ -16,24 +19,38 @@ from .interventions import steer, steering_vector
 from .model import as_model, computing, is_causal_lm
 from .probe import make_classifier
 from .store import Scan
+from .threads import configure_threads
 
 
 def generate(model, prompts, max_new_tokens: int = 64, chat: bool | None = None, do_sample: bool = False,
              temperature: float = 1.0, top_p: float | None = None, seed: int = 0, system: str | None = None,
-             batch_size: int = 16) -> str | list[str]:
+             batch_size: int = 16, progress: bool | None = None) -> str | list[str]:
     """Continue one prompt or a list of prompts; returns the new text (a string or a list).
 
     The chat template is applied when the tokenizer has one (``chat=None``); prompts are batched
     with left padding (batched equals one by one); greedy by default, and sampling
     (``do_sample=True``) is deterministic under ``seed``. Any intervention context around the
-    call applies to every forward pass.
+    call applies to every forward pass. ``progress``: a bar of generated tokens on stderr
+    (None: only when stderr is a terminal); the text is the same either way.
 
     >>> dec = llmri.load_model("default-decoder")                        # doctest: +SKIP
     >>> llmri.generate(dec, "What is the capital of France?")
     'The capital of France is Paris.'
     """
-
     model = as_model(model)
+    single, ids, kwargs = _prepare(model, prompts, max_new_tokens, chat, do_sample, temperature, top_p, system,
+                                   batch_size)
+    n_batches = -(-len(ids) // batch_size)
+    bar = tqdm(total=n_batches * max_new_tokens, unit="tok", desc="generating", file=sys.stderr,
+               dynamic_ncols=True, disable=None if progress is None else not progress)
+    with bar:
+        out = _run(model, ids, kwargs, batch_size, seed, None if bar.disable else bar.update)
+    return out[0] if single else out
+
+
+def _prepare(model, prompts, max_new_tokens, chat, do_sample, temperature, top_p, system, batch_size):
+    """Check a generation request and tokenise its prompts: (one prompt given, token ids, the
+    keyword arguments of transformers' ``generate``)."""
     if not is_causal_lm(model):
         raise LlmriError(f"generate: {model.name} is not a decoder with a language-model head")
     single = isinstance(prompts, str) or (isinstance(prompts, (list, tuple)) and prompts
@@ -41,12 +58,13 @@ def generate(model, prompts, max_new_tokens: int = 64, chat: bool | None = None,
     items = [prompts] if single else list(prompts)
     if not items:
         raise LlmriError("generate: no prompts given")
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise LlmriError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     if do_sample and not temperature > 0:
         raise LlmriError(f"temperature must be > 0 when sampling, got {temperature!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise LlmriError(f"batch_size must be a positive integer, got {batch_size!r}")
+    configure_threads()
     tok = model.tokenizer
     use_chat = bool(getattr(tok, "chat_template", None)) if chat is None else bool(chat)
     texts = [chat_prompt(model, p, use_chat, system) for p in items]
@@ -67,6 +85,35 @@ def generate(model, prompts, max_new_tokens: int = 64, chat: bool | None = None,
         kwargs.update(temperature=float(temperature), top_p=top_p, top_k=None)
     else:  # greedy: no sampling knobs, whatever the model's generation_config suggests
         kwargs.update(temperature=None, top_p=None, top_k=None)
+    return single, ids, kwargs
+
+
+class TokenCounter:
+    """A transformers streamer that only counts: ``tick(1)`` for every generated token (its first
+    ``put`` is the prompt), so a progress bar moves while a batch generates.
+
+    >>> model.module.generate(ids, streamer=TokenCounter(bar.update))    # doctest: +SKIP
+    """
+
+    def __init__(self, tick):
+        self.tick, self.prompt, self.count = tick, True, 0
+
+    def put(self, value) -> None:
+        if self.prompt:
+            self.prompt = False
+            return
+        self.count += 1
+        self.tick(1)
+
+    def end(self) -> None:
+        pass
+
+
+def _run(model, ids, kwargs, batch_size, seed, tick=None, batch_done=None) -> list[str]:
+    """Generate from token ids in length-sorted batches; returns the new text of each, in order.
+    ``tick(n)`` counts generated steps (a batch that stops early at EOS is counted in full);
+    ``batch_done()`` is called after each batch."""
+    tok = model.tokenizer
     order = np.argsort([-len(x) for x in ids], kind="stable")
     out: list[str] = [""] * len(ids)
     devices = [model.device] if model.device.type == "cuda" else []
@@ -76,11 +123,16 @@ def generate(model, prompts, max_new_tokens: int = 64, chat: bool | None = None,
             batch = [int(i) for i in order[start:start + batch_size]]
             inputs, _ = pad_batch(model, [ids[i] for i in batch], side="left")
             inputs.pop("position_ids", None)  # generate derives positions from the attention mask
-            result = model.module.generate(**inputs, **kwargs)
+            ticks = TokenCounter(tick) if tick is not None else None
+            result = model.module.generate(**inputs, **kwargs, **({"streamer": ticks} if ticks else {}))
+            if ticks is not None and ticks.count < kwargs["max_new_tokens"]:
+                tick(kwargs["max_new_tokens"] - ticks.count)
+            if batch_done is not None:
+                batch_done()
             new = result[:, inputs["input_ids"].shape[1]:]
             for i, row in zip(batch, new.tolist()):
                 out[i] = tok.decode(row, skip_special_tokens=True)
-    return out[0] if single else out
+    return out
 
 
 PROBE_C = 0.01  # inverse L2 strength of the probe that scores steered generations
@@ -88,7 +140,7 @@ PROBE_C = 0.01  # inverse L2 strength of the probe that scores steered generatio
 
 def steer_sweep(model, scan, positive, negative, layer: int, alphas, prompts, site: str = "resid",
                 mode: str = "add", max_new_tokens: int = 40, probe_layer: int | None = None,
-                seed: int = 0):
+                seed: int = 0, progress: bool | None = None):
     """Generate every prompt under a range of steering strengths and score each generation.
 
     The steering vector is :func:`llmri.steering_vector` of the Scan (``positive`` minus
@@ -97,6 +149,8 @@ def steer_sweep(model, scan, positive, negative, layer: int, alphas, prompts, si
     probe trained on the Scan's ``positive`` vs ``negative`` documents (standardised, L2 with
     ``C = 0.01`` so its probabilities stay graded) gives the probability of ``positive``.
     Returns a DataFrame: prompt, alpha, generation, p_positive (NaN for an empty generation).
+    ``progress``: a bar on stderr with one step per alpha and batch of prompts (None: only when
+    stderr is a terminal); the table is the same either way.
     """
     import pandas as pd
 
@@ -109,6 +163,8 @@ def steer_sweep(model, scan, positive, negative, layer: int, alphas, prompts, si
         raise LlmriError(f"alphas {alphas!r}: expected numbers") from None
     if not alphas or not prompts:
         raise LlmriError("steer_sweep: give at least one alpha and one prompt")
+    batch_size = 16
+    _, ids, kwargs = _prepare(model, prompts, max_new_tokens, None, False, 1.0, None, None, batch_size)
     vector = steering_vector(scan, positive, negative, layer, site=site, model=model)
     probe_layer = layer if probe_layer is None else probe_layer
     names = [positive] if isinstance(positive, str) else list(positive)
@@ -119,10 +175,14 @@ def steer_sweep(model, scan, positive, negative, layer: int, alphas, prompts, si
     # probabilities saturate at 0 or 1 on any new text; a strong L2 penalty keeps them graded.
     clf = make_classifier("logistic", seed=seed, C=PROBE_C).fit(scan.activations(probe_layer, site)[keep], y)
     rows = []
-    for a in alphas:
-        with steer(model, {f"{site}.{layer}": vector}, alpha=a, mode=mode):
-            outs = generate(model, prompts, max_new_tokens=max_new_tokens, seed=seed)
-        rows += [{"prompt": p, "alpha": a, "generation": g} for p, g in zip(prompts, outs)]
+    bar = tqdm(total=len(alphas) * -(-len(ids) // batch_size), unit="batch", desc="steering", file=sys.stderr,
+               dynamic_ncols=True, disable=None if progress is None else not progress)
+    with bar:
+        for a in alphas:
+            bar.set_postfix(alpha=f"{a:g}")
+            with steer(model, {f"{site}.{layer}": vector}, alpha=a, mode=mode):
+                outs = _run(model, ids, kwargs, batch_size, seed, batch_done=bar.update)
+            rows += [{"prompt": p, "alpha": a, "generation": g} for p, g in zip(prompts, outs)]
     df = pd.DataFrame(rows)
     scored = [i for i, g in enumerate(df["generation"]) if g.strip()]
     p = np.full(len(df), np.nan)

@@ -377,6 +377,9 @@ def load_model(name: str = "default", device: str = "auto", dtype: str = "auto",
             raise LlmriError(f"{local}: not a model folder (no config.json)")
     elif str(name).startswith((".", "/", "~")):
         raise LlmriError(f"{name}: no such model folder")
+    from .threads import configure_threads
+
+    configure_threads()  # torch's pool sized to the usable cores before the first heavy work (once)
     dev = _resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     if download and not local.exists() and not hub_reachable():

@@ -34,7 +34,7 @@ def generate_cmd(prompts, model_name, max_new_tokens, chat, system, sample, temp
         raise LlmriError(f"--temperature must be > 0 when sampling, got {temperature}")
     model = load_model(model_name, device=device, download=download)
     outs = generate(model, list(prompts), max_new_tokens=max_new_tokens, chat=chat, system=system,
-                    do_sample=sample, temperature=temperature, seed=seed)
+                    do_sample=sample, temperature=temperature, seed=seed, progress=None)
     if as_json:
         click.echo(json.dumps([{"prompt": p, "generation": g} for p, g in zip(prompts, outs)],
                               ensure_ascii=False, indent=1))
@@ -85,7 +85,7 @@ def steer_cmd(prompts, scan_dir, positive, negative, layer, out, model_name, alp
     out = output_folder(out)  # checked before the model loads
     model = load_model(model_name, device=device, download=download)
     df = steer_sweep(model, scan, pos, neg, layer, values, list(prompts), site=site, mode=mode,
-                     max_new_tokens=max_new_tokens, probe_layer=probe_layer, seed=seed)
+                     max_new_tokens=max_new_tokens, probe_layer=probe_layer, seed=seed, progress=None)
     click.echo(df.to_string(index=False, max_colwidth=70, float_format=lambda v: f"{v:.3f}"))
     path = steer_page(df, out, model.name, scan_dir, alphas=values, max_new_tokens=max_new_tokens, seed=seed)
     click.echo(f"steering: {path}")

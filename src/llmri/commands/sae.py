@@ -149,19 +149,15 @@ def sae_report_cmd(sae_dir, scan_dir, out, model_name, cards, method, explanatio
 @click.option("--download", is_flag=True)
 def sae_steer_cmd(sae_dir, prompt, model_name, feature, values, max_new_tokens, out, device, download):
     """Generate from PROMPT with one SAE feature clamped to each --value, side by side."""
-    from ..generate import generate
     from ..model import load_model
-    from ..sae import SAE, clamp
-    from ..sae.clamp import resolve_values
+    from ..sae import SAE
+    from ..sae.clamp import clamp_generations, resolve_values
 
     sae = SAE.load(sae_dir)
     for v in values:  # every value checked before the model loads
         resolve_values(sae, {feature: v})
     model = load_model(model_name, device=device, dtype="float32", download=download)
-    rows = [("none (original)", generate(model, prompt, max_new_tokens=max_new_tokens))]
-    for v in values:
-        with clamp(model, sae, {feature: v}) as c:
-            rows.append((f"{v} = {c.values[0]:.4g}", generate(model, prompt, max_new_tokens=max_new_tokens)))
+    rows = clamp_generations(model, sae, feature, values, prompt, max_new_tokens=max_new_tokens, progress=None)
     for label, text in rows:
         click.echo(f"[{label}] {text}")
     if out:

@@ -26,14 +26,17 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import threading
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ..errors import LlmriError
 from ..model import as_model, computing
 from ..store import atomic_write_json
+from ..threads import configure_threads
 from .prompts import render_plain
 
 log = logging.getLogger("llmri.explain")
@@ -206,7 +209,8 @@ class LocalLM(Backend):
 
     Log-probabilities come from one forward pass of the prompt. ``chat=None`` uses the
     tokenizer's chat template when it has one and plain text otherwise; ``chat=True`` requires
-    a template.
+    a template. ``progress``: a bar of each reply's tokens while it is generated, on stderr
+    (None: only when stderr is a terminal); replies are the same either way.
 
     >>> lm = LocalLM("default-decoder")                                   # doctest: +SKIP
     >>> lm.chat([{"role": "user", "content": "Name a planet."}], max_tokens=8)
@@ -216,10 +220,13 @@ class LocalLM(Backend):
     _runtime = ("_lock", "_local", "_model", "_prefix")
 
     def __init__(self, model="default-decoder", chat: bool | None = None, device: str = "auto",
-                 dtype: str = "auto", cache_dir=None):
+                 dtype: str = "auto", cache_dir=None, progress: bool | None = None):
         super().__init__(cache_dir=cache_dir)
         if chat not in (None, True, False):
             raise LlmriError(f"chat must be None (auto), True or False, got {chat!r}")
+        if progress not in (None, True, False):
+            raise LlmriError(f"progress must be None (when stderr is a terminal), True or False, got {progress!r}")
+        self.progress = progress
         self._spec = model
         self._model = None
         self._prefix = (None, None, None)        # (prefix ids, their key/value cache, last logits)
@@ -229,6 +236,7 @@ class LocalLM(Backend):
     @property
     def model(self):
         if self._model is None:
+            configure_threads()
             m = as_model(self._spec, device=self.device, dtype=self.dtype)
             template = getattr(m.tokenizer, "chat_template", None)
             if self._chat_mode is True and not template:
@@ -279,7 +287,13 @@ class LocalLM(Backend):
             kw.update(do_sample=True, temperature=float(temperature))
         else:
             kw.update(do_sample=False)
-        with torch.inference_mode(), computing(m, "lm"):
+        bar = tqdm(total=int(max_tokens), unit="tok", desc="local LM reply", leave=False, file=sys.stderr,
+                   dynamic_ncols=True, disable=None if self.progress is None else not self.progress)
+        if not bar.disable:
+            from ..generate import TokenCounter
+
+            kw["streamer"] = TokenCounter(bar.update)
+        with bar, torch.inference_mode(), computing(m, "lm"):
             out = m.module.generate(x, attention_mask=torch.ones_like(x), **kw)
         new = out[0, len(ids):].tolist()
         eos = m.tokenizer.eos_token_id

@@ -146,3 +146,39 @@ def clamp(model, sae: SAE, spec: dict, feats=None, skip_first: bool | None = Non
     finally:
         if top is not None:
             top.remove()
+
+
+def clamp_generations(model, sae: SAE, feature: int, values, prompt, max_new_tokens: int = 40, feats=None,
+                      skip_first: bool | None = None, progress: bool | None = None) -> list[tuple[str, str]]:
+    """Generate from ``prompt`` unclamped, then with ``feature`` clamped to each of ``values``
+    (absolute, or multiples like ``"10x"``): ``[(label, generation), ...]``, the rows of
+    ``llmri sae steer`` and of :func:`llmri.report.clamp_page`. Every value is checked before the
+    first generation. ``progress``: a bar on stderr, one step per generation (None: only when
+    stderr is a terminal); the rows are the same either way.
+
+    >>> rows = clamp_generations(model, sae, 1234, ["0", "10x"], "Tell me about yourself.")  # doctest: +SKIP
+    >>> rows[0][0], rows[2][0]
+    ('none (original)', '10x = 41.7')
+    """
+    import sys
+
+    from tqdm.auto import tqdm
+
+    from ..generate import generate
+
+    model = as_model(model)
+    values = [values] if isinstance(values, (str, int, float)) else list(values)
+    for v in values:
+        resolve_values(sae, {feature: v}, feats)
+    bar = tqdm(total=len(values) + 1, unit="generation", desc="clamping", file=sys.stderr, dynamic_ncols=True,
+               disable=None if progress is None else not progress)
+    with bar:
+        rows = [("none (original)", generate(model, prompt, max_new_tokens=max_new_tokens, progress=False))]
+        bar.update(1)
+        for v in values:
+            bar.set_postfix(value=str(v))
+            with clamp(model, sae, {feature: v}, feats=feats, skip_first=skip_first) as c:
+                rows.append((f"{v} = {c.values[0]:.4g}",
+                             generate(model, prompt, max_new_tokens=max_new_tokens, progress=False)))
+            bar.update(1)
+    return rows
