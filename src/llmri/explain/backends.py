@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import LlmriError
-from ..model import as_model, computing
+from ..model import as_model, computing, precision_used
 from ..store import atomic_write_json
 from .prompts import render_plain
 
@@ -247,8 +247,9 @@ class LocalLM(Backend):
         return True
 
     def _identity(self) -> dict:
+        p = precision_used(self.model, "lm")   # bf16 answers are cached apart; float32 keys are unchanged
         return {"kind": self.kind, "model": self.model.name, "fingerprint": self.model.fingerprint,
-                "chat": self._chat_mode}
+                "chat": self._chat_mode, **({} if p == "float32" else {"precision": p})}
 
     def _prefix_ids(self, messages) -> list[int]:
         tok = self.model.tokenizer
@@ -279,7 +280,7 @@ class LocalLM(Backend):
             kw.update(do_sample=True, temperature=float(temperature))
         else:
             kw.update(do_sample=False)
-        with torch.inference_mode(), computing(m, "lm"):
+        with torch.no_grad(), computing(m, "lm"):
             out = m.module.generate(x, attention_mask=torch.ones_like(x), **kw)
         new = out[0, len(ids):].tolist()
         eos = m.tokenizer.eos_token_id

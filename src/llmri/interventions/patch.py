@@ -135,7 +135,7 @@ def patch(model, clean: str, corrupted: str, metric: Callable | None = None, sit
     tokens = model.tokenizer.convert_ids_to_tokens(corrupted_in["input_ids"][0].tolist())
     rows = []
     jobs = [(s, p) for s in cache for p in positions]
-    with torch.inference_mode(), computing(model, "patch"):
+    with torch.no_grad(), computing(model, "patch"):
         for site, p in tqdm(jobs, desc="patching", disable=None if progress is None else not progress):
             with patching(model, {site: cache[site]}, positions=[p]):
                 m = float(metric(_forward(model, corrupted_in)))
