@@ -108,10 +108,10 @@ class Sides:
         self._bf16 = None
 
     def names(self, cheap: bool = False) -> list[str]:
-        return list(self.models) + (["bfloat16"] if cheap and self.bf16_weights else [])
+        return list(self.models) + [HEAD] + (["bfloat16"] if cheap and self.bf16_weights else [])
 
     def get(self, name: str):
-        if name == CAST_ONCE:
+        if name in (CAST_ONCE, HEAD):
             return self.models["bf16-mixed"]
         if name == "bfloat16":
             if self._bf16 is None:
@@ -125,6 +125,28 @@ class Sides:
 
 
 CAST_ONCE = "cast-once"
+HEAD = "mixed+f32-head"
+
+
+@contextlib.contextmanager
+def f32_head(model):
+    """A diagnostic variant of bf16-mixed (added after the first full run): the unembedding
+    (``lm_head``) computed in float32, everything else as bf16-mixed. Under autocast the logits
+    come out of a bf16 matrix product, rounded to 8 bits of mantissa (steps of 0.06-0.125 for
+    logits of 10-20), which makes near-ties exact and blurs log-probability differences."""
+    import torch
+
+    head = model.module.get_output_embeddings()
+    plain = head.forward
+
+    def forward(x):
+        with torch.autocast(x.device.type, enabled=False):
+            return plain(x.float())
+    head.forward = forward
+    try:
+        yield
+    finally:
+        del head.forward
 
 
 @contextlib.contextmanager
@@ -150,7 +172,8 @@ def cast_once(model):
 def run_side(sides, name: str, fn):
     """``fn(model)`` for one side, inside cast_once for the cast-once side."""
     model = sides.get(name)
-    with cast_once(model) if name == CAST_ONCE else contextlib.nullcontext():
+    ctx = {CAST_ONCE: cast_once, HEAD: f32_head}.get(name, lambda m: contextlib.nullcontext())
+    with ctx(model):
         return fn(model)
 
 
@@ -219,10 +242,11 @@ def generation(sides: Sides, args) -> dict:
     out, times = {}, {}
     with only("generate"):
         for name in sides.names(cheap=True):
-            out[name], times[name] = timed(lambda: llmri.generate(sides.get(name), prompts, max_new_tokens=args.tokens))
+            out[name], times[name] = timed(lambda: run_side(sides, name, lambda m: llmri.generate(
+                m, prompts, max_new_tokens=args.tokens)))
         short = PROMPTS[:4]
         speed = interleaved({n: (lambda n=n: run_side(sides, n, lambda m: llmri.generate(m, short, max_new_tokens=args.tokens)))
-                             for n in sides.names(cheap=True) + [CAST_ONCE]}, args.repeat)
+                             for n in sides.names(cheap=True) + [CAST_ONCE] if n != HEAD}, args.repeat)
     tok = sides.f32.tokenizer
     nll32 = continuation_nll(sides.f32, prompts, out["float32"])
     rows = {}
@@ -241,8 +265,8 @@ def generation(sides: Sides, args) -> dict:
                 time_4=speed, ratio_4=ratios(speed), ratio_16=ratios(times))
 
 
-def generation_misses(r) -> list[str]:
-    m = r["fidelity"]["bf16-mixed"]
+def generation_misses(r, side: str = "bf16-mixed") -> list[str]:
+    m = r["fidelity"][side]
     bad = []
     if m["identical"] < TOL["gen_identical"]:
         bad.append(f"{m['identical']:.0%} of generations identical")
@@ -259,9 +283,9 @@ def steering(sides: Sides, args, out: Path) -> dict:
     dfs, times = {}, {}
     with only("generate"):
         for name in sides.names():
-            dfs[name], times[name] = timed(lambda: llmri.steer_sweep(
-                sides.get(name), scan, "positive", "negative", layer=6, alphas=alphas, prompts=prompts,
-                probe_layer=16, max_new_tokens=args.tokens))
+            dfs[name], times[name] = timed(lambda: run_side(sides, name, lambda m: llmri.steer_sweep(
+                m, scan, "positive", "negative", layer=6, alphas=alphas, prompts=prompts,
+                probe_layer=16, max_new_tokens=args.tokens)))
     eff = {}
     for name, df in dfs.items():
         m = df.groupby("alpha")["p_positive"].mean()
@@ -273,10 +297,10 @@ def steering(sides: Sides, args, out: Path) -> dict:
                 time=times, ratio=ratios(times))
 
 
-def steering_misses(r) -> list[str]:
+def steering_misses(r, side: str = "bf16-mixed") -> list[str]:
     bad = []
     for a, e32 in r["effect"]["float32"].items():
-        e16 = r["effect"]["bf16-mixed"][a]
+        e16 = r["effect"][side][a]
         if abs(e16 - e32) > TOL["steer_effect"]:
             bad.append(f"alpha {a}: effect {e16:+.3f} vs {e32:+.3f}")
         elif abs(e32) > TOL["steer_sign"] and np.sign(e16) != np.sign(e32):
@@ -302,12 +326,12 @@ def explain(sides: Sides, args, out: Path) -> dict:
         for name in sides.names(cheap=True):
             # a call cache per side: the neutral pmi prompt is shared within a side, never across
             lm = LocalLM(sides.get(name), cache_dir=out / f"explain-cache-{name}")
-            scores[name], times[name] = timed(lambda: {
+            scores[name], times[name] = timed(lambda: run_side(sides, name, lambda _: {
                 sim: [[score(lm, e, exs[n], scorers=("simulation",), simulator=sim)["simulation_score"]
-                       for e in explanations] for n in names] for sim in simulators})
+                       for e in explanations] for n in names] for sim in simulators}))
         # one unit explained and its explanation scored (pmi), no cache: the cost of `llmri explain` per unit
         unit = exs[names[0]]
-        lms = {n: LocalLM(sides.get(n)) for n in sides.names(cheap=True) + [CAST_ONCE]}
+        lms = {n: LocalLM(sides.get(n)) for n in sides.names(cheap=True) + [CAST_ONCE] if n != HEAD}
         said = {}
 
         def one(n):
@@ -332,9 +356,9 @@ def explain(sides: Sides, args, out: Path) -> dict:
                 ratio_scores=ratios(times), explained=said, time_unit=speed, ratio_unit=ratios(speed))
 
 
-def explain_misses(r) -> list[str]:
+def explain_misses(r, side: str = "bf16-mixed") -> list[str]:
     bad = []
-    for sim, m in r["fidelity"]["bf16-mixed"].items():
+    for sim, m in r["fidelity"][side].items():
         if m["max_abs"] > TOL["sim_abs"]:
             bad.append(f"{sim}: a simulation score moves by {m['max_abs']:.3f}")
         if not m["spearman"] >= TOL["sim_spearman"]:
@@ -382,14 +406,19 @@ def circuits(sides: Sides, args, out: Path) -> dict:
             g, v = {}, {}
             for name in sides.names():
                 target = None if name == "float32" else g["float32"].target
-                g[name], t = timed(lambda: attribute(sides.get(name), saes, p, target=target, max_feature_nodes=nodes))
+                g[name], t = timed(lambda: run_side(sides, name, lambda m: attribute(
+                    m, saes, p, target=target, max_feature_nodes=nodes)))
                 times[name] += t
-                v[name] = validate_circuit(sides.get(name), saes, g[name], k=(5, 10), n_random=3, n_single=10, seed=0)
+                v[name] = run_side(sides, name, lambda m: validate_circuit(m, saes, g[name], k=(5, 10), n_random=3,
+                                                                           n_single=10, seed=0))
             a, b = node_table(g["float32"]), node_table(g["bf16-mixed"])
             keys = sorted(set(a) | set(b))
             va, vb = [a.get(k, 0.0) for k in keys], [b.get(k, 0.0) for k in keys]
+            c = node_table(g[HEAD])
+            kc = sorted(set(a) | set(c))
             rows.append(dict(prompt=p, target=g["float32"].target, nodes_f32=len(a), nodes_bf16=len(b),
                              shared=len(set(a) & set(b)), spearman=spearman(va, vb), top20=top_overlap(va, vb, 20),
+                             spearman_head=spearman([a.get(k, 0.0) for k in kc], [c.get(k, 0.0) for k in kc]),
                              metric=[float(g[n].metric) for n in sides.names()],
                              top_drop={n: [r["top_drop"] for r in v[n]["topk"]] for n in v},
                              random_drop={n: [r["random_drop_mean"] for r in v[n]["topk"]] for n in v},
@@ -397,24 +426,25 @@ def circuits(sides: Sides, args, out: Path) -> dict:
             print(f"  {p!r} -> {rows[-1]['target']!r}: node Spearman {rows[-1]['spearman']:.3f}", flush=True)
         speed = interleaved({n: (lambda n=n: run_side(sides, n, lambda m: attribute(
             m, saes, prompts[0], target=rows[0]["target"], max_feature_nodes=nodes)))
-            for n in sides.names() + [CAST_ONCE]}, args.repeat)
+            for n in sides.names() + [CAST_ONCE] if n != HEAD}, args.repeat)
     sp = [r["spearman"] for r in rows]
     return dict(sites=[s.site for s in saes], d_sae=saes[0].d_sae, max_feature_nodes=nodes, rows=rows,
                 spearman_mean=float(np.mean(sp)), spearman_min=float(np.min(sp)), time_all=times,
                 ratio_all=ratios(times), time_one=speed, ratio_one=ratios(speed))
 
 
-def circuit_misses(r) -> list[str]:
+def circuit_misses(r, side: str = "bf16-mixed") -> list[str]:
     bad = []
-    if not r["spearman_mean"] >= TOL["attr_spearman_mean"]:
-        bad.append(f"mean node-attribution Spearman {r['spearman_mean']:.3f}")
-    if not r["spearman_min"] >= TOL["attr_spearman_min"]:
-        bad.append(f"lowest node-attribution Spearman {r['spearman_min']:.3f}")
+    sp = [row["spearman" if side == "bf16-mixed" else "spearman_head"] for row in r["rows"]]
+    if not np.mean(sp) >= TOL["attr_spearman_mean"]:
+        bad.append(f"mean node-attribution Spearman {np.mean(sp):.3f}")
+    if not np.min(sp) >= TOL["attr_spearman_min"]:
+        bad.append(f"lowest node-attribution Spearman {np.min(sp):.3f}")
     for row in r["rows"]:
-        d = np.abs(np.subtract(row["top_drop"]["bf16-mixed"], row["top_drop"]["float32"]))
+        d = np.abs(np.subtract(row["top_drop"][side], row["top_drop"]["float32"]))
         if d.max() > TOL["faith_drop"]:
             bad.append(f"{row['prompt']!r}: a top-k drop moves by {d.max():.3f}")
-        s32, s16 = row["single_spearman"]["float32"], row["single_spearman"]["bf16-mixed"]
+        s32, s16 = row["single_spearman"]["float32"], row["single_spearman"][side]
         if abs(s16 - s32) > TOL["faith_spearman"]:
             bad.append(f"{row['prompt']!r}: single-ablation Spearman {s16:.3f} vs {s32:.3f}")
     return bad
@@ -433,8 +463,8 @@ def lesion(sides: Sides, args, out: Path) -> dict:
     dfs, times = {}, {}
     with only("lesion"):
         for name in sides.names(cheap=True):
-            dfs[name], times[name] = timed(lambda: llmri.lesion_map(sides.get(name), corpus, layers=layers,
-                                                                     progress=False))
+            dfs[name], times[name] = timed(lambda: run_side(sides, name, lambda m: llmri.lesion_map(
+                m, corpus, layers=layers, progress=False)))
     cmp = {n: dict(effect_compare(dfs["float32"]["effect"], dfs[n]["effect"], "effect"),
                    baseline_diff=float(dfs[n].attrs["baseline"] - dfs["float32"].attrs["baseline"]))
            for n in dfs if n != "float32"}
@@ -449,7 +479,8 @@ def patch(sides: Sides, args, out: Path) -> dict:
         for name in sides.names(cheap=True):
             res[name] = []
             for clean, corrupted in pairs:
-                r, t = timed(lambda: llmri.patch(sides.get(name), clean, corrupted, sites=("resid",), progress=False))
+                r, t = timed(lambda: run_side(sides, name, lambda m: llmri.patch(m, clean, corrupted, sites=("resid",),
+                                                                                  progress=False)))
                 res[name].append(r.scores["restored"].to_numpy())
                 times[name] += t
     cmp = {n: effect_compare(np.concatenate(res["float32"]), np.concatenate(res[n]), "restored")
@@ -457,8 +488,8 @@ def patch(sides: Sides, args, out: Path) -> dict:
     return dict(pairs=pairs, fidelity=cmp, time=times, ratio=ratios(times))
 
 
-def effect_misses(r, what: str) -> list[str]:
-    m = r["fidelity"]["bf16-mixed"]
+def effect_misses(r, what: str, side: str = "bf16-mixed") -> list[str]:
+    m = r["fidelity"][side]
     bad = []
     if not m["spearman"] >= TOL["effect_spearman"]:
         bad.append(f"Spearman of {what} effects {m['spearman']:.3f}")
@@ -481,7 +512,7 @@ def table_rows(res: dict) -> list[tuple]:
         m = r["fidelity"]["bf16-mixed"]
         w = r["fidelity"].get("bfloat16")
         rows.append(("generate", f">= {TOL['gen_identical']:.0%} identical; NLL +<= {TOL['gen_nll']}",
-                     f"{m['identical']:.0%} identical, first divergence at token {m['mean_first_divergence'] or '-'}"
+                     f"{m['identical']:.0%} identical, first divergence at token {m['mean_first_divergence'] or 0:.1f}"
                      f" (mean); NLL {m['nll_diff']:+.3f}" + (f"; bf16 weights {w['identical']:.0%}, {w['nll_diff']:+.3f}"
                                                                if w else ""),
                      r["misses"], f"{_r(r['ratio_4'])} (cast once {_r(r['ratio_4'], CAST_ONCE)}, bf16 weights {_r(r['ratio_4'], 'bfloat16')})"))
@@ -518,11 +549,23 @@ def table_rows(res: dict) -> list[tuple]:
     return rows
 
 
+PART_OF = {"generate": "generation", "steer sweep (generate)": "steering", "LocalLM (lm)": "explain",
+           "attribute / validate_circuit": "circuits", "lesion_map": "lesion", "patch": "patch"}
+
+
+def verdict(misses) -> str:
+    if misses is None:
+        return "-"
+    more = f" (and {len(misses) - 3} more)" if len(misses) > 3 else ""
+    return "holds" if not misses else "fails: " + "; ".join(misses[:3]) + more
+
+
 def markdown(res: dict) -> str:
-    out = ["| use | tolerance (set before) | measured (bf16-mixed vs float32) | verdict | time ratio |",
-           "|---|---|---|---|---|"]
+    out = ["| use | tolerance (set before) | measured (bf16-mixed vs float32) | verdict | time ratio bf16-mixed / "
+           "float32 | bf16-mixed with a float32 lm_head (diagnostic) |", "|---|---|---|---|---|---|"]
     for use, tol, got, misses, ratio in table_rows(res):
-        out.append(f"| {use} | {tol} | {got} | {'holds' if not misses else 'fails: ' + '; '.join(misses)} | {ratio} |")
+        head = res[PART_OF[use]].get("misses_" + HEAD)
+        out.append(f"| {use} | {tol} | {got} | {verdict(misses)} | {ratio} | {verdict(head)} |")
     return "\n".join(out)
 
 
@@ -556,13 +599,14 @@ def main() -> None:
                    steering=(lambda: steering(sides, args, out), steering_misses),
                    explain=(lambda: explain(sides, args, out), explain_misses),
                    circuits=(lambda: circuits(sides, args, out), circuit_misses),
-                   lesion=(lambda: lesion(sides, args, out), lambda r: effect_misses(r, "lesion")),
-                   patch=(lambda: patch(sides, args, out), lambda r: effect_misses(r, "patch")))
+                   lesion=(lambda: lesion(sides, args, out), lambda r, side="bf16-mixed": effect_misses(r, "lesion", side)),
+                   patch=(lambda: patch(sides, args, out), lambda r, side="bf16-mixed": effect_misses(r, "patch", side)))
     for part in parts:
         print(f"[{part}] ...", flush=True)
         run, misses = runners[part]
         r, t = timed(run)
         r["misses"], r["wall_s"] = misses(r), t
+        r["misses_" + HEAD] = misses(r, HEAD)
         res[part] = r
         print(f"[{part}] {t:.0f} s; misses: {r['misses'] or 'none'}", flush=True)
         path.write_text(json.dumps(dict(tolerances=TOL, goals=GOALS, env=env, results=res), indent=1, default=str))
