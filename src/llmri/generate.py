@@ -117,7 +117,8 @@ def _run(model, ids, kwargs, batch_size, seed, tick=None, batch_done=None) -> li
     order = np.argsort([-len(x) for x in ids], kind="stable")
     out: list[str] = [""] * len(ids)
     devices = [model.device] if model.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), torch.inference_mode(), computing(model, "generate"):
+    # no_grad, not inference_mode: under inference_mode autocast re-casts every weight on every step
+    with torch.random.fork_rng(devices=devices), torch.no_grad(), computing(model, "generate"):
         torch.manual_seed(seed)
         for start in range(0, len(order), batch_size):
             batch = [int(i) for i in order[start:start + batch_size]]

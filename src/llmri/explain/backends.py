@@ -34,7 +34,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import LlmriError
-from ..model import as_model, computing
+from ..model import as_model
+from ..precision import computing, precision_used
 from ..store import atomic_write_json
 from ..threads import configure_threads
 from .prompts import render_plain
@@ -255,8 +256,9 @@ class LocalLM(Backend):
         return True
 
     def _identity(self) -> dict:
+        p = precision_used(self.model, "lm")   # bf16 answers are cached apart; float32 keys are unchanged
         return {"kind": self.kind, "model": self.model.name, "fingerprint": self.model.fingerprint,
-                "chat": self._chat_mode}
+                "chat": self._chat_mode, **({} if p == "float32" else {"precision": p})}
 
     def _prefix_ids(self, messages) -> list[int]:
         tok = self.model.tokenizer
@@ -293,7 +295,7 @@ class LocalLM(Backend):
             from ..generate import TokenCounter
 
             kw["streamer"] = TokenCounter(bar.update)
-        with bar, torch.inference_mode(), computing(m, "lm"):
+        with bar, torch.no_grad(), computing(m, "lm"):
             out = m.module.generate(x, attention_mask=torch.ones_like(x), **kw)
         new = out[0, len(ids):].tolist()
         eos = m.tokenizer.eos_token_id

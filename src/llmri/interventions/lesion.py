@@ -113,7 +113,7 @@ def lesion_values(model: Model, corpus, jobs: list[tuple], measure="auto", mode:
     upto = _replay_depth(model, batches, jobs, measure, baseline and known is None)
     store: list[list] = [[] for _ in range(upto)]
     values = []
-    with torch.inference_mode(), computing(model, "lesion"):
+    with torch.no_grad(), computing(model, "lesion"):
         base = known
         if upto or (baseline and known is None):
             with recorded_blocks(model.module, model.adapter, upto, store):

@@ -33,7 +33,7 @@ def run_with_cache(model, text: str, sites=("resid",)) -> tuple[object, dict[str
     def keep(site):
         return lambda x: cache.__setitem__(site, x[0].detach().clone())
 
-    with torch.inference_mode(), computing(model, "patch"), hooks(model.module, model.adapter, {s: keep(s) for s in names}):
+    with torch.no_grad(), computing(model, "patch"), hooks(model.module, model.adapter, {s: keep(s) for s in names}):
         out = _forward(model, inputs)
     return out, cache
 
@@ -127,7 +127,7 @@ def patch(model, clean: str, corrupted: str, metric: Callable | None = None, sit
         raise LlmriError(f"patch: clean has {first.shape[0]} tokens and corrupted {T}; "
                          "they must have the same number of tokens")
     metric = metric or default_metric(model, clean_out)
-    with torch.inference_mode(), computing(model, "patch"):
+    with torch.no_grad(), computing(model, "patch"):
         m_clean = float(metric(clean_out))
         m_corr = float(metric(_forward(model, corrupted_in)))
     if abs(m_clean - m_corr) < 1e-9:
@@ -136,7 +136,7 @@ def patch(model, clean: str, corrupted: str, metric: Callable | None = None, sit
     tokens = model.tokenizer.convert_ids_to_tokens(corrupted_in["input_ids"][0].tolist())
     rows = []
     jobs = [(s, p) for s in cache for p in positions]
-    with torch.inference_mode(), computing(model, "patch"):
+    with torch.no_grad(), computing(model, "patch"):
         for site, p in tqdm(jobs, desc="patching", disable=None if progress is None else not progress):
             with patching(model, {site: cache[site]}, positions=[p]):
                 m = float(metric(_forward(model, corrupted_in)))
