@@ -15,7 +15,7 @@ import torch
 
 import llmri
 from conftest import make_model
-from llmri import model as model_mod
+from llmri import precision as model_mod
 from llmri.circuits import attribute, validate_circuit
 from llmri.explain import LocalLM
 from llmri.sae import SAE
