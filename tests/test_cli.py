@@ -43,6 +43,18 @@ def test_errors_are_one_line(tmp_path, args, pattern):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("command, rest", [(["scan"], ["docs.csv"]), (["demo"], []), (["ablate"], ["docs.csv"]),
+                                           (["patch"], []), (["attention"], ["a text"]), (["circuit"], ["a prompt"]),
+                                           (["generate"], ["a prompt"]), (["steer"], ["a prompt"]),
+                                           (["sae", "train"], ["nowhere", "--site", "resid.1", "--out", "o"]),
+                                           (["sae", "eval"], ["nowhere"])])
+def test_every_model_command_takes_dtype_and_refuses_a_bad_one_before_loading(tmp_path, command, rest):
+    (tmp_path / "docs.csv").write_text("text,label\nthe sun,a\nthe ball,b\n", encoding="utf-8")
+    proc = run(*command, "--dtype", "fp8", *rest, cwd=tmp_path)
+    assert_one_line_error(proc, "--dtype 'fp8' is not one of auto, float32, ")
+    assert "bf16-mixed" in run(*command, "--help").stdout
+
+
 @pytest.mark.integration
 def test_scan_then_open_and_refuse_to_clobber(tmp_path):
     (tmp_path / "docs.csv").write_text("text,label\nthe sun rose,a\nthe ball flew,b\nstars,a\n",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from ..errors import LlmriError
-from .options import _floats, _specs
+from .options import _dtype_option, _floats, _specs
 
 
 @click.command("generate")
@@ -21,9 +21,10 @@ from .options import _floats, _specs
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: [{prompt, generation}, ...].")
 @click.option("--device", default="auto", show_default=True)
+@_dtype_option
 @click.option("--download", is_flag=True)
 def generate_cmd(prompts, model_name, max_new_tokens, chat, system, sample, temperature, seed, as_json, device,
-                 download):
+                 dtype, download):
     """Generate a continuation (an answer, with the chat template) for each of PROMPTS."""
     import json
 
@@ -32,7 +33,7 @@ def generate_cmd(prompts, model_name, max_new_tokens, chat, system, sample, temp
 
     if sample and not temperature > 0:
         raise LlmriError(f"--temperature must be > 0 when sampling, got {temperature}")
-    model = load_model(model_name, device=device, download=download)
+    model = load_model(model_name, device=device, dtype=dtype, download=download)
     outs = generate(model, list(prompts), max_new_tokens=max_new_tokens, chat=chat, system=system,
                     do_sample=sample, temperature=temperature, seed=seed, progress=None)
     if as_json:
@@ -60,9 +61,10 @@ def generate_cmd(prompts, model_name, max_new_tokens, chat, system, sample, temp
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=40, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
+@_dtype_option
 @click.option("--download", is_flag=True)
 def steer_cmd(prompts, scan_dir, positive, negative, layer, out, model_name, alphas, site, mode, probe_layer,
-              max_new_tokens, seed, device, download):
+              max_new_tokens, seed, device, dtype, download):
     """Steer generation of PROMPTS with the Scan's POSITIVE-minus-NEGATIVE vector at several strengths."""
     from ..generate import steer_sweep
     from ..model import load_model
@@ -83,7 +85,7 @@ def steer_cmd(prompts, scan_dir, positive, negative, layer, out, model_name, alp
             raise LlmriError(f"{flag} {L}: {scan_dir} holds {site} at layers "
                              f"{', '.join(map(str, scan.layers(site))) or 'none'}")
     out = output_folder(out)  # checked before the model loads
-    model = load_model(model_name, device=device, download=download)
+    model = load_model(model_name, device=device, dtype=dtype, download=download)
     df = steer_sweep(model, scan, pos, neg, layer, values, list(prompts), site=site, mode=mode,
                      max_new_tokens=max_new_tokens, probe_layer=probe_layer, seed=seed, progress=None)
     click.echo(df.to_string(index=False, max_colwidth=70, float_format=lambda v: f"{v:.3f}"))
