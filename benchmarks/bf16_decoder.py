@@ -43,6 +43,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -240,6 +241,7 @@ def first_divergence(tok, a: str, b: str) -> int | None:
 def generation(sides: Sides, args) -> dict:
     prompts = PROMPTS[:args.gen_prompts]
     out, times = {}, {}
+    llmri.generate(sides.f32, prompts[:2], max_new_tokens=4)    # warm-up: the first call pays imports
     with only("generate"):
         for name in sides.names(cheap=True):
             out[name], times[name] = timed(lambda: run_side(sides, name, lambda m: llmri.generate(
@@ -325,6 +327,7 @@ def explain(sides: Sides, args, out: Path) -> dict:
     with only("lm"):
         for name in sides.names(cheap=True):
             # a call cache per side: the neutral pmi prompt is shared within a side, never across
+            shutil.rmtree(out / f"explain-cache-{name}", ignore_errors=True)   # a rerun must not read old answers
             lm = LocalLM(sides.get(name), cache_dir=out / f"explain-cache-{name}")
             scores[name], times[name] = timed(lambda: run_side(sides, name, lambda _: {
                 sim: [[score(lm, e, exs[n], scorers=("simulation",), simulator=sim)["simulation_score"]
