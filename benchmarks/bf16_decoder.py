@@ -468,11 +468,15 @@ def lesion(sides: Sides, args, out: Path) -> dict:
         for name in sides.names(cheap=True):
             dfs[name], times[name] = timed(lambda: run_side(sides, name, lambda m: llmri.lesion_map(
                 m, corpus, layers=layers, progress=False)))
+        small = llmri.Corpus(corpus.texts[:6], [corpus.label_names[i] for i in corpus.labels[:6]])
+        speed = interleaved({n: (lambda n=n: run_side(sides, n, lambda m: llmri.lesion_map(
+            m, small, layers=[14], progress=False))) for n in sides.names(cheap=True) if n != HEAD}, args.repeat)
     cmp = {n: dict(effect_compare(dfs["float32"]["effect"], dfs[n]["effect"], "effect"),
                    baseline_diff=float(dfs[n].attrs["baseline"] - dfs["float32"].attrs["baseline"]))
            for n in dfs if n != "float32"}
     return dict(layers=layers, docs=len(corpus.texts), lesions=len(dfs["float32"]), fidelity=cmp,
-                baseline={n: float(d.attrs["baseline"]) for n, d in dfs.items()}, time=times, ratio=ratios(times))
+                baseline={n: float(d.attrs["baseline"]) for n, d in dfs.items()}, time_once=times,
+                ratio_once=ratios(times), time=speed, ratio=ratios(speed))
 
 
 def patch(sides: Sides, args, out: Path) -> dict:
@@ -486,9 +490,13 @@ def patch(sides: Sides, args, out: Path) -> dict:
                                                                                   progress=False)))
                 res[name].append(r.scores["restored"].to_numpy())
                 times[name] += t
+        clean, corrupted = pairs[0]
+        speed = interleaved({n: (lambda n=n: run_side(sides, n, lambda m: llmri.patch(
+            m, clean, corrupted, sites=("resid",), progress=False))) for n in sides.names(cheap=True) if n != HEAD},
+            args.repeat)
     cmp = {n: effect_compare(np.concatenate(res["float32"]), np.concatenate(res[n]), "restored")
            for n in res if n != "float32"}
-    return dict(pairs=pairs, fidelity=cmp, time=times, ratio=ratios(times))
+    return dict(pairs=pairs, fidelity=cmp, time_once=times, ratio_once=ratios(times), time=speed, ratio=ratios(speed))
 
 
 def effect_misses(r, what: str, side: str = "bf16-mixed") -> list[str]:
