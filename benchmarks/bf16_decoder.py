@@ -43,6 +43,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -240,6 +241,7 @@ def first_divergence(tok, a: str, b: str) -> int | None:
 def generation(sides: Sides, args) -> dict:
     prompts = PROMPTS[:args.gen_prompts]
     out, times = {}, {}
+    llmri.generate(sides.f32, prompts[:2], max_new_tokens=4)    # warm-up: the first call pays imports
     with only("generate"):
         for name in sides.names(cheap=True):
             out[name], times[name] = timed(lambda: run_side(sides, name, lambda m: llmri.generate(
@@ -325,6 +327,7 @@ def explain(sides: Sides, args, out: Path) -> dict:
     with only("lm"):
         for name in sides.names(cheap=True):
             # a call cache per side: the neutral pmi prompt is shared within a side, never across
+            shutil.rmtree(out / f"explain-cache-{name}", ignore_errors=True)   # a rerun must not read old answers
             lm = LocalLM(sides.get(name), cache_dir=out / f"explain-cache-{name}")
             scores[name], times[name] = timed(lambda: run_side(sides, name, lambda _: {
                 sim: [[score(lm, e, exs[n], scorers=("simulation",), simulator=sim)["simulation_score"]
@@ -465,11 +468,15 @@ def lesion(sides: Sides, args, out: Path) -> dict:
         for name in sides.names(cheap=True):
             dfs[name], times[name] = timed(lambda: run_side(sides, name, lambda m: llmri.lesion_map(
                 m, corpus, layers=layers, progress=False)))
+        small = llmri.Corpus(corpus.texts[:6], [corpus.label_names[i] for i in corpus.labels[:6]])
+        speed = interleaved({n: (lambda n=n: run_side(sides, n, lambda m: llmri.lesion_map(
+            m, small, layers=[14], progress=False))) for n in sides.names(cheap=True) if n != HEAD}, args.repeat)
     cmp = {n: dict(effect_compare(dfs["float32"]["effect"], dfs[n]["effect"], "effect"),
                    baseline_diff=float(dfs[n].attrs["baseline"] - dfs["float32"].attrs["baseline"]))
            for n in dfs if n != "float32"}
     return dict(layers=layers, docs=len(corpus.texts), lesions=len(dfs["float32"]), fidelity=cmp,
-                baseline={n: float(d.attrs["baseline"]) for n, d in dfs.items()}, time=times, ratio=ratios(times))
+                baseline={n: float(d.attrs["baseline"]) for n, d in dfs.items()}, time_once=times,
+                ratio_once=ratios(times), time=speed, ratio=ratios(speed))
 
 
 def patch(sides: Sides, args, out: Path) -> dict:
@@ -483,9 +490,13 @@ def patch(sides: Sides, args, out: Path) -> dict:
                                                                                   progress=False)))
                 res[name].append(r.scores["restored"].to_numpy())
                 times[name] += t
+        clean, corrupted = pairs[0]
+        speed = interleaved({n: (lambda n=n: run_side(sides, n, lambda m: llmri.patch(
+            m, clean, corrupted, sites=("resid",), progress=False))) for n in sides.names(cheap=True) if n != HEAD},
+            args.repeat)
     cmp = {n: effect_compare(np.concatenate(res["float32"]), np.concatenate(res[n]), "restored")
            for n in res if n != "float32"}
-    return dict(pairs=pairs, fidelity=cmp, time=times, ratio=ratios(times))
+    return dict(pairs=pairs, fidelity=cmp, time_once=times, ratio_once=ratios(times), time=speed, ratio=ratios(speed))
 
 
 def effect_misses(r, what: str, side: str = "bf16-mixed") -> list[str]:
