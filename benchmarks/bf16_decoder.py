@@ -54,7 +54,7 @@ import numpy as np  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 import llmri  # noqa: E402
-from llmri import model as model_mod  # noqa: E402
+from llmri import precision as model_mod  # noqa: E402
 
 TOL = dict(gen_identical=0.75, gen_nll=0.05, steer_effect=0.05, steer_sign=0.05, sim_abs=0.05,
            sim_spearman=0.9, attr_spearman_mean=0.95, attr_spearman_min=0.9, faith_drop=0.1,

@@ -23,7 +23,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import llmri  # noqa: E402
-from llmri.model import native_bf16  # noqa: E402
+from llmri.precision import native_bf16  # noqa: E402
 
 PRECISIONS = ("float32", "bf16-mixed", "bfloat16")
 

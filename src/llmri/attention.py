@@ -13,7 +13,8 @@ import torch
 from .batches import default_pool
 from .capture import ATTN_STATS, POOLS
 from .errors import LlmriError
-from .model import as_model, computing
+from .model import as_model
+from .precision import computing
 from .sites import eager_attention, hooks
 from .stats import bh_q, category_vs_rest
 

@@ -25,7 +25,8 @@ from .batches import pool as _pool  # for functions whose ``pool`` argument name
 from .corpus import Corpus
 from .engine import JobsFailed, as_engine
 from .errors import LlmriError
-from .model import Model, as_model, computing, precision_used
+from .model import Model, as_model
+from .precision import computing, precision_used
 from .scan_settings import DEFAULT_BATCH_TOKENS, ScanSettings, cached_scan, out_folder, scan_request
 from .sites import POOLS, block_of, eager_attention, expand_sites, hooks, parse_site
 from .store import (CORPUS_FILE, FORMAT_VERSION, MANIFEST, Scan, atomic_write_json,

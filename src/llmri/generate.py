@@ -16,7 +16,8 @@ from .batches import chat_prompt, pad_batch
 from .capture import embed
 from .errors import LlmriError
 from .interventions import steer, steering_vector
-from .model import as_model, computing, is_causal_lm
+from .model import as_model, is_causal_lm
+from .precision import computing
 from .probe import make_classifier
 from .store import Scan
 from .threads import configure_threads

@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import LlmriError
-from .precision import (AUTO_BF16, DTYPE_CHOICES, MIXED, check_dtype, compute_dtype,  # noqa: F401
-                        computing, native_bf16, precision_used, resolve_dtype)
+from .precision import check_dtype, resolve_dtype
 from .sites import Adapter, adapter_for, base_of, blocks
 
 if TYPE_CHECKING:

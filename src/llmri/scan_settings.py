@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import LlmriError
-from .model import check_dtype, config_n_layers, files_fingerprint, model_folder
+from .model import config_n_layers, files_fingerprint, model_folder
+from .precision import check_dtype
 from .sites import POOLS, expand_sites, parse_site
 from .store import Scan, check_out_folder, complete_shards, read_manifest
 

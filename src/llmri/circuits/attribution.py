@@ -9,7 +9,8 @@ import numpy as np
 
 from ..batches import pad_batch
 from ..errors import LlmriError
-from ..model import as_model, computing, is_causal_lm, precision_used
+from ..model import as_model, is_causal_lm
+from ..precision import computing, precision_used
 from ..sites import parse_site
 from .graph import AttributionGraph, GraphInfo
 from .influence import EMBEDDING, ERROR, FEATURE, LOGIT, _set_influence

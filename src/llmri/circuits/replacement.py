@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 
 from ..batches import pad_batch
-from ..model import computing
+from ..precision import computing
 from ..sites import eager_attention, hooks
 
 

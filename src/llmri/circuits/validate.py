@@ -8,7 +8,8 @@ import numpy as np
 
 from ..batches import pad_batch
 from ..errors import LlmriError
-from ..model import as_model, computing
+from ..model import as_model
+from ..precision import computing
 from ..sites import hooks
 from .graph import AttributionGraph
 from .inputs import load_saes

@@ -42,7 +42,7 @@ def _apply(options, f):
 
 
 def _check_dtype(ctx, param, value):
-    from ..model import check_dtype
+    from ..precision import check_dtype
 
     return check_dtype(value, "--dtype")
 

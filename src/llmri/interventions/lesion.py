@@ -19,7 +19,8 @@ from ..batches import Batches
 from ..corpus import Corpus
 from ..engine import JobsFailed, as_engine
 from ..errors import LlmriError
-from ..model import Model, computing, precision_used
+from ..model import Model
+from ..precision import computing, precision_used
 from ..sites import n_heads, recorded_blocks
 from ..store import Scan
 from .ablate import MODES, ablate

@@ -14,7 +14,8 @@ import torch
 
 from ..batches import Batches, default_pool, pool
 from ..errors import LlmriError
-from ..model import Model, computing, is_causal_lm
+from ..model import Model, is_causal_lm
+from ..precision import computing
 from ..sites import hooks
 
 MEASURES = ("auto", "loss", "representation", "probe")

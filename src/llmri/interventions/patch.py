@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 
 from ..batches import pad_batch
 from ..errors import LlmriError
-from ..model import Model, as_model, computing, is_causal_lm, precision_used
+from ..model import Model, as_model, is_causal_lm
+from ..precision import computing, precision_used
 from ..sites import expand_sites, hooks, parse_site
 
 
