@@ -63,6 +63,7 @@ def test_scan_then_open_and_refuse_to_clobber(tmp_path):
                "--sites", "resid,mlp", "--layers", "0,-1", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "3 documents" in proc.stdout
+    assert proc.stdout.splitlines()[3].endswith("; " + llmri.Scan.open(tmp_path / "runs/x").settings["dtype"])
     s = llmri.Scan.open(tmp_path / "runs/x")
     assert s.activations(6).shape == (3, 384) and s.layers("mlp") == [0, 5]
     proc = run("scan", "docs.csv", "--out", "runs/x", "--sites", "resid,mlp", "--layers", "0,-1",

@@ -22,7 +22,7 @@ def _summary(scan) -> str:
              f"  model   {scan.model_name} ({scan.n_layers} blocks)",
              f"  corpus  {scan.n_docs} documents, labels: {', '.join(scan.label_names)}",
              f"  sites   {', '.join(scan.site_kinds)}; pool {scan.settings['pool']}; "
-             f"{plan['n_tokens']} tokens in {plan['n_batches']} batches"]
+             f"{plan['n_tokens']} tokens in {plan['n_batches']} batches; {scan.settings.get('dtype', 'float32')}"]
     if plan["truncated"]:
         lines.append(f"  {plan['truncated']} documents truncated to {scan.settings['max_length']} tokens")
     return "\n".join(lines)
