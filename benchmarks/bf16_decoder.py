@@ -32,8 +32,16 @@ of ``--repeat`` runs per side, sides interleaved, in one process.
 
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python3 benchmarks/bf16_decoder.py [--quick] [--out runs/bf16-decoder]
 
-``--only generation,steering,explain,circuits,lesion,patch`` runs some parts; ``--saes FOLDER``
-uses SAEs of resid sites you trained (default: trained here once, kept in ``OUT/saes``).
+Two sides only time or diagnose: ``cast-once`` (bf16-mixed with the Linear weights cast once for
+the call instead of on every forward: the same numbers, the speed a cast-once policy would give)
+and ``mixed+f32-head`` (bf16-mixed with the unembedding in float32, added after the first full run
+showed greedy near-ties and small log-probability differences moving: its own verdict column).
+``lesion_encoder`` (added after the first run, the decoder's lesion tolerances) checks the shared
+key ``"lesion"`` on the embedded encoder, whose lesion maps measure representation change.
+
+``--only generation,steering,explain,circuits,lesion,lesion_encoder,patch`` runs some parts (their
+results replace those parts in an existing ``OUT/decoder.json``); ``--saes FOLDER`` uses SAEs of resid
+sites you trained (default: trained here once, kept in ``OUT/saes``).
 """
 
 from __future__ import annotations
@@ -60,7 +68,7 @@ TOL = dict(gen_identical=0.75, gen_nll=0.05, steer_effect=0.05, steer_sign=0.05,
            sim_spearman=0.9, attr_spearman_mean=0.95, attr_spearman_min=0.9, faith_drop=0.1,
            faith_spearman=0.1, effect_spearman=0.95, top10=8, lesion_abs=0.05, patch_abs=0.05)
 GOALS = dict(generate=0.45, lm=0.40, attribute=0.60)
-PARTS = ("generation", "steering", "explain", "circuits", "lesion", "patch")
+PARTS = ("generation", "steering", "explain", "circuits", "lesion", "lesion_encoder", "patch")
 
 PROMPTS = [
     "Write a short story about a lighthouse keeper.", "Explain how a bicycle works.",
@@ -479,6 +487,23 @@ def lesion(sides: Sides, args, out: Path) -> dict:
                 ratio_once=ratios(times), time=speed, ratio=ratios(speed))
 
 
+def lesion_encoder(sides: Sides, args, out: Path) -> dict:
+    """The key "lesion" is shared by encoders, whose lesion maps measure the change of the pooled
+    last residual (1 - cosine): the same comparison on the embedded encoder and the topic corpus."""
+    enc = llmri.load_model("default", dtype="float32")
+    mixed = "auto" if model_mod.native_bf16(enc.device) else "bf16-mixed"
+    c = llmri.demo_corpus("topics")
+    c = llmri.Corpus(c.texts[::8 if args.quick else 4], [c.label_names[i] for i in c.labels[::8 if args.quick else 4]])
+    dfs, times = {}, {}
+    with only("lesion"):
+        for name, prec in (("float32", "float32"), ("bf16-mixed", mixed)):
+            dfs[name], times[name] = timed(lambda: llmri.lesion_map(dataclasses.replace(enc, precision=prec), c,
+                                                                     layers=[0, 2, 5], progress=False))
+    return dict(measure=dfs["float32"].attrs["measure"], docs=len(c.texts), lesions=len(dfs["float32"]),
+                fidelity={"bf16-mixed": effect_compare(dfs["float32"]["effect"], dfs["bf16-mixed"]["effect"], "effect")},
+                time_once=times, ratio_once=ratios(times))
+
+
 def patch(sides: Sides, args, out: Path) -> dict:
     res, times = {}, {n: 0.0 for n in sides.names(cheap=True)}
     pairs = PATCH_PAIRS[:1] if args.quick else PATCH_PAIRS
@@ -548,7 +573,9 @@ def table_rows(res: dict) -> list[tuple]:
                      f"{TOL['attr_spearman_min']}; drops within {TOL['faith_drop']}",
                      f"Spearman mean {r['spearman_mean']:.3f}, min {r['spearman_min']:.3f}; top-k drops move <= {worst:.3f}",
                      r["misses"], f"{_r(r['ratio_one'])} (cast once {_r(r['ratio_one'], CAST_ONCE)})"))
-    for key, what, tol in (("lesion", "lesion_map", TOL["lesion_abs"]), ("patch", "patch", TOL["patch_abs"])):
+    for key, what, tol in (("lesion", "lesion_map", TOL["lesion_abs"]),
+                           ("lesion_encoder", "lesion_map, encoder (representation)", TOL["lesion_abs"]),
+                           ("patch", "patch", TOL["patch_abs"])):
         if key in res:
             r = res[key]
             m = r["fidelity"]["bf16-mixed"]
@@ -556,12 +583,14 @@ def table_rows(res: dict) -> list[tuple]:
             rows.append((what, f"Spearman >= {TOL['effect_spearman']}, top-10 >= {TOL['top10']}, max diff <= {tol}",
                          f"Spearman {m['spearman']:.3f}, top-10 {m['top10']}, max diff {m['max_abs']:.3f}"
                          + (f"; bf16 weights {w['spearman']:.3f}, {w['top10']}, {w['max_abs']:.3f}" if w else ""),
-                         r["misses"], f"{_r(r['ratio'])} (bf16 weights {_r(r['ratio'], 'bfloat16')})"))
+                         r["misses"], f"{_r(r['ratio'])} (bf16 weights {_r(r['ratio'], 'bfloat16')})" if "ratio" in r
+                         else f"{_r(r['ratio_once'])} (one run)"))
     return rows
 
 
 PART_OF = {"generate": "generation", "steer sweep (generate)": "steering", "LocalLM (lm)": "explain",
-           "attribute / validate_circuit": "circuits", "lesion_map": "lesion", "patch": "patch"}
+           "attribute / validate_circuit": "circuits", "lesion_map": "lesion",
+           "lesion_map, encoder (representation)": "lesion_encoder", "patch": "patch"}
 
 
 def verdict(misses) -> str:
@@ -611,6 +640,9 @@ def main() -> None:
                    explain=(lambda: explain(sides, args, out), explain_misses),
                    circuits=(lambda: circuits(sides, args, out), circuit_misses),
                    lesion=(lambda: lesion(sides, args, out), lambda r, side="bf16-mixed": effect_misses(r, "lesion", side)),
+                   lesion_encoder=(lambda: lesion_encoder(sides, args, out),
+                                   lambda r, side="bf16-mixed": effect_misses(r, "lesion", side) if side in r["fidelity"]
+                                   else None),
                    patch=(lambda: patch(sides, args, out), lambda r, side="bf16-mixed": effect_misses(r, "patch", side)))
     for part in parts:
         print(f"[{part}] ...", flush=True)
