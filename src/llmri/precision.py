@@ -1,5 +1,8 @@
 """Precision: which dtype each use computes in, and the one switch that applies it.
 
+The functions take an llmri Model (anything with ``precision``, ``dtype``, ``device`` and
+``adapter``); this module imports nothing from ``model``, which imports it.
+
 ``dtype="auto"`` loads float32 weights and computes in bfloat16 (``torch.autocast``, float32
 weights: "bf16-mixed") only for the uses the fidelity table (README, *Precision*;
 ``benchmarks/bf16_fidelity.py``) says hold, on hardware with native bfloat16. Every heavy forward
@@ -16,8 +19,6 @@ from .errors import LlmriError
 
 if TYPE_CHECKING:
     import torch
-
-    from .model import Model
 
 _DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16",
            "bf16": "bfloat16", "float16": "float16", "fp16": "float16"}
@@ -95,11 +96,11 @@ def native_bf16(device) -> bool:
     return False
 
 
-def _use_key(model: "Model", use: str) -> str:
+def _use_key(model, use: str) -> str:
     return f"scan-{'decoder' if model.adapter.causal else 'encoder'}" if use == "scan" else use
 
 
-def compute_dtype(model: "Model", use: str) -> torch.dtype | None:
+def compute_dtype(model, use: str) -> torch.dtype | None:
     """The autocast dtype ``model`` computes ``use`` in (``"scan"``, ``"generate"``, ...), or
     None when it runs in its weights' own dtype. ``bf16-mixed`` always autocasts; ``auto``
     autocasts where :data:`AUTO_BF16` says bf16 holds and the hardware has native bfloat16."""
@@ -111,14 +112,14 @@ def compute_dtype(model: "Model", use: str) -> torch.dtype | None:
     return None
 
 
-def precision_used(model: "Model", use: str) -> str:
+def precision_used(model, use: str) -> str:
     """The name of the precision ``use`` runs in, as outputs record it: ``bf16-mixed``,
     ``float32``, ``bfloat16`` or ``float16``."""
     return MIXED if compute_dtype(model, use) is not None else str(model.dtype).replace("torch.", "")
 
 
 @contextlib.contextmanager
-def computing(model: "Model", use: str):
+def computing(model, use: str):
     """Run ``model``'s forward passes for ``use`` in its precision: under ``torch.autocast`` when
     :func:`compute_dtype` says bf16-mixed, as they are otherwise. The one place llmri switches
     precision; every heavy path (capture, generation, steering, patching, SAE evaluation,
