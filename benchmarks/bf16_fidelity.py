@@ -3,7 +3,8 @@
 Both embedded models, two real labelled corpora (the bundled topic corpus and a seeded sample of
 ``english_corpus``), scanned in one process with only ``dtype`` changed: float32, ``bfloat16``
 (bf16 weights and activations) and ``bf16-mixed`` (float32 weights, bf16 matrix products under
-``torch.autocast``: what ``dtype="auto"`` uses where it holds). Per layer, each against float32:
+``torch.autocast``: what ``dtype="auto"`` uses where it holds), and ``bf16-store`` (computed in
+float32, kept on disk in bfloat16: ``store_dtype="bfloat16"``). Per layer, each against float32:
 
 - pooled activations: relative error ||a - b|| / ||a|| and the smallest per-document cosine;
 - token activations (one middle site): relative error and the smallest per-token cosine;
@@ -96,7 +97,9 @@ def verdict(rows) -> list[str]:
     return bad
 
 
-VARIANTS = ("bfloat16", "bf16-mixed")
+# each side's scan settings; "bf16-store" computes in float32 and keeps bfloat16 on disk (store_dtype)
+VARIANTS = {"bfloat16": dict(dtype="bfloat16"), "bf16-mixed": dict(dtype="bf16-mixed"),
+            "bf16-store": dict(dtype="float32", store_dtype="bfloat16")}
 
 
 def summary(rows) -> dict:
@@ -118,7 +121,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--docs", type=int, default=100, help="english_corpus documents")
     ap.add_argument("--out", default="runs/bf16-fidelity")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"sides against float32, of {','.join(VARIANTS)}")
     args = ap.parse_args()
+    variants = [v for v in args.variants.split(",") if v]
+    if set(variants) - set(VARIANTS):
+        ap.error(f"unknown variant(s) {', '.join(sorted(set(variants) - set(VARIANTS)))}")
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     corpora = {"topics": llmri.demo_corpus("topics"),
@@ -126,10 +133,11 @@ def main() -> None:
     report = {}
     for model_name, token_site in (("default", "resid.3"), ("default-decoder", "resid.15")):
         for cname, corpus in corpora.items():
-            scans = {dt: llmri.scan(model_name, corpus, out / f"{model_name}-{cname}-{dt}", dtype=dt,
+            sides = dict(float32=dict(dtype="float32"), **{v: VARIANTS[v] for v in variants})
+            scans = {dt: llmri.scan(model_name, corpus, out / f"{model_name}-{cname}-{dt}", **kw,
                                     sites=("resid", "mlp", "attn"), token_sites=(token_site,), progress=False)
-                     for dt in ("float32",) + VARIANTS}
-            for dt in VARIANTS:
+                     for dt, kw in sides.items()}
+            for dt in variants:
                 rows = compare(scans["float32"], scans[dt], token_site)
                 key = f"{model_name} / {cname} / {dt}"
                 report[key] = dict(rows=rows, misses=verdict(rows), summary=summary(rows))

@@ -1,4 +1,4 @@
-"""Each decoder use (generation, steering sweeps, the local LM, attribution and its ablations,
+"""Each decoder use (scans, generation, steering sweeps, the local LM, attribution and its ablations,
 lesion maps, patching) computes in bfloat16 under ``bf16-mixed`` and in float32 under
 ``float32``, seen from inside the model: a forward hook on an MLP projection records the dtype
 of its output. Results under bf16-mixed stay close to the float32 run of the same weights (the
@@ -99,7 +99,15 @@ def run_patch(model):
     return llmri.patch(model, "the star shines over the galaxy", "the moon shines over the galaxy", progress=False)
 
 
+def run_scan(model, corpus):
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        return llmri.scan(model, corpus, d, progress=False, batch_tokens=16).activations(1)
+
+
 USES = {
+    "scan": lambda m, c, s: run_scan(m, c),
     "generate": lambda m, c, s: run_generate(m),
     "steer_sweep": lambda m, c, s: run_steer(m, s),
     "LocalLM": lambda m, c, s: run_lm(m),
@@ -120,7 +128,7 @@ def test_each_use_computes_in_bf16_under_bf16_mixed_and_float32_otherwise(use, t
         assert {d for d, _ in got} == {want}, f"{use} under {precision}: {[d for d, _ in got]}"
 
 
-@pytest.mark.parametrize("use", ["generate", "LocalLM chat", "lesion_map", "patch"])
+@pytest.mark.parametrize("use", ["scan", "generate", "LocalLM chat", "lesion_map", "patch"])
 def test_bf16_forwards_of_many_passes_run_outside_inference_mode(use, tiny, corpus, scan):
     """Autocast keeps one bf16 copy of each weight per call only outside inference mode; inside it
     every forward casts every weight again (bf16-mixed generation was then 1.5x slower than float32)."""
@@ -185,3 +193,31 @@ def test_local_lm_cache_keeps_bf16_answers_apart(tiny, tmp_path):
     assert (a.stats["calls"], again.stats["cache_hits"], mixed.stats["calls"]) == (1, 1, 1)
     ref = a.word_logprobs(msgs, "the", ["sun", "moon"])
     assert not np.array_equal(got, ref)                # computed in bf16, not read from the float32 entry
+
+
+def test_bf16_mixed_computes_the_unembedding_in_float32(tiny):
+    """Under bf16-mixed the blocks compute in bfloat16 but the logits are the float32 product of
+    the final hidden state (recorded at the norm's output) with the unembedding, computed here
+    outside autocast; without the float32 head they would carry bfloat16 rounding. The head's
+    forward is the class's own again after the block, also after an error inside it."""
+    mixed = as_precision(tiny, "bf16-mixed")
+    head = tiny.module.get_output_embeddings()
+    ids = tiny.tokenizer(PROMPT, return_tensors="pt")["input_ids"]
+    got = []
+    h = tiny.module.model.norm.register_forward_hook(lambda m, a, out: got.append(out.detach()))
+    try:
+        with torch.no_grad(), model_mod.computing(mixed, "generate"):
+            logits = tiny.module(input_ids=ids).logits
+            assert "forward" in head.__dict__
+    finally:
+        h.remove()
+    assert "forward" not in head.__dict__
+    assert logits.dtype == torch.float32
+    with torch.no_grad():
+        ref = got[0].float() @ head.weight.T.float()
+        rounded = (got[0].to(torch.bfloat16) @ head.weight.T.to(torch.bfloat16)).float()
+    torch.testing.assert_close(logits, ref, rtol=1e-5, atol=1e-5)
+    assert (logits - rounded).abs().max() > 1e-4          # the bf16 product would differ
+    with pytest.raises(RuntimeError), model_mod.computing(mixed, "generate"):
+        raise RuntimeError("inside")
+    assert "forward" not in head.__dict__

@@ -116,7 +116,7 @@ def embed(model, texts, site: str, pool: str = "auto",
         state["x"] = _pool(x.view(*mask.shape, -1) if x.dim() == 2 else x, mask, pool).cpu().numpy()
         raise _StopForward
 
-    with hooks(model.module, model.adapter, {names[0]: grab}), torch.inference_mode(), computing(model, "scan"):
+    with hooks(model.module, model.adapter, {names[0]: grab}), torch.no_grad(), computing(model, "scan"):
         for b in plan_batches(lengths, batch_tokens):
             kwargs, state["mask"] = pad_batch(model, [ids[d] for d in b])
             try:
@@ -148,7 +148,8 @@ def _differences(old: dict, new: dict) -> str:
 def scan(model, corpus, out, sites=("resid",), pool: str = "auto", layers=None,
          max_length: int | None = None, batch_tokens: int = DEFAULT_BATCH_TOKENS,
          token_sites=(), shard_tokens: int | None = None, device: str = "auto",
-         dtype: str = "auto", overwrite: bool = False, worker: tuple[int, int] | None = None,
+         dtype: str = "auto", store_dtype: str = "float32", overwrite: bool = False,
+         worker: tuple[int, int] | None = None,
          progress: bool | None = None, engine="local", workers: int = 1,
          resources: dict | None = None, request: str | bool | None = None, address: str | None = None,
          retries: int | None = None, settings: ScanSettings | None = None) -> Scan:
@@ -182,7 +183,8 @@ def scan(model, corpus, out, sites=("resid",), pool: str = "auto", layers=None,
     if worker is not None and engine.remote:
         raise LlmriError("worker: Ray deals the shards out itself; leave worker unset with engine='ray'")
     given = ScanSettings(sites=sites, token_sites=token_sites, pool=pool, layers=layers, batch_tokens=batch_tokens,
-                         max_length=max_length, shard_tokens=shard_tokens, device=device, dtype=dtype)
+                         max_length=max_length, shard_tokens=shard_tokens, device=device, dtype=dtype,
+                         store_dtype=store_dtype)
     if settings is None:
         settings = given
     elif given != ScanSettings():
@@ -295,6 +297,8 @@ def plan_scan(model: Model, corpus: Corpus, out: Path, settings: ScanSettings, o
     recorded = dict(sites=pooled, token_sites=tokened, pool=pool, max_length=max_length,
                     batch_tokens=batch_tokens, shard_tokens=int(shard_tokens),
                     dtype=precision_used(model, "scan"), padding_side=padding_side)
+    if settings.store_dtype != "float32":   # recorded only when asked: float32 scans keep their keys
+        recorded["store_dtype"] = settings.store_dtype
     head = dict(model=dict(name=model.name, fingerprint=model.fingerprint,
                            family=model.adapter.family, n_layers=n_layers, hidden_size=hidden),
                 corpus=dict(fingerprint=corpus.fingerprint, n_docs=len(corpus),
@@ -347,7 +351,7 @@ def capture_shards(model: Model, plan: ScanPlan, todo: list[int], progress: bool
         bar.set_postfix(truncated=m["plan"]["truncated"])
     with bar:
         _run(model, plan.ids, plan.lengths, plan.batches, plan.shards, todo, m["sites"], m["token_sites"],
-             m["settings"]["pool"], plan.out, bar)
+             m["settings"]["pool"], plan.out, bar, m["settings"].get("store_dtype", "float32"))
 
 
 def finish_scan(plan: ScanPlan) -> Scan | None:
@@ -359,8 +363,12 @@ def finish_scan(plan: ScanPlan) -> Scan | None:
     return Scan.open(plan.out)
 
 
-def _run(model: Model, ids, lengths, batches, shards, todo, pooled, tokened, how, out, bar):
+def _run(model: Model, ids, lengths, batches, shards, todo, pooled, tokened, how, out, bar, store_dtype):
     dev = model.device
+
+    def stored(t: torch.Tensor):
+        """What a shard keeps of a float32 array: itself, or its bfloat16 rounding."""
+        return t.to(torch.bfloat16) if store_dtype == "bfloat16" else t.float().numpy()
     wanted = list(dict.fromkeys(pooled + tokened))
     # Stop at the output of the deepest block that holds a wanted site: inside a block, hooks
     # fire in an order that differs between families, so never stop in the middle of one.
@@ -395,7 +403,7 @@ def _run(model: Model, ids, lengths, batches, shards, todo, pooled, tokened, how
 
     probs_needed = eager_attention(model.module) if attn else contextlib.nullcontext()
     with probs_needed, hooks(model.module, model.adapter, fns), \
-            torch.inference_mode(), computing(model, "scan"):
+            torch.no_grad(), computing(model, "scan"):
         for s in todo:
             state["pooled"] = {site: [] for site in pooled}
             state["tokens"] = {site: [] for site in tokened}
@@ -417,9 +425,9 @@ def _run(model: Model, ids, lengths, batches, shards, todo, pooled, tokened, how
             tensors = {"doc_index": np.asarray(docs, dtype=np.int64),
                        "n_tokens": lengths[docs].astype(np.int64)}
             for site, parts in state["pooled"].items():
-                tensors[site] = torch.cat(parts).numpy()
+                tensors[site] = stored(torch.cat(parts))
             if tokened:
                 tensors["token_ids"] = np.asarray(token_ids, dtype=np.int64)
                 for site, parts in state["tokens"].items():
-                    tensors["tokens." + site] = torch.cat(parts).numpy()
+                    tensors["tokens." + site] = stored(torch.cat(parts))
             write_shard(out / shard_name(s), tensors, {"shard": str(s)})

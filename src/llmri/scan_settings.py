@@ -30,6 +30,7 @@ from .sites import POOLS, expand_sites, parse_site
 from .store import Scan, check_out_folder, complete_shards, read_manifest
 
 DEFAULT_BATCH_TOKENS = 8192
+STORE_DTYPES = ("float32", "bfloat16")   # how activations are kept on disk; bfloat16 halves a scan
 
 
 def _specs(value) -> list[str]:
@@ -62,6 +63,7 @@ class ScanSettings:
     shard_tokens: int | None = None
     device: str = "auto"
     dtype: str = "auto"
+    store_dtype: str = "float32"
     flags: InitVar[bool] = False
 
     def __post_init__(self, flags: bool) -> None:
@@ -94,6 +96,8 @@ class ScanSettings:
                                  else f"{name} must be a positive integer, got {v!r}")
         if self.dtype is None or isinstance(self.dtype, str):
             check_dtype(self.dtype, arg("dtype"))
+        if self.store_dtype not in STORE_DTYPES:
+            raise LlmriError(f"{arg('store_dtype')} {self.store_dtype!r} is not one of {', '.join(STORE_DTYPES)}")
 
     @property
     def site_specs(self) -> list[str]:
@@ -136,7 +140,10 @@ def scan_request(model, corpus, settings: ScanSettings) -> str | None:
     folder = settings.model_files(model)
     if folder is None:
         return None
-    key = dict(model=files_fingerprint(folder), corpus=corpus.fingerprint, options=asdict(settings))
+    options = asdict(settings)
+    if options["store_dtype"] == "float32":     # the default leaves the keys of earlier requests as they were
+        del options["store_dtype"]
+    key = dict(model=files_fingerprint(folder), corpus=corpus.fingerprint, options=options)
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 

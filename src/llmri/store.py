@@ -70,10 +70,19 @@ def atomic_write_json(path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
-def write_shard(path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
-    """Write numpy arrays as one safetensors file, atomically."""
-    atomic_write_bytes(path, st_save({k: np.ascontiguousarray(v) for k, v in tensors.items()},
-                                     metadata=metadata))
+def write_shard(path, tensors: dict, metadata: dict[str, str] | None = None) -> None:
+    """Write numpy arrays as one safetensors file, atomically. torch tensors may stand beside them
+    (bfloat16 ones, which numpy cannot hold: a scan's ``store_dtype="bfloat16"``); the file is then
+    written by safetensors' torch side, with the same layout."""
+    if any(not isinstance(v, np.ndarray) for v in tensors.values()):
+        import torch
+        from safetensors.torch import save as pt_save
+
+        data = pt_save({k: (torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray)
+                            else v.contiguous()) for k, v in tensors.items()}, metadata=metadata)
+    else:
+        data = st_save({k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata=metadata)
+    atomic_write_bytes(path, data)
 
 
 def write_corpus(folder, corpus) -> None:
@@ -106,6 +115,44 @@ def complete_shards(folder, n_shards: int) -> list[int]:
 
 
 # ------------------------------------------------------------------ reading
+class _Float32Shard:
+    """A shard of a scan stored in bfloat16 (``store_dtype="bfloat16"``), read as numpy: every
+    bfloat16 tensor comes back as float32 (exactly: bfloat16 is float32's upper half), the others
+    as they are. The same ``get_tensor``/``get_slice`` as safetensors' own numpy reader."""
+
+    def __init__(self, path: Path):
+        self._f = safe_open(str(path), framework="pt")
+
+    def __enter__(self) -> "_Float32Shard":
+        self._f.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._f.__exit__(*exc)
+
+    @staticmethod
+    def _numpy(t) -> np.ndarray:
+        import torch
+
+        return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+
+    def get_tensor(self, name: str) -> np.ndarray:
+        return self._numpy(self._f.get_tensor(name))
+
+    def get_slice(self, name: str) -> "_Rows":
+        return _Rows(self._f.get_slice(name), self._numpy)
+
+
+class _Rows:
+    """Rows of one tensor of a :class:`_Float32Shard`, read on indexing."""
+
+    def __init__(self, part, convert):
+        self._part, self._convert = part, convert
+
+    def __getitem__(self, key) -> np.ndarray:
+        return self._convert(self._part[key])
+
+
 class Scan:
     """A finished scan on disk, read lazily through memory-mapped safetensors shards.
 
@@ -199,6 +246,8 @@ class Scan:
 
     # --- shards ---
     def _shard(self, i: int):
+        if self.settings.get("store_dtype", "float32") == "bfloat16":
+            return _Float32Shard(self.folder / shard_name(i))
         return safe_open(str(self.folder / shard_name(i)), framework="numpy")
 
     @cached_property

@@ -30,15 +30,17 @@ def _summary(scan) -> str:
 
 # ---------------------------------------------------------------- the scan, through the library's settings
 def _settings(sites, token_sites, layers, batch_tokens, max_length, dtype, pool="auto", device="auto",
-              shard_tokens=None):
+              shard_tokens=None, store_dtype="float32"):
     from ..scan_settings import ScanSettings
 
     return ScanSettings(sites=sites, token_sites=token_sites, pool=pool, layers=layers, batch_tokens=batch_tokens,
-                        max_length=max_length, shard_tokens=shard_tokens, device=device, dtype=dtype, flags=True)
+                        max_length=max_length, shard_tokens=shard_tokens, device=device, dtype=dtype,
+                        store_dtype=store_dtype, flags=True)
 
 
 def _run_scan(corpus, out, model_name, pool, sites, token_sites, layers, batch_tokens, max_length,
-              device, dtype, download, overwrite, shard_tokens=None, need_model=False, engine=None):
+              device, dtype, download, overwrite, shard_tokens=None, need_model=False, engine=None,
+              store_dtype="float32"):
     """Scan ``corpus`` into ``out``; an identical earlier request is answered from disk, model unloaded
     (:func:`llmri.scan_settings.cached_scan`). Every setting is checked before the model loads.
 
@@ -46,7 +48,8 @@ def _run_scan(corpus, out, model_name, pool, sites, token_sites, layers, batch_t
     """
     from ..scan_settings import cached_scan, check_same_scan, out_folder, scan_request
 
-    settings = _settings(sites, token_sites, layers, batch_tokens, max_length, dtype, pool, device, shard_tokens)
+    settings = _settings(sites, token_sites, layers, batch_tokens, max_length, dtype, pool, device, shard_tokens,
+                         store_dtype)
     out_folder(out)
     request = scan_request(model_name, corpus, settings)
     cached = cached_scan(out, request)
@@ -75,6 +78,8 @@ def _run_scan(corpus, out, model_name, pool, sites, token_sites, layers, batch_t
 @_scan_options
 @click.option("--shard-tokens", type=int, default=None,
               help="Real tokens per shard, the unit of work of --ray workers (default: 65536 pooled only).")
+@click.option("--store-dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
+              help="How activations are kept on disk: bfloat16 halves the scan (README, Precision).")
 @_ray_options
 def scan_cmd(corpus, out, text_column, label_column, ray_mode, workers, gpus_per_worker, **kw):
     """Scan CORPUS (a folder of label sub-folders, or a CSV/TSV/JSONL file) into --out."""

@@ -83,7 +83,7 @@ def make_measure(model: Model, corpus, measure="auto", batch_tokens: int = 8192,
         raise LlmriError("measure 'loss': this model has no language-model or classification head; "
                          "use representation, probe or a function")
     if measure in ("representation", "probe"):
-        with torch.inference_mode(), computing(model, "lesion"):
+        with torch.no_grad(), computing(model, "lesion"):
             clean = _representation(model, batches)
         if measure == "representation":
             name = "representation change (1 - cosine)"
