@@ -1,79 +1,37 @@
-"""The Scan on disk: ``manifest.json`` + ``corpus.jsonl`` + safetensors shards.
+"""The Scan on disk (``manifest.json`` + ``corpus.jsonl`` + safetensors shards) and the one
+whole-or-nothing writer every other folder goes through.
 
 Every file is written to a temporary name in the same folder and renamed into place, so a
 killed scan leaves only whole files. A shard is complete when its file exists; disjoint
-shards can therefore be written by independent workers. Nothing is pickled.
+shards can therefore be written by independent workers. A folder of several files that belong
+together (an SAE, an explain run's tables, a page) is written by :func:`whole_folder`: into a
+hidden sibling that replaces the folder by one rename once every file is there. A full disk is
+a one-line error naming the file and the space it needed. Nothing is pickled.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
-import tempfile
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 from safetensors import safe_open
-from safetensors.numpy import save as st_save
 
+from .disk import (DiskFull, atomic_write_bytes, atomic_write_json, atomic_write_text, check_out_folder,
+                   json_safe, read_safetensors, whole_folder, write_shard)
 from .errors import LlmriError
 from .sites import parse_site
+
+__all__ = ["Scan", "scan_from_arrays", "read_manifest", "complete_shards", "shard_name", "write_corpus",
+           # the writers of llmri.disk, exported here too
+           "DiskFull", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "check_out_folder",
+           "json_safe", "read_safetensors", "whole_folder", "write_shard"]
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 CORPUS_FILE = "corpus.jsonl"
-
-
-# ------------------------------------------------------------------ atomic writes
-def _file_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-_MODE = _file_mode()
-
-
-def check_out_folder(out, advice: str | None = "choose another output folder") -> Path:
-    """``out`` as a Path, refused in one line when it exists and is not a folder: every writer of a
-    folder checks it this way before it writes (or a model loads)."""
-    if Path(out).exists() and not Path(out).is_dir():
-        raise LlmriError(f"{out}: exists and is not a folder" + (f"; {advice}" if advice else ""))
-    return Path(out)
-
-
-def atomic_write_bytes(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, _MODE)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
-
-
-def write_shard(path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
-    """Write numpy arrays as one safetensors file, atomically."""
-    atomic_write_bytes(path, st_save({k: np.ascontiguousarray(v) for k, v in tensors.items()},
-                                     metadata=metadata))
 
 
 def write_corpus(folder, corpus) -> None:

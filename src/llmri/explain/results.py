@@ -96,6 +96,8 @@ def find_explanations(folder, site: str, unit_kind: str) -> list[Path]:
     key = "sae" if unit_kind == "feature" else "scan"
     found = []
     for info_file in sorted(folder.parent.glob("*/explain.json")):
+        if info_file.parent.name.startswith("."):     # a write in progress or killed (store.whole_folder)
+            continue
         try:
             info = json.loads(info_file.read_text(encoding="utf-8"))
         except (OSError, ValueError):

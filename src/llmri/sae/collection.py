@@ -23,11 +23,12 @@ def is_sae_folder(path) -> bool:
 
 
 def sae_folders(root) -> list[Path]:
-    """The SAE folders directly under ``root``, sorted by name; none when ``root`` is absent."""
+    """The SAE folders directly under ``root``, sorted by name; none when ``root`` is absent. Hidden
+    folders (a write in progress or killed, :func:`llmri.store.whole_folder`) are never among them."""
     root = Path(root)
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and is_sae_folder(p))
+    return sorted(p for p in root.iterdir() if not p.name.startswith(".") and p.is_dir() and is_sae_folder(p))
 
 
 def load_saes(saes, what: str = "saes") -> list[SAE]:
