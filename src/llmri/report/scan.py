@@ -25,7 +25,7 @@ from ..viz import (category_colors, difference_figure, difference_plot, draw_nra
                    head_stats_figure, heatmap_figure, heatmap_plot, nrag_figure, probe_figure, probe_plot)
 from .attention import _attention_parts
 from .features import _features_section, scan_saes
-from .page import _environment, _Figures, _safe, _slug, _table, output_folder
+from .page import _environment, _Figures, _safe, _slug, _table, output_folder, whole_page
 
 MAX_PAIRS = 3
 
@@ -39,6 +39,7 @@ def _named_comparison(df: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
     return out
 
 
+@whole_page
 def build_report(scan, out, reducer="pca", n_components: int = 2, grid: int = 10, categories=None,
                  n_permutations: int = 200, seed: int = 0, site: str = "resid", progress: bool | None = None,
                  model=None, attention_text: str | None = None, top_neurons: int = 10,
