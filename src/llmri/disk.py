@@ -42,7 +42,8 @@ def check_out_folder(out, advice: str | None = "choose another output folder") -
     return Path(out)
 
 
-def _size(n: int) -> str:
+def size_text(n: int) -> str:
+    """``n`` bytes as people read it: ``664 bytes``, ``4.9 KiB``, ``1.1 MiB``."""
     for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
             return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
@@ -66,8 +67,8 @@ class DiskFull(LlmriError):
     def __init__(self, path, need: int | None = None, more: str = ""):
         self.path, self.need = Path(path), need
         free = _free_bytes(self.path.parent)
-        parts = ([f"{_size(need)} needed"] if need is not None else []) + \
-            ([f"{_size(free)} free"] if free is not None else [])
+        parts = ([f"{size_text(need)} needed"] if need is not None else []) + \
+            ([f"{size_text(free)} free"] if free is not None else [])
         super().__init__(f"{path}: no space left on device" + (f" ({', '.join(parts)})" if parts else "")
                          + (f"; {more}" if more else ""))
 
@@ -179,8 +180,9 @@ def whole_folder(out, drop=()):
         if target == staging or staging in target.parents:
             yield target
             return
-    if os.path.ismount(target):
-        raise LlmriError(f"{out}: is a mount point; llmri writes a folder whole by renaming it, so "
+    if os.path.ismount(target) or target in (Path(os.getcwd()), *Path(os.getcwd()).parents):
+        what = "a mount point" if os.path.ismount(target) else "the current folder (or holds it)"
+        raise LlmriError(f"{out}: is {what}; llmri writes a folder whole by renaming it into place, so "
                          "choose a folder inside it")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
