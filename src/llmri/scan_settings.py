@@ -147,7 +147,9 @@ def cached_scan(out, request: str | None) -> Scan | None:
         return None
     if len(complete_shards(out, old["plan"]["n_shards"])) < old["plan"]["n_shards"]:
         return None
-    return Scan.open(out)
+    done = Scan.open(out)
+    done.origin = "cached"
+    return done
 
 
 def check_same_scan(out, corpus, settings: ScanSettings) -> None:

@@ -72,6 +72,12 @@ class Scan:
     (96, 384)
     """
 
+    #: how this Scan came about in this process (set by the scan that returned it; never stored):
+    #: ``"opened"``, ``"captured"``, ``"resumed"`` (``resumed_shards`` were on disk from an
+    #: interrupted run) or ``"cached"`` (the same scan was already complete).
+    origin = "opened"
+    resumed_shards = 0
+
     def __init__(self, folder, manifest: dict):
         self.folder = Path(folder)
         self.manifest = manifest

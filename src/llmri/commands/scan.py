@@ -25,6 +25,11 @@ def _summary(scan) -> str:
              f"{plan['n_tokens']} tokens in {plan['n_batches']} batches; {scan.settings.get('dtype', 'float32')}"]
     if plan["truncated"]:
         lines.append(f"  {plan['truncated']} documents truncated to {scan.settings['max_length']} tokens")
+    if scan.origin == "resumed":
+        lines.append(f"  resumed an interrupted scan: {scan.resumed_shards} of {plan['n_shards']} shards were "
+                     f"already on disk; captured the other {plan['n_shards'] - scan.resumed_shards}")
+    elif scan.origin == "cached":
+        lines.append("  answered from disk: the same scan was already complete (nothing captured)")
     return "\n".join(lines)
 
 
