@@ -37,6 +37,8 @@ _MODE = _file_mode()
 def check_out_folder(out, advice: str | None = "choose another output folder") -> Path:
     """``out`` as a Path, refused in one line when it exists and is not a folder: every writer of a
     folder checks it this way before it writes (or a model loads)."""
+    if not str(out).strip():
+        raise LlmriError(f"output folder {str(out)!r}: give a folder name")
     if Path(out).exists() and not Path(out).is_dir():
         raise LlmriError(f"{out}: exists and is not a folder" + (f"; {advice}" if advice else ""))
     return Path(out)

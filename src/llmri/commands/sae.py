@@ -92,6 +92,8 @@ def sae_eval_cmd(sae_dir, model_name, corpus, batch_tokens, device, dtype, downl
     from ..store import atomic_write_json, json_safe
 
     check_dtype(dtype, "--dtype")
+    if batch_tokens < 1:
+        raise LlmriError(f"--batch-tokens must be >= 1, got {batch_tokens}")
     sae = SAE.load(sae_dir)
     docs = Corpus.from_path(corpus)
     model = load_model(model_name, device=device, dtype=dtype, download=download)

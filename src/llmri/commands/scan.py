@@ -92,10 +92,20 @@ def scan_cmd(corpus, out, text_column, label_column, ray_mode, workers, gpus_per
     click.echo(_summary(_run_scan(docs, out, engine=engine, **kw)[1]))
 
 
+def _categories(categories) -> list[str] | None:
+    return [c.strip() for c in categories.split(",") if c.strip()] if categories is not None else None
+
+
+def _check_report(label_names, components, grid, categories, permutations, **_) -> None:
+    from ..report.scan import check_report_settings
+
+    check_report_settings(label_names, _categories(categories), components, grid, permutations, flags=True)
+
+
 def _run_report(scan, out, reducer, components, grid, categories, permutations, seed, preset=None, **extra):
     from ..report import build_report
 
-    cats = [c.strip() for c in categories.split(",") if c.strip()] if categories else None
+    cats = _categories(categories)
     click.echo(f"building the report ({reducer}, {components} components, {grid}x{grid} grid) ...", err=True)
     return build_report(scan, out, reducer=reducer, n_components=components, grid=grid, categories=cats,
                         n_permutations=permutations, seed=seed, progress=None, preset=preset, **extra)
@@ -111,6 +121,7 @@ def _run_report(scan, out, reducer, components, grid, categories, permutations, 
 @_report_options
 def report_cmd(scan_dir, out, explanations, saes, **kw):
     """Analyse the Scan in SCAN_DIR: regions, NRAGs, metrics, evaluation, one HTML file."""
+    from ..report import output_folder
     from ..store import Scan
 
     _check_explanations(explanations, "")
@@ -120,7 +131,8 @@ def report_cmd(scan_dir, out, explanations, saes, **kw):
         if not is_sae_folder(folder):
             raise LlmriError(f"--sae {folder}: not an SAE folder (no cfg.json)")
     scan = Scan.open(scan_dir)
-    out = Path(out) if out else _default_out(scan_dir, "report")
+    _check_report(scan.label_names, **kw)
+    out = output_folder(out) if out is not None else _default_out(scan_dir, "report")
     path = _run_report(scan, out, explanations=list(explanations) or None, saes=list(saes) or None, **kw)
     click.echo(f"report: {path}")
 
@@ -134,6 +146,7 @@ def demo_cmd(out, reducer, components, grid, categories, permutations, seed, pre
     from ..corpus import demo_corpus
 
     corpus = demo_corpus()
+    _check_report(corpus.label_names, components, grid, categories, permutations)
     model, result = _run_scan(corpus, Path(out) / "scan", need_model=True, **kw)
     click.echo(_summary(result))
     path = _run_report(result, Path(out) / "report", reducer, components, grid, categories, permutations, seed,

@@ -46,7 +46,7 @@ class ExplainResult:
         (records) and ``explain.json`` (run settings) into ``out``, all four or none
         (:func:`llmri.store.whole_folder`; the call cache and the page beside them stay). A missing
         score is null in the JSON files."""
-        out = check_out_folder(Path(out))
+        out = check_out_folder(out)
         with whole_folder(out) as tmp:
             atomic_write_text(tmp / "explanations.csv", self.table.to_csv(index=False))
             atomic_write_text(tmp / "explanations.json", self.table.to_json(orient="records", indent=1))

@@ -59,7 +59,7 @@ def output_folder(out) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
-    return check_out_folder(Path(out), advice=None)
+    return check_out_folder(out, advice=None)
 
 
 def whole_page(builder):

@@ -35,6 +35,8 @@ def load_saes(saes, what: str = "saes") -> list[SAE]:
     """SAEs from an SAE, a list or dict of them, an SAE folder, or a folder of SAE folders, in the
     order given (folders by name). ``what`` names the argument in errors."""
     if isinstance(saes, (str, Path)):
+        if not str(saes).strip():
+            raise LlmriError(f"{what}: {str(saes)!r} names no folder; give an SAE folder or a folder of them")
         root = Path(saes)
         if not root.is_dir():
             raise LlmriError(f"{what}: {root}: no such folder")

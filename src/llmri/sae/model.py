@@ -165,7 +165,7 @@ class SAE(nn.Module):
         ``folder``, all three or none (:func:`llmri.store.whole_folder`: a killed or failed save
         leaves the folder as it was; the old SAE's ``eval.json`` goes, other files stay). SAELens
         reads it with ``SAE.load_from_disk(folder)``."""
-        folder = check_out_folder(Path(folder), advice=None)
+        folder = check_out_folder(folder, advice=None)
         tensors = {n: getattr(self, n).detach().float().cpu().numpy()
                    for n in ("W_enc", "W_dec", "b_enc", "b_dec")}
         if self.arch in ("jumprelu", "batchtopk"):
