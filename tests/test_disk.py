@@ -169,3 +169,46 @@ def test_json_never_holds_nan(tmp_path):
     assert safe == {"a": [1.5, None, None], "b": 3, "c": [None, 2.0]}
     atomic_write_json(tmp_path / "ok.json", safe)
     assert json.loads((tmp_path / "ok.json").read_text()) == safe
+
+
+def test_a_damaged_scan_shard_is_one_line_naming_it(tmp_path):
+    import numpy as np
+
+    from llmri.store import Scan, scan_from_arrays
+
+    scan_from_arrays(tmp_path / "s", {"resid.0": np.ones((4, 3))}, [0, 1, 0, 1])
+    shard = tmp_path / "s" / "shard-00000.safetensors"
+    shard.write_bytes(shard.read_bytes()[:20])
+    with pytest.raises(LlmriError) as e:
+        Scan.open(tmp_path / "s").activations(0)
+    assert str(e.value).startswith(f"{shard}: not a readable safetensors shard (") and "\n" not in str(e.value)
+
+
+def test_names_with_glob_characters_are_written_and_cleaned(tmp_path):
+    out = tmp_path / "run[1]"
+    for text in ("a", "b"):
+        with whole_folder(out) as tmp:
+            atomic_write_text(tmp / "x.txt", text)
+    assert tree(out) == {"x.txt": "b"} and siblings(out) == []
+
+
+def test_an_explain_run_is_loaded_only_when_its_files_agree(tmp_path):
+    import pandas as pd
+
+    from llmri.explain.results import ExplainResult
+
+    table = pd.DataFrame({"unit": [3, 7], "explanation": ["stars", "balls"], "simulation_score": [0.5, float("nan")]})
+    records = [{"unit": 3, "explanation": "stars"}, {"unit": 7, "explanation": "balls", "score": float("inf")}]
+    ExplainResult(table, records, {"units": [3, 7], "site": "mlp.1"}).save(tmp_path / "run")
+    (tmp_path / "run" / "calls").mkdir()
+    (tmp_path / "run" / "calls" / "k.json").write_text("{}")        # the call cache stays through a re-save
+    ExplainResult(table, records, {"units": [3, 7], "site": "mlp.1"}).save(tmp_path / "run")
+    back = ExplainResult.load(tmp_path / "run")
+    assert back.records[1]["score"] is None and (tmp_path / "run" / "calls" / "k.json").read_text() == "{}"
+    assert "NaN" not in (tmp_path / "run" / "explanations.jsonl").read_text()
+    (tmp_path / "run" / "explanations.jsonl").write_text(json.dumps(records[0]) + "\n")   # a unit short
+    with pytest.raises(LlmriError, match="disagree on the units"):
+        ExplainResult.load(tmp_path / "run")
+    (tmp_path / "run" / "explain.json").write_text("{")
+    with pytest.raises(LlmriError, match=r"run: not a whole explain run \(JSONDecodeError"):
+        ExplainResult.load(tmp_path / "run")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import json
 import math
 import os
@@ -215,7 +216,7 @@ def whole_folder(out, drop=()):
 def _clean_stale(target: Path) -> None:
     """Remove the staging siblings of ``target`` left by killed writers (of dead processes); an
     old folder set aside by a killed fallback swap goes back in place when ``target`` is missing."""
-    for p in target.parent.glob(f".{target.name}{_TAG}*"):
+    for p in target.parent.glob(glob.escape(f".{target.name}{_TAG}") + "*"):
         try:
             pid = int(p.name[len(target.name) + len(_TAG) + 1:].split("-")[0])
         except ValueError:

@@ -17,7 +17,7 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from .disk import (DiskFull, atomic_write_bytes, atomic_write_json, atomic_write_text, check_out_folder,
                    json_safe, read_safetensors, whole_folder, write_shard)
@@ -163,7 +163,12 @@ class Scan:
 
     # --- shards ---
     def _shard(self, i: int):
-        return safe_open(str(self.folder / shard_name(i)), framework="numpy")
+        path = self.folder / shard_name(i)
+        try:
+            return safe_open(str(path), framework="numpy")
+        except (SafetensorError, OSError) as e:
+            raise LlmriError(f"{path}: not a readable safetensors shard ({str(e).splitlines()[0] if str(e) else e!r}); "
+                             "delete it and rerun the same scan command to capture it again") from None
 
     @cached_property
     def _index(self) -> list[tuple[np.ndarray, np.ndarray]]:

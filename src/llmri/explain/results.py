@@ -37,9 +37,19 @@ class ExplainResult:
         out = Path(out)
         if not (out / "explanations.csv").is_file():
             raise LlmriError(f"{out}: no explanations.csv; run llmri explain with --out {out}")
-        records = [json.loads(x) for x in (out / "explanations.jsonl").read_text(encoding="utf-8").splitlines() if x]
-        info = json.loads((out / "explain.json").read_text(encoding="utf-8"))
-        return cls(pd.read_csv(out / "explanations.csv", keep_default_na=True), records, info)
+        try:
+            records = [json.loads(x) for x in (out / "explanations.jsonl").read_text(encoding="utf-8").splitlines() if x]
+            info = json.loads((out / "explain.json").read_text(encoding="utf-8"))
+            table = pd.read_csv(out / "explanations.csv", keep_default_na=True)
+        except (OSError, ValueError) as e:
+            raise LlmriError(f"{out}: not a whole explain run ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                             "rerun llmri explain with the same --out (its calls are cached)") from None
+        units = [int(u) for u in info.get("units", [])] if isinstance(info, dict) else None
+        if units is None or "unit" not in table or [int(u) for u in table["unit"]] != units \
+                or [int(r.get("unit", -1)) for r in records] != units:
+            raise LlmriError(f"{out}: explanations.csv, explanations.jsonl and explain.json disagree on the units; "
+                             "rerun llmri explain with the same --out (its calls are cached)")
+        return cls(table, records, info)
 
     def save(self, out) -> Path:
         """Write ``explanations.csv``, ``explanations.json`` (table), ``explanations.jsonl``
