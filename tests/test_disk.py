@@ -212,3 +212,23 @@ def test_an_explain_run_is_loaded_only_when_its_files_agree(tmp_path):
     (tmp_path / "run" / "explain.json").write_text("{")
     with pytest.raises(LlmriError, match=r"run: not a whole explain run \(JSONDecodeError"):
         ExplainResult.load(tmp_path / "run")
+
+
+def test_a_page_that_fails_half_way_leaves_the_old_page(tmp_path):
+    import pandas as pd
+
+    from llmri.report.page import build_page
+
+    class Broken(pd.DataFrame):
+        def to_csv(self, *a, **k):
+            raise RuntimeError("killed while writing the second table")
+
+    first = build_page(tmp_path / "page", "probe", "t", ["v1"], [], [("one", pd.DataFrame({"a": [1]}), "one")])
+    assert first == tmp_path / "page" / "probe.html"
+    before = tree(tmp_path / "page")
+    with pytest.raises(RuntimeError):
+        build_page(tmp_path / "page", "probe", "t", ["v2"], [],
+                   [("one", pd.DataFrame({"a": [2]}), "one"), ("two", Broken({"b": [3]}), "two")])
+    assert tree(tmp_path / "page") == before and siblings(tmp_path / "page") == []
+    build_page(tmp_path / "page", "probe", "t", ["v3"], [], [("one", pd.DataFrame({"a": [3]}), "one")])
+    assert tree(tmp_path / "page")["one.csv"] == "a\n3\n" and "v3" in tree(tmp_path / "page")["probe.html"]
