@@ -14,7 +14,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "llmri"
 
 # Floors, lowest first. A module may import from its own floor and the floors below it, never above.
 FLOORS = {
-    "ground": ["errors", "precision", "sites", "model", "corpus", "store", "batches", "stats", "threads", "engine",
+    "ground": ["errors", "precision", "sites", "model", "corpus", "disk", "store", "batches", "stats", "threads", "engine",
                "distributed"],
     "figures": ["viz"],
     "analyses": ["capture", "scan_settings", "regions", "nrag", "metrics", "probe", "neurons", "attention", "interventions",

@@ -63,6 +63,47 @@ def test_crash_then_resume_equals_uninterrupted(corpus, tmp_path, monkeypatch):
     assert 0 < len(calls) < ref.manifest["plan"]["n_batches"]  # the two written shards did not rerun
     assert files(tmp_path / "run") == files(tmp_path / "ref")  # byte-identical
     np.testing.assert_array_equal(resumed.activations(2), ref.activations(2))
+    # and it says so: a resumed scan, then one answered from disk
+    from llmri.commands.scan import _summary
+
+    assert (ref.origin, resumed.origin, resumed.resumed_shards) == ("captured", "resumed", 2)
+    assert f"resumed an interrupted scan: 2 of {n_shards} shards were already on disk; captured the other " \
+           f"{n_shards - 2}" in _summary(resumed) and "resumed" not in _summary(ref)
+    again = llmri.scan(model, corpus, tmp_path / "run", **SETTINGS)
+    assert again.origin == "cached" and "answered from disk" in _summary(again)
+
+
+def test_full_disk_mid_scan_names_the_shard_keeps_the_rest_and_resumes(corpus, tmp_path, monkeypatch):
+    import errno
+    import os
+
+    import llmri.disk
+
+    model = make_model("gpt2")
+    ref = llmri.scan(model, corpus, tmp_path / "ref", **SETTINGS)
+    n_shards = ref.manifest["plan"]["n_shards"]
+    real_fsync, shard_syncs = os.fsync, []
+
+    def fsync(fd):   # the disk fills while the third shard is written
+        if ".shard-" in os.readlink(f"/proc/self/fd/{fd}"):
+            shard_syncs.append(fd)
+            if len(shard_syncs) == 3:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+    monkeypatch.setattr(llmri.disk.os, "fsync", fsync)
+    with pytest.raises(llmri.store.DiskFull) as e:
+        llmri.scan(model, corpus, tmp_path / "run", **SETTINGS)
+    need = (tmp_path / "ref" / "shard-00002.safetensors").stat().st_size
+    msg = str(e.value)
+    assert msg.startswith(f"{tmp_path / 'run' / 'shard-00002.safetensors'}: no space left on device "
+                          f"({llmri.disk.size_text(need)} needed, ") and "\n" not in msg
+    assert f"2 of {n_shards} shards are complete and kept; free about" in msg
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")) == []   # no temp file
+    with pytest.raises(llmri.LlmriError, match=r"incomplete \(2/"):
+        llmri.Scan.open(tmp_path / "run")          # nothing a reader would trust
+    monkeypatch.setattr(llmri.disk.os, "fsync", real_fsync)
+    resumed = llmri.scan(model, corpus, tmp_path / "run", **SETTINGS)
+    assert resumed.resumed_shards == 2 and files(tmp_path / "run") == files(tmp_path / "ref")
 
 
 def test_resume_runs_only_missing_shards(corpus, tmp_path, monkeypatch):

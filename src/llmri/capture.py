@@ -29,7 +29,8 @@ from .model import Model, as_model
 from .precision import computing, precision_used
 from .scan_settings import DEFAULT_BATCH_TOKENS, ScanSettings, cached_scan, out_folder, scan_request
 from .sites import POOLS, block_of, eager_attention, expand_sites, hooks, parse_site
-from .store import (CORPUS_FILE, FORMAT_VERSION, MANIFEST, Scan, atomic_write_json,
+from .disk import size_text
+from .store import (CORPUS_FILE, FORMAT_VERSION, MANIFEST, DiskFull, Scan, atomic_write_json,
                     complete_shards, read_manifest, shard_name, write_corpus, write_shard)
 
 TOKEN_SHARD_BYTES = 256 * 2**20  # bound on token-level activations held in memory per shard
@@ -201,7 +202,9 @@ def scan(model, corpus, out, sites=("resid",), pool: str = "auto", layers=None,
     with engine:
         plan = engine.map(_plan_job, [(corpus, out, settings, overwrite, worker is None, request)], state=state)[0]
         if plan.cached:
-            return Scan.open(out)  # answered from the cache
+            done = Scan.open(out)  # answered from the cache
+            done.origin = "cached"
+            return done
         todo = [s for s in plan.todo if worker is None or s % worker[1] == worker[0]]
         chunks = engine.chunks(todo)
         driver, jobs = engine.progress(progress)
@@ -216,6 +219,9 @@ def scan(model, corpus, out, sites=("resid",), pool: str = "auto", layers=None,
             except JobsFailed as e:
                 failed = e
     result = finish_scan(plan)
+    if result is not None:
+        result.resumed_shards = len(plan.shards) - len(plan.todo)
+        result.origin = "resumed" if result.resumed_shards else "captured"
     if result is None and worker is None:
         done = len(complete_shards(out, len(plan.shards)))
         message = (f"{out}: {failed.failed if failed else 0} shard(s) failed after {engine.retries} retries "
@@ -430,4 +436,11 @@ def _run(model: Model, ids, lengths, batches, shards, todo, pooled, tokened, how
                 tensors["token_ids"] = np.asarray(token_ids, dtype=np.int64)
                 for site, parts in state["tokens"].items():
                     tensors["tokens." + site] = stored(torch.cat(parts))
-            write_shard(out / shard_name(s), tensors, {"shard": str(s)})
+            try:
+                write_shard(out / shard_name(s), tensors, {"shard": str(s)})
+            except DiskFull as e:      # the shards written so far are whole and kept
+                left = len(todo) - todo.index(s)
+                done = len(complete_shards(out, len(shards)))
+                raise DiskFull(e.path, e.need, more=(
+                    f"{done} of {len(shards)} shards are complete and kept; free about {size_text(e.need * left)} "
+                    f"for the {left} left and rerun the same command to capture them")) from None

@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from .commands import COMMANDS
+from .commands import COMMANDS, RESUMABLE
 from .errors import LlmriError
 
 _DEBUG = False
@@ -32,6 +32,17 @@ for _command in COMMANDS:
     cli.add_command(_command)
 
 
+def _invoked(args) -> click.Command | None:
+    """The (sub)command that ``args`` runs, found by name without running anything."""
+    cmd, args = cli, list(args)
+    while isinstance(cmd, click.Group):
+        names = [a for a in args if not a.startswith("-")]
+        if not names or names[0] not in cmd.commands:
+            return None
+        cmd, args = cmd.commands[names[0]], args[args.index(names[0]) + 1:]
+    return cmd
+
+
 def main(argv=None) -> None:
     try:
         cli.main(args=argv, prog_name="llmri", standalone_mode=False)
@@ -46,7 +57,8 @@ def main(argv=None) -> None:
         _echo_err(e.format_message().replace("\n", " "))
         sys.exit(e.exit_code)
     except (click.exceptions.Abort, KeyboardInterrupt):
-        _echo_err("interrupted; rerun the same command to continue where it stopped")
+        resumes = _invoked(sys.argv[1:] if argv is None else argv) in RESUMABLE
+        _echo_err("interrupted" + ("; rerun the same command to continue where it stopped" if resumes else ""))
         sys.exit(130)
     except Exception as e:  # an unexpected failure: still one line, unless --debug
         if _DEBUG or os.environ.get("LLMRI_DEBUG"):

@@ -6,6 +6,7 @@ prompt, then one pass per new token with the key/value cache) goes through them.
 
 from __future__ import annotations
 
+import math
 import sys
 
 import numpy as np
@@ -49,6 +50,33 @@ def generate(model, prompts, max_new_tokens: int = 64, chat: bool | None = None,
     return out[0] if single else out
 
 
+def check_prompts(prompts, what: str = "prompts") -> None:
+    """Refuse, in one line naming ``what``, no prompts or a text prompt that is empty or only
+    whitespace (a model given nothing generates filler). Chat-message lists are left to the template.
+    The CLI calls it before a model loads."""
+    items = [prompts] if isinstance(prompts, str) else list(prompts or [])
+    if not items:
+        raise LlmriError(f"{what}: no prompts given")
+    for i, p in enumerate(items):
+        if isinstance(p, str) and not p.strip():
+            raise LlmriError(f"{what}: prompt {i} is {'empty' if not p else 'only whitespace'} ({p!r}); give some text")
+
+
+def check_alphas(alphas, what: str = "alphas") -> list[float]:
+    """Steering strengths as floats: at least one, each a finite number (NaN or infinity would
+    generate nothing and write no valid JSON), else one line naming ``what``."""
+    try:
+        out = [float(a) for a in ([alphas] if isinstance(alphas, (int, float, str)) else alphas)]
+    except (TypeError, ValueError):
+        raise LlmriError(f"{what} {alphas!r}: expected numbers") from None
+    if not out:
+        raise LlmriError(f"{what}: give at least one number")
+    bad = [a for a in out if not math.isfinite(a)]
+    if bad:
+        raise LlmriError(f"{what}: {bad[0]!r} is not a finite number; give strengths such as -8,-4,0,4,8")
+    return out
+
+
 def _prepare(model, prompts, max_new_tokens, chat, do_sample, temperature, top_p, system, batch_size):
     """Check a generation request and tokenise its prompts: (one prompt given, token ids, the
     keyword arguments of transformers' ``generate``)."""
@@ -57,8 +85,7 @@ def _prepare(model, prompts, max_new_tokens, chat, do_sample, temperature, top_p
     single = isinstance(prompts, str) or (isinstance(prompts, (list, tuple)) and prompts
                                           and isinstance(prompts[0], dict))
     items = [prompts] if single else list(prompts)
-    if not items:
-        raise LlmriError("generate: no prompts given")
+    check_prompts(items)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise LlmriError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     if do_sample and not temperature > 0:
@@ -159,12 +186,8 @@ def steer_sweep(model, scan, positive, negative, layer: int, alphas, prompts, si
     model = as_model(model)
     scan = scan if isinstance(scan, Scan) else Scan.open(scan)
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    try:
-        alphas = [float(a) for a in alphas]
-    except (TypeError, ValueError):
-        raise LlmriError(f"alphas {alphas!r}: expected numbers") from None
-    if not alphas or not prompts:
-        raise LlmriError("steer_sweep: give at least one alpha and one prompt")
+    alphas = check_alphas(alphas)
+    check_prompts(prompts)
     batch_size = 16
     _, ids, kwargs = _prepare(model, prompts, max_new_tokens, None, False, 1.0, None, None, batch_size)
     vector = steering_vector(scan, positive, negative, layer, site=site, model=model)

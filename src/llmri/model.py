@@ -80,8 +80,8 @@ def _cache_entry_valid(folder: Path) -> bool:
     try:
         index = json.loads((folder / _CACHE_INDEX).read_text())
         files = index["files"]
-        if index.get("format") != GGUF_CACHE_FORMAT or not files:
-            return False
+        if index.get("format") != GGUF_CACHE_FORMAT or not files or index.get("transformers") != _transformers_version():
+            return False   # converted by another transformers, whose files and tokenizer may differ: convert again
         touched = False
         for name, meta in files.items():
             st = (folder / name).stat()
@@ -96,6 +96,12 @@ def _cache_entry_valid(folder: Path) -> bool:
         return True
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
 
 
 def _gguf_entry(gguf: Path, digest: str | None = None) -> Path:
@@ -140,6 +146,7 @@ def convert_gguf(gguf, progress: bool | None = None) -> Path:
     try:
         _write_converted(gguf, tmp, progress)
         index = {"format": GGUF_CACHE_FORMAT, "source": gguf.name, "source_sha256": digest,
+                 "transformers": _transformers_version(),
                  "files": {p.name: {"size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns,
                                     "sha256": _sha256_file(p)}
                            for p in sorted(tmp.iterdir()) if p.is_file() and p.name != ".owner"}}

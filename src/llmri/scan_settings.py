@@ -70,6 +70,10 @@ class ScanSettings:
         def arg(name: str) -> str:
             return "--" + name.replace("_", "-") if flags else name
 
+        for name in ("sites", "token_sites"):
+            v = getattr(self, name)
+            if isinstance(v, str) and not _specs(v) and (v or name == "sites"):
+                raise LlmriError(f"{arg(name)} {v!r}: no site given, e.g. resid,mlp.3")
         for spec in self.site_specs + self.token_site_specs:
             parse_site(spec.strip())
         if any(parse_site(s.strip())[0] == "attn" for s in self.token_site_specs):
@@ -89,7 +93,9 @@ class ScanSettings:
             except TypeError:
                 raise LlmriError(f"{arg('layers')} {self.layers!r}: expected a list of integers, "
                                  "e.g. [0, 3, -1]") from None
-        for name in ("batch_tokens", "max_length"):
+        if self.layers is not None and not self.layers:
+            raise LlmriError(f"{arg('layers')}: no layer given, e.g. 0,3,-1")
+        for name in ("batch_tokens", "max_length", "shard_tokens"):
             v = getattr(self, name)
             if (v is not None or name == "batch_tokens") and (not isinstance(v, int) or v < 1):
                 raise LlmriError(f"{arg(name)} {v}: must be a positive integer" if flags
@@ -127,7 +133,7 @@ def out_folder(out) -> Path:
     if "://" in str(out):
         raise LlmriError(f"{out}: object-store URLs are not supported; write to a local or shared POSIX folder "
                          "(shards are made whole by an atomic rename, which object stores lack)")
-    return check_out_folder(Path(out))
+    return check_out_folder(out)
 
 
 def scan_request(model, corpus, settings: ScanSettings) -> str | None:
@@ -154,7 +160,9 @@ def cached_scan(out, request: str | None) -> Scan | None:
         return None
     if len(complete_shards(out, old["plan"]["n_shards"])) < old["plan"]["n_shards"]:
         return None
-    return Scan.open(out)
+    done = Scan.open(out)
+    done.origin = "cached"
+    return done
 
 
 def check_same_scan(out, corpus, settings: ScanSettings) -> None:

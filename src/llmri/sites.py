@@ -16,7 +16,7 @@ A site is a named place inside the model (see docs/architecture.md):
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable, Iterator
 
 from .errors import LlmriError
@@ -126,9 +126,37 @@ def discover(module: nn.Module) -> Adapter:
     mlp_out = max(mlp, key=lambda nd: nd[1][0])[0]
     attn_out = attn[-1][0]
     attn_mod = attn_out.rsplit(".", 1)[0] if "." in attn_out else attn_out
-    causal = bool(getattr(cfg, "is_decoder", False)) or "CausalLM" in type(module).__name__
+    seen = probe_causal(module)
+    causal = bool(getattr(cfg, "is_decoder", False)) or (
+        seen if seen is not None else "CausalLM" in type(module).__name__)
     return Adapter(f"auto:{model_type}", layers_path, mlp_out, attn_mod, attn_out, positions="none",
                    causal=causal)
+
+
+def probe_causal(module: nn.Module) -> bool | None:
+    """Whether the model is causal, seen in what it does: one forward of two 4-token inputs that
+    differ only at the last token; True when every earlier position's output is unchanged (each
+    token sees only the tokens before it), False when they move too, None when it cannot tell
+    (the forward fails, or the last token changes nothing)."""
+    import torch
+
+    cfg = getattr(module, "config", None)
+    vocab = int(getattr(cfg, "vocab_size", 0) or 0)
+    if vocab < 8:
+        return None
+    ids = torch.tensor([[vocab // 2 + i for i in range(4)]] * 2) % vocab
+    ids[1, -1] = (ids[0, -1] + 1) % vocab
+    try:
+        param = next(module.parameters())
+        with torch.inference_mode():
+            h = base_of(module)(input_ids=ids.to(param.device), attention_mask=torch.ones_like(ids).to(param.device))[0]
+    except Exception:  # a model that needs more than input ids: the config decides
+        return None
+    h = h.float()
+    early, late = (h[0, :-1] - h[1, :-1]).abs().max().item(), (h[0, -1] - h[1, -1]).abs().max().item()
+    if not late > 0:
+        return None
+    return early <= 1e-3 * late
 
 
 def adapter_for(module: nn.Module) -> Adapter:
@@ -140,6 +168,8 @@ def adapter_for(module: nn.Module) -> Adapter:
     except (AttributeError, IndexError) as e:
         raise LlmriError(f"model family {model_type!r}: expected blocks at "
                          f"'{adapter.layers}' ({e})") from None
+    if not adapter.causal and getattr(getattr(module, "config", None), "is_decoder", False):
+        adapter = replace(adapter, causal=True)   # BERT or RoBERTa configured as a decoder
     return adapter
 
 

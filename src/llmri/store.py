@@ -1,88 +1,37 @@
-"""The Scan on disk: ``manifest.json`` + ``corpus.jsonl`` + safetensors shards.
+"""The Scan on disk (``manifest.json`` + ``corpus.jsonl`` + safetensors shards) and the one
+whole-or-nothing writer every other folder goes through.
 
 Every file is written to a temporary name in the same folder and renamed into place, so a
 killed scan leaves only whole files. A shard is complete when its file exists; disjoint
-shards can therefore be written by independent workers. Nothing is pickled.
+shards can therefore be written by independent workers. A folder of several files that belong
+together (an SAE, an explain run's tables, a page) is written by :func:`whole_folder`: into a
+hidden sibling that replaces the folder by one rename once every file is there. A full disk is
+a one-line error naming the file and the space it needed. Nothing is pickled.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
-import tempfile
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-from safetensors import safe_open
-from safetensors.numpy import save as st_save
+from safetensors import SafetensorError, safe_open
 
+from .disk import (DiskFull, atomic_write_bytes, atomic_write_json, atomic_write_text, check_out_folder,
+                   json_safe, read_safetensors, whole_folder, write_shard)
 from .errors import LlmriError
 from .sites import parse_site
+
+__all__ = ["Scan", "scan_from_arrays", "read_manifest", "complete_shards", "shard_name", "write_corpus",
+           # the writers of llmri.disk, exported here too
+           "DiskFull", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "check_out_folder",
+           "json_safe", "read_safetensors", "whole_folder", "write_shard"]
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 CORPUS_FILE = "corpus.jsonl"
-
-
-# ------------------------------------------------------------------ atomic writes
-def _file_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-_MODE = _file_mode()
-
-
-def check_out_folder(out, advice: str | None = "choose another output folder") -> Path:
-    """``out`` as a Path, refused in one line when it exists and is not a folder: every writer of a
-    folder checks it this way before it writes (or a model loads)."""
-    if Path(out).exists() and not Path(out).is_dir():
-        raise LlmriError(f"{out}: exists and is not a folder" + (f"; {advice}" if advice else ""))
-    return Path(out)
-
-
-def atomic_write_bytes(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, _MODE)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
-
-
-def write_shard(path, tensors: dict, metadata: dict[str, str] | None = None) -> None:
-    """Write numpy arrays as one safetensors file, atomically. torch tensors may stand beside them
-    (bfloat16 ones, which numpy cannot hold: a scan's ``store_dtype="bfloat16"``); the file is then
-    written by safetensors' torch side, with the same layout."""
-    if any(not isinstance(v, np.ndarray) for v in tensors.values()):
-        import torch
-        from safetensors.torch import save as pt_save
-
-        data = pt_save({k: (torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray)
-                            else v.contiguous()) for k, v in tensors.items()}, metadata=metadata)
-    else:
-        data = st_save({k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata=metadata)
-    atomic_write_bytes(path, data)
 
 
 def write_corpus(folder, corpus) -> None:
@@ -160,6 +109,12 @@ class Scan:
     >>> s.activations(6).shape                       # doctest: +SKIP
     (96, 384)
     """
+
+    #: how this Scan came about in this process (set by the scan that returned it; never stored):
+    #: ``"opened"``, ``"captured"``, ``"resumed"`` (``resumed_shards`` were on disk from an
+    #: interrupted run) or ``"cached"`` (the same scan was already complete).
+    origin = "opened"
+    resumed_shards = 0
 
     def __init__(self, folder, manifest: dict):
         self.folder = Path(folder)
@@ -246,9 +201,14 @@ class Scan:
 
     # --- shards ---
     def _shard(self, i: int):
-        if self.settings.get("store_dtype", "float32") == "bfloat16":
-            return _Float32Shard(self.folder / shard_name(i))
-        return safe_open(str(self.folder / shard_name(i)), framework="numpy")
+        path = self.folder / shard_name(i)
+        try:
+            if self.settings.get("store_dtype", "float32") == "bfloat16":
+                return _Float32Shard(path)
+            return safe_open(str(path), framework="numpy")
+        except (SafetensorError, OSError) as e:
+            raise LlmriError(f"{path}: not a readable safetensors shard ({str(e).splitlines()[0] if str(e) else e!r}); "
+                             "delete it and rerun the same scan command to capture it again") from None
 
     @cached_property
     def _index(self) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -15,5 +15,7 @@ from .inspect import attention_cmd, neurons_cmd, probe_cmd
 from .sae import sae_group
 from .scan import demo_cmd, report_cmd, scan_cmd
 
+# commands whose work survives an interruption (shards on disk, cached calls): a rerun continues
+RESUMABLE = (scan_cmd, demo_cmd, explain_cmd)
 COMMANDS = (scan_cmd, report_cmd, demo_cmd, attention_cmd, neurons_cmd, probe_cmd, ablate_cmd, patch_cmd,
             explain_cmd, generate_cmd, steer_cmd, sae_group, circuit_cmd)

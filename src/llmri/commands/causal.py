@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import click
 
+from ..errors import LlmriError
 from .options import _check_ray, _dtype_option, _ints, _model_loader, _ray_options, _specs
 
 
@@ -29,11 +30,14 @@ def ablate_cmd(corpus, model_name, out, measure, mode, scan_dir, layers, text_co
     from ..corpus import Corpus
     from ..interventions import lesion_map
     from ..model import load_model
-    from ..report import largest_effects, lesion_page
+    from ..report import largest_effects, lesion_page, output_folder
     from ..store import Scan
 
     engine = _check_ray(ray_mode, workers, gpus_per_worker)
-    layers = _ints(layers, "--layers") if layers else None
+    output_folder(out)  # checked before the model loads
+    layers = _ints(layers, "--layers") if layers is not None else None
+    if layers is not None and not layers:
+        raise LlmriError(f"--layers {layers!r}: no layer given, e.g. 0,3")
     docs = Corpus.from_path(corpus, text_column=text_column, label_column=label_column)
     scan = Scan.open(scan_dir) if scan_dir else None
     if engine is None:
@@ -62,10 +66,19 @@ def patch_cmd(model_name, clean, corrupted, out, sites, device, dtype, download)
     """Activation patching (causal tracing) from a clean into a corrupted run."""
     from ..interventions import patch
     from ..model import load_model
-    from ..report import patch_page, patch_ranking
+    from ..report import output_folder, patch_page, patch_ranking
+    from ..sites import parse_site
 
-    model = load_model(model_name, device=device, dtype=dtype, download=download)
+    for flag, text in (("--clean", clean), ("--corrupted", corrupted)):
+        if not text.strip():
+            raise LlmriError(f"{flag}: give a non-empty text")
     specs = _specs(sites)
+    if not specs:
+        raise LlmriError(f"--sites {sites!r}: no site given, e.g. resid,attn_out,mlp_out")
+    for spec in specs:
+        parse_site(spec)
+    output_folder(out)  # checked before the model loads
+    model = load_model(model_name, device=device, dtype=dtype, download=download)
     res = patch(model, clean, corrupted, sites=specs, progress=None)
     click.echo(f"metric: clean {res.clean_metric:.4g}, corrupted {res.corrupted_metric:.4g}")
     ranked, why = patch_ranking(res)

@@ -28,9 +28,10 @@ def generate_cmd(prompts, model_name, max_new_tokens, chat, system, sample, temp
     """Generate a continuation (an answer, with the chat template) for each of PROMPTS."""
     import json
 
-    from ..generate import generate
+    from ..generate import check_prompts, generate
     from ..model import load_model
 
+    check_prompts(prompts, "PROMPTS")
     if sample and not temperature > 0:
         raise LlmriError(f"--temperature must be > 0 when sampling, got {temperature}")
     model = load_model(model_name, device=device, dtype=dtype, download=download)
@@ -66,12 +67,13 @@ def generate_cmd(prompts, model_name, max_new_tokens, chat, system, sample, temp
 def steer_cmd(prompts, scan_dir, positive, negative, layer, out, model_name, alphas, site, mode, probe_layer,
               max_new_tokens, seed, device, dtype, download):
     """Steer generation of PROMPTS with the Scan's POSITIVE-minus-NEGATIVE vector at several strengths."""
-    from ..generate import steer_sweep
+    from ..generate import check_alphas, check_prompts, steer_sweep
     from ..model import load_model
     from ..report import output_folder, steer_page
     from ..store import Scan
 
-    values = _floats(alphas, "--alphas")
+    values = check_alphas(_floats(alphas, "--alphas"), "--alphas")
+    check_prompts(prompts, "PROMPTS")
     scan = Scan.open(scan_dir)
     pos = _specs(positive)
     neg = _specs(negative)

@@ -84,10 +84,19 @@ def explain_cmd(scan_dir, site, neuron_spec, sae, feature_spec, backend, model_n
     cols = [c for c in res.table.columns if c in ("unit", "simulation_score", "simulation_baseline",
                                                  "detection_balanced_accuracy", "fuzzing_balanced_accuracy", "explanation")]
     click.echo(res.table[cols].to_string(index=False, max_colwidth=60, float_format=lambda v: f"{v:.3f}"))
-    st = res.info["stats"]
-    click.echo(f"\n{st['calls']} calls ({st['cache_hits']} from the cache), {st['prompt_tokens']} prompt and "
-               f"{st['completion_tokens']} completion tokens")
+    click.echo("\n" + usage_line(res.info["stats"]))
     click.echo(f"explanations: {Path(out) / 'explanations.csv'}")
+
+
+def usage_line(st: dict) -> str:
+    """What the run cost: the calls made and the tokens they spent; answers from the cache cost
+    nothing now (the tokens they took when made are shown apart)."""
+    line = (f"{st['calls']} calls, {st['spent_prompt_tokens']} prompt and {st['spent_completion_tokens']} "
+            "completion tokens spent")
+    if st["cache_hits"]:
+        line += (f"; {st['cache_hits']} answers from the cache (they took {st['prompt_tokens'] - st['spent_prompt_tokens']}"
+                 f" prompt and {st['completion_tokens'] - st['spent_completion_tokens']} completion tokens when made)")
+    return line
 
 
 def _load_sae(path):

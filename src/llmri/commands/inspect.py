@@ -26,8 +26,11 @@ def attention_cmd(text, model_name, out, target, device, dtype, download):
     """Attention of one TEXT: every head, an interactive head view, rollout and flow."""
     from ..attention import attention
     from ..model import load_model
-    from ..report import build_attention_page
+    from ..report import build_attention_page, output_folder
 
+    if not text.strip():
+        raise LlmriError("TEXT: give a non-empty text")
+    output_folder(out)  # checked before the model loads
     if target is not None:
         try:
             target = int(target)
@@ -58,6 +61,8 @@ def neurons_cmd(scan_dir, category, top, site, csv_out):
     from ..neurons import neurons
     from ..store import Scan, atomic_write_text
 
+    if top < 1:
+        raise LlmriError(f"--top must be >= 1, got {top}")
     scan = Scan.open(scan_dir)
     cats = [category] if category else scan.label_names
     frames = []
@@ -89,8 +94,10 @@ def probe_cmd(scan_dir, site, cv, control, classifier, top_k, out, seed):
     from ..report import probe_page
     from ..store import Scan
 
-    scan = Scan.open(scan_dir)
     ks = _ints(top_k, "--top-k")
+    if not ks:
+        raise LlmriError(f"--top-k {top_k!r}: no count given, e.g. 1,5,10")
+    scan = Scan.open(scan_dir)
     df = probe(scan, site=site, cv=cv, control=control, model=classifier, seed=seed)
     best = int(df.loc[df["accuracy"].idxmax(), "layer"])
     dim = scan.activations(best, site).shape[1]

@@ -89,15 +89,17 @@ def sae_eval_cmd(sae_dir, model_name, corpus, batch_tokens, device, dtype, downl
     from ..model import load_model
     from ..precision import check_dtype
     from ..sae import SAE, evaluate_sae
-    from ..store import atomic_write_json
+    from ..store import atomic_write_json, json_safe
 
     check_dtype(dtype, "--dtype")
+    if batch_tokens < 1:
+        raise LlmriError(f"--batch-tokens must be >= 1, got {batch_tokens}")
     sae = SAE.load(sae_dir)
     docs = Corpus.from_path(corpus)
     model = load_model(model_name, device=device, dtype=dtype, download=download)
     m = evaluate_sae(sae, model, docs, batch_tokens=batch_tokens, progress=None)
     scalars = {k: v for k, v in m.items() if k != "feature_density"}
-    atomic_write_json(Path(sae_dir) / "eval.json", scalars)
+    atomic_write_json(Path(sae_dir) / "eval.json", json_safe(scalars))   # an undefined score is null
     for key, v in scalars.items():
         click.echo(f"{key:24s} {v:.4g}" if isinstance(v, float) else f"{key:24s} {v}")
 

@@ -25,6 +25,11 @@ def _summary(scan) -> str:
              f"{plan['n_tokens']} tokens in {plan['n_batches']} batches; {scan.settings.get('dtype', 'float32')}"]
     if plan["truncated"]:
         lines.append(f"  {plan['truncated']} documents truncated to {scan.settings['max_length']} tokens")
+    if scan.origin == "resumed":
+        lines.append(f"  resumed an interrupted scan: {scan.resumed_shards} of {plan['n_shards']} shards were "
+                     f"already on disk; captured the other {plan['n_shards'] - scan.resumed_shards}")
+    elif scan.origin == "cached":
+        lines.append("  answered from disk: the same scan was already complete (nothing captured)")
     return "\n".join(lines)
 
 
@@ -92,10 +97,20 @@ def scan_cmd(corpus, out, text_column, label_column, ray_mode, workers, gpus_per
     click.echo(_summary(_run_scan(docs, out, engine=engine, **kw)[1]))
 
 
+def _categories(categories) -> list[str] | None:
+    return [c.strip() for c in categories.split(",") if c.strip()] if categories is not None else None
+
+
+def _check_report(label_names, components, grid, categories, permutations, **_) -> None:
+    from ..report.scan import check_report_settings
+
+    check_report_settings(label_names, _categories(categories), components, grid, permutations, flags=True)
+
+
 def _run_report(scan, out, reducer, components, grid, categories, permutations, seed, preset=None, **extra):
     from ..report import build_report
 
-    cats = [c.strip() for c in categories.split(",") if c.strip()] if categories else None
+    cats = _categories(categories)
     click.echo(f"building the report ({reducer}, {components} components, {grid}x{grid} grid) ...", err=True)
     return build_report(scan, out, reducer=reducer, n_components=components, grid=grid, categories=cats,
                         n_permutations=permutations, seed=seed, progress=None, preset=preset, **extra)
@@ -111,6 +126,7 @@ def _run_report(scan, out, reducer, components, grid, categories, permutations, 
 @_report_options
 def report_cmd(scan_dir, out, explanations, saes, **kw):
     """Analyse the Scan in SCAN_DIR: regions, NRAGs, metrics, evaluation, one HTML file."""
+    from ..report import output_folder
     from ..store import Scan
 
     _check_explanations(explanations, "")
@@ -120,7 +136,8 @@ def report_cmd(scan_dir, out, explanations, saes, **kw):
         if not is_sae_folder(folder):
             raise LlmriError(f"--sae {folder}: not an SAE folder (no cfg.json)")
     scan = Scan.open(scan_dir)
-    out = Path(out) if out else _default_out(scan_dir, "report")
+    _check_report(scan.label_names, **kw)
+    out = output_folder(out) if out is not None else _default_out(scan_dir, "report")
     path = _run_report(scan, out, explanations=list(explanations) or None, saes=list(saes) or None, **kw)
     click.echo(f"report: {path}")
 
@@ -134,6 +151,7 @@ def demo_cmd(out, reducer, components, grid, categories, permutations, seed, pre
     from ..corpus import demo_corpus
 
     corpus = demo_corpus()
+    _check_report(corpus.label_names, components, grid, categories, permutations)
     model, result = _run_scan(corpus, Path(out) / "scan", need_model=True, **kw)
     click.echo(_summary(result))
     path = _run_report(result, Path(out) / "report", reducer, components, grid, categories, permutations, seed,

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from ..errors import LlmriError
 from ..model import as_model
 from ..precision import computing, precision_used
-from ..store import atomic_write_json
+from ..store import atomic_write_json, json_safe
 from ..threads import configure_threads
 from .prompts import render_plain
 
@@ -63,7 +63,7 @@ class CallCache:
             return None
 
     def put(self, key: str, value: dict) -> None:
-        atomic_write_json(self._path(key), value)
+        atomic_write_json(self._path(key), json_safe(value))   # -inf log-probabilities as null, read back as -inf
 
 
 class Backend:
@@ -123,7 +123,10 @@ class Backend:
 
     # --- cache and accounting ---
     def reset_stats(self) -> None:
-        self.stats = dict(calls=0, cache_hits=0, prompt_tokens=0, completion_tokens=0, cost=0.0)
+        """``calls`` made and ``cache_hits``; ``prompt_tokens``, ``completion_tokens`` and ``cost`` of
+        every answer used (cached ones at what they cost when made); ``spent_*``: of the calls made."""
+        self.stats = dict(calls=0, cache_hits=0, prompt_tokens=0, completion_tokens=0, cost=0.0,
+                          spent_prompt_tokens=0, spent_completion_tokens=0, spent_cost=0.0)
 
     @contextlib.contextmanager
     def meter(self):
@@ -151,7 +154,7 @@ class Backend:
         key = hashlib.sha256(json.dumps({"backend": self._identity(), "op": op, "payload": payload},
                                         sort_keys=True, ensure_ascii=False).encode()).hexdigest()
         cache = CallCache(self.cache_dir) if self.cache_dir is not None else None
-        hit = cache.get(key) if cache is not None else None
+        hit = cached = cache.get(key) if cache is not None else None
         if hit is None:
             hit = fn()
             if cache is not None:
@@ -167,6 +170,8 @@ class Backend:
         with self._lock:
             for k, v in use.items():
                 self.stats[k] += v
+                if hit is not cached:          # a call made now, not an answer from the cache
+                    self.stats[f"spent_{k}"] += v
         meter = getattr(self._local, "meter", None)
         if meter is not None:
             for k, v in use.items():

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import LlmriError
-from ..store import atomic_write_json, atomic_write_text, check_out_folder
+from ..store import atomic_write_json, atomic_write_text, check_out_folder, json_safe, whole_folder
 
 
 @dataclass
@@ -37,31 +37,33 @@ class ExplainResult:
         out = Path(out)
         if not (out / "explanations.csv").is_file():
             raise LlmriError(f"{out}: no explanations.csv; run llmri explain with --out {out}")
-        records = [json.loads(x) for x in (out / "explanations.jsonl").read_text(encoding="utf-8").splitlines() if x]
-        info = json.loads((out / "explain.json").read_text(encoding="utf-8"))
-        return cls(pd.read_csv(out / "explanations.csv", keep_default_na=True), records, info)
+        try:
+            records = [json.loads(x) for x in (out / "explanations.jsonl").read_text(encoding="utf-8").splitlines() if x]
+            info = json.loads((out / "explain.json").read_text(encoding="utf-8"))
+            table = pd.read_csv(out / "explanations.csv", keep_default_na=True)
+        except (OSError, ValueError) as e:
+            raise LlmriError(f"{out}: not a whole explain run ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                             "rerun llmri explain with the same --out (its calls are cached)") from None
+        units = [int(u) for u in info.get("units", [])] if isinstance(info, dict) else None
+        if units is None or "unit" not in table or [int(u) for u in table["unit"]] != units \
+                or [int(r.get("unit", -1)) for r in records] != units:
+            raise LlmriError(f"{out}: explanations.csv, explanations.jsonl and explain.json disagree on the units; "
+                             "rerun llmri explain with the same --out (its calls are cached)")
+        return cls(table, records, info)
 
     def save(self, out) -> Path:
         """Write ``explanations.csv``, ``explanations.json`` (table), ``explanations.jsonl``
-        (records) and ``explain.json`` (run settings) into ``out``, each atomically."""
-        out = check_out_folder(Path(out))
-        atomic_write_text(out / "explanations.csv", self.table.to_csv(index=False))
-        atomic_write_text(out / "explanations.json", self.table.to_json(orient="records", indent=1))
-        atomic_write_text(out / "explanations.jsonl",
-                          "".join(json.dumps(_no_nan(r), ensure_ascii=False) + "\n" for r in self.records))
-        atomic_write_json(out / "explain.json", self.info)
+        (records) and ``explain.json`` (run settings) into ``out``, all four or none
+        (:func:`llmri.store.whole_folder`; the call cache and the page beside them stay). A missing
+        score is null in the JSON files."""
+        out = check_out_folder(out)
+        with whole_folder(out) as tmp:
+            atomic_write_text(tmp / "explanations.csv", self.table.to_csv(index=False))
+            atomic_write_text(tmp / "explanations.json", self.table.to_json(orient="records", indent=1))
+            atomic_write_text(tmp / "explanations.jsonl", "".join(
+                json.dumps(json_safe(r), ensure_ascii=False, allow_nan=False) + "\n" for r in self.records))
+            atomic_write_json(tmp / "explain.json", json_safe(self.info))
         return out
-
-
-def _no_nan(obj):
-    """JSON has no NaN: missing scores become null."""
-    if isinstance(obj, dict):
-        return {k: _no_nan(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_no_nan(v) for v in obj]
-    if isinstance(obj, float) and obj != obj:
-        return None
-    return obj
 
 
 def unit_explanations(explanations, site: str, unit_kind: str) -> dict[int, dict]:
@@ -83,7 +85,7 @@ def unit_explanations(explanations, site: str, unit_kind: str) -> dict[int, dict
             raise LlmriError(f"{where}: explains the {got[1]}s of {got[0]}, not the {unit_kind}s of {site}")
         for row in res.table.to_dict("records"):
             if row.get("status", "ok") == "ok":
-                out[int(row["unit"])] = _no_nan(row)
+                out[int(row["unit"])] = json_safe(row)
     return out
 
 
@@ -96,6 +98,8 @@ def find_explanations(folder, site: str, unit_kind: str) -> list[Path]:
     key = "sae" if unit_kind == "feature" else "scan"
     found = []
     for info_file in sorted(folder.parent.glob("*/explain.json")):
+        if info_file.parent.name.startswith("."):     # a write in progress or killed (store.whole_folder)
+            continue
         try:
             info = json.loads(info_file.read_text(encoding="utf-8"))
         except (OSError, ValueError):

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import math
 import contextlib
 
 import numpy as np
@@ -78,6 +79,8 @@ def steer(model, vectors: dict, alpha: float = 1.0, positions="all", mode: str =
         alpha = float(alpha)
     except (TypeError, ValueError):
         raise LlmriError(f"alpha must be a number, got {alpha!r}") from None
+    if not math.isfinite(alpha):
+        raise LlmriError(f"alpha must be a finite number, got {alpha!r}")
     if not isinstance(vectors, dict) or not vectors:
         raise LlmriError("steer: vectors must be a non-empty dict like {'resid.12': vector}")
     pos = _positions(positions)

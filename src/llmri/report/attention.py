@@ -12,7 +12,7 @@ from markupsafe import Markup
 
 from ..store import atomic_write_bytes
 from ..viz import attention_layer_plot, head_view_html, rollout_plot, token_highlight_html
-from .page import _environment, _Figures, output_folder
+from .page import _environment, _Figures, output_folder, whole_page
 
 
 def _attention_parts(att, figs: _Figures, target=None, prefix: str = "") -> dict:
@@ -27,6 +27,7 @@ def _attention_parts(att, figs: _Figures, target=None, prefix: str = "") -> dict
             "static": static}
 
 
+@whole_page
 def build_attention_page(att, out, target=None, model_name: str = "") -> Path:
     """Write ``out/attention.html`` (head view, rollout, flow) and PNG/SVG figures of one text.
     ``target``: a position or a pooling (``"mean"``, ``"mean-nosink"``, ``"first"``, ``"last"``)

@@ -15,9 +15,10 @@ from ..errors import LlmriError
 from ..store import Scan
 from ..viz import circuit_figure, circuit_plot, script_json, token_highlight_html
 from .features import dashboard_html
-from .page import _environment, build_page, output_folder
+from .page import _environment, build_page, output_folder, whole_page
 
 
+@whole_page
 def build_circuit_page(ag, out, pruned=None, model=None, saes=None, n_top: int = 20, scan=None) -> Path:
     """``out/circuit.html`` for an attribution graph (``llmri.attribute``): the layered graph
     (``pruned`` when given), the prompt shaded by each token's attribution, the top features,

@@ -16,7 +16,7 @@ from markupsafe import Markup
 from ..explain.results import unit_explanations
 from ..store import atomic_write_bytes, atomic_write_text
 from ..viz import density_histogram, explanation_summary_html, feature_map_figure, feature_map_plot, script_json
-from .page import _environment, _Figures, _slug, _table, output_folder
+from .page import _environment, _Figures, _slug, _table, output_folder, whole_page
 
 
 def _feature_explanations(sae, explanations, table, figs: _Figures, blocks: list, files: list) -> dict[int, dict]:
@@ -93,6 +93,7 @@ def dashboard_html(feats, feature: int, model=None, explained: dict | None = Non
     return (explanation_summary_html(explained) if explained else "") + feature_card(feats, feature, model=model).to_html()
 
 
+@whole_page
 def build_feature_browser(sae, feats, out, model=None, metrics: dict | None = None, n_cards: int = 200,
                           color: str = "category", method: str = "pca", seed: int = 0, explanations=None) -> Path:
     """Write ``out/features.html``: the feature map, a searchable feature table and a dashboard per

@@ -8,13 +8,15 @@ one-topic page in the report's format.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import re
 from pathlib import Path
 
 import pandas as pd
 from markupsafe import Markup
 
-from ..store import atomic_write_bytes, atomic_write_text, check_out_folder
+from ..store import atomic_write_bytes, atomic_write_text, check_out_folder, whole_folder
 from ..viz import save_figure, script_json
 
 
@@ -57,7 +59,24 @@ def output_folder(out) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
-    return check_out_folder(Path(out), advice=None)
+    return check_out_folder(out, advice=None)
+
+
+def whole_page(builder):
+    """A page builder whose folder is written whole (:func:`llmri.store.whole_folder`): it writes
+    into a hidden sibling of ``out`` that takes ``out``'s place when the page is done, so a failed
+    or killed build leaves the folder as it was; the path returned is the one in ``out``."""
+    sig = inspect.signature(builder)
+
+    @functools.wraps(builder)
+    def build(*args, **kwargs):
+        bound = sig.bind(*args, **kwargs)
+        out = output_folder(bound.arguments["out"])
+        with whole_folder(out) as tmp:
+            bound.arguments["out"] = tmp
+            path = Path(builder(*bound.args, **bound.kwargs))
+        return out / path.relative_to(tmp) if tmp in path.parents else path
+    return build
 
 
 def _table(df: pd.DataFrame) -> Markup:
@@ -71,6 +90,7 @@ def _environment():
     return Environment(loader=PackageLoader("llmri", "report"), autoescape=select_autoescape(["html", "j2"]))
 
 
+@whole_page
 def build_page(out, name: str, title: str, intro: list[str], figures: list[tuple], tables: list[tuple],
                html_blocks: list[tuple[str, str]] = ()) -> Path:
     """A one-topic HTML page in the report's format: ``out/{name}.html``, static figures and CSVs.

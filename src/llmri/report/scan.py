@@ -25,7 +25,7 @@ from ..viz import (category_colors, difference_figure, difference_plot, draw_nra
                    head_stats_figure, heatmap_figure, heatmap_plot, nrag_figure, probe_figure, probe_plot)
 from .attention import _attention_parts
 from .features import _features_section, scan_saes
-from .page import _environment, _Figures, _safe, _slug, _table, output_folder
+from .page import _environment, _Figures, _safe, _slug, _table, whole_page
 
 MAX_PAIRS = 3
 
@@ -39,6 +39,27 @@ def _named_comparison(df: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
     return out
 
 
+def check_report_settings(label_names, categories=None, n_components: int = 2, grid: int = 10,
+                          n_permutations: int = 200, flags: bool = False) -> None:
+    """The settings of :func:`build_report` that need no reduction, checked against the scan's
+    ``label_names`` (the CLI calls it before it scans or builds anything). ``flags`` names them as
+    the command's options."""
+    names = {"n_components": "--components", "grid": "--grid", "n_permutations": "--permutations",
+             "categories": "--categories"} if flags else {}
+    for name, v in (("n_components", n_components), ("grid", grid), ("n_permutations", n_permutations)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise LlmriError(f"{names.get(name, name)} must be a positive integer, got {v!r}")
+    if categories is not None:
+        if not list(categories):
+            raise LlmriError(f"{names.get('categories', 'categories')}: none given")
+        for c in categories:
+            ok = (0 <= c < len(label_names)) if isinstance(c, int) and not isinstance(c, bool) else str(c) in label_names
+            if not ok:
+                raise LlmriError(f"{names.get('categories', 'categories')}: unknown category {c!r}; "
+                                 f"categories: {list(label_names)}")
+
+
+@whole_page
 def build_report(scan, out, reducer="pca", n_components: int = 2, grid: int = 10, categories=None,
                  n_permutations: int = 200, seed: int = 0, site: str = "resid", progress: bool | None = None,
                  model=None, attention_text: str | None = None, top_neurons: int = 10,
@@ -56,7 +77,7 @@ def build_report(scan, out, reducer="pca", n_components: int = 2, grid: int = 10
     Returns the path of the HTML file.
     """
     scan = scan if isinstance(scan, Scan) else Scan.open(scan)
-    out = output_folder(out)
+    check_report_settings(scan.label_names, categories, n_components, grid, n_permutations)
     rm = make_regions(scan, reducer=reducer, n_components=n_components, grid=grid, seed=seed, site=site,
                       progress=progress, preset=preset)
     cats = rm.label_names if not categories else [rm.label_names[i] for i in rm.category_ids(list(categories))]

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..store import atomic_write_json
+from ..store import atomic_write_json, json_safe
 from ..viz import steer_figure, steer_plot
-from .page import build_page, output_folder
+from .page import build_page, output_folder, whole_page
 
 
 def steer_grid(sweep: pd.DataFrame) -> pd.DataFrame:
@@ -25,6 +25,7 @@ def steer_grid(sweep: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+@whole_page
 def steer_page(sweep: pd.DataFrame, out, model_name: str, scan, alphas, max_new_tokens: int = 40,
                seed: int = 0) -> Path:
     """Write ``out/steer.json`` (the settings and every row) and ``out/steer.html``: the probe
@@ -37,10 +38,10 @@ def steer_page(sweep: pd.DataFrame, out, model_name: str, scan, alphas, max_new_
     out = output_folder(out)
     scan = str(getattr(scan, "folder", scan))
     a = sweep.attrs
-    atomic_write_json(out / "steer.json", {"settings": {**a, "model": model_name, "scan": scan,
-                                                        "alphas": list(alphas), "max_new_tokens": max_new_tokens,
-                                                        "seed": seed},
-                                           "rows": sweep.to_dict(orient="records")})
+    atomic_write_json(out / "steer.json", json_safe({   # p_positive is NaN (null) for an empty generation
+        "settings": {**a, "model": model_name, "scan": scan, "alphas": list(alphas), "max_new_tokens": max_new_tokens,
+                     "seed": seed},
+        "rows": sweep.to_dict(orient="records")}))
     return build_page(out, "steer", f"llmri steering: {model_name}",
                       [f"Vector: mean of {a['positive']} minus mean of {a['negative']} in {scan}, "
                        f"{a['mode']} at {a['site']} (norm {a['vector_norm']:.4g}).",

@@ -23,17 +23,20 @@ def is_sae_folder(path) -> bool:
 
 
 def sae_folders(root) -> list[Path]:
-    """The SAE folders directly under ``root``, sorted by name; none when ``root`` is absent."""
+    """The SAE folders directly under ``root``, sorted by name; none when ``root`` is absent. Hidden
+    folders (a write in progress or killed, :func:`llmri.store.whole_folder`) are never among them."""
     root = Path(root)
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and is_sae_folder(p))
+    return sorted(p for p in root.iterdir() if not p.name.startswith(".") and p.is_dir() and is_sae_folder(p))
 
 
 def load_saes(saes, what: str = "saes") -> list[SAE]:
     """SAEs from an SAE, a list or dict of them, an SAE folder, or a folder of SAE folders, in the
     order given (folders by name). ``what`` names the argument in errors."""
     if isinstance(saes, (str, Path)):
+        if not str(saes).strip():
+            raise LlmriError(f"{what}: {str(saes)!r} names no folder; give an SAE folder or a folder of them")
         root = Path(saes)
         if not root.is_dir():
             raise LlmriError(f"{what}: {root}: no such folder")

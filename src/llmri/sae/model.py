@@ -28,13 +28,14 @@ from torch import nn
 
 from ..errors import LlmriError
 from ..sites import block_of, layer_count, parse_site
-from ..store import atomic_write_json, check_out_folder, write_shard
+from ..store import atomic_write_json, check_out_folder, json_safe, read_safetensors, whole_folder, write_shard
 
 ARCHS = ("batchtopk", "topk", "jumprelu", "relu")
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
 STATS_FILE = "feature_stats.safetensors"
 SPARSIFY_WEIGHTS = "sae.safetensors"
+EVAL_FILE = "eval.json"   # written by llmri sae eval beside the SAE
 # SAELens' architecture names for ours (BatchTopK infers with a threshold, i.e. as JumpReLU).
 _TO_SAELENS = {"batchtopk": "jumprelu", "topk": "topk", "jumprelu": "jumprelu", "relu": "standard"}
 _FROM_SAELENS = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "batchtopk": "batchtopk"}
@@ -160,25 +161,26 @@ class SAE(nn.Module):
         return cfg
 
     def save(self, folder) -> Path:
-        """Write ``cfg.json``, ``sae_weights.safetensors`` and ``feature_stats.safetensors``
-        (atomically) into ``folder``; SAELens reads it with ``SAE.load_from_disk(folder)``."""
-        folder = check_out_folder(Path(folder), advice=None)
+        """Write ``cfg.json``, ``sae_weights.safetensors`` and ``feature_stats.safetensors`` into
+        ``folder``, all three or none (:func:`llmri.store.whole_folder`: a killed or failed save
+        leaves the folder as it was; the old SAE's ``eval.json`` goes, other files stay). SAELens
+        reads it with ``SAE.load_from_disk(folder)``."""
+        folder = check_out_folder(folder, advice=None)
         tensors = {n: getattr(self, n).detach().float().cpu().numpy()
                    for n in ("W_enc", "W_dec", "b_enc", "b_dec")}
         if self.arch in ("jumprelu", "batchtopk"):
             tensors["threshold"] = self.threshold.detach().float().cpu().numpy()
-        write_shard(folder / WEIGHTS_FILE, tensors)
-        write_shard(folder / STATS_FILE, {"feature_max": self.feature_max.float().cpu().numpy(),
-                                          "feature_density": self.feature_density.float().cpu().numpy()})
-        atomic_write_json(folder / CFG_FILE, self.cfg())
+        with whole_folder(folder, drop=(EVAL_FILE, SPARSIFY_WEIGHTS)) as tmp:
+            write_shard(tmp / WEIGHTS_FILE, tensors)
+            write_shard(tmp / STATS_FILE, {"feature_max": self.feature_max.float().cpu().numpy(),
+                                           "feature_density": self.feature_density.float().cpu().numpy()})
+            atomic_write_json(tmp / CFG_FILE, json_safe(self.cfg()))
         return folder
 
     @classmethod
     def load(cls, folder, device: str | torch.device = "cpu") -> "SAE":
         """Load an llmri/SAELens folder (``cfg.json`` + ``sae_weights.safetensors``) or an
         EleutherAI sparsify folder (``cfg.json`` + ``sae.safetensors``)."""
-        from safetensors.torch import load_file
-
         folder = Path(folder)
         cfg_path = folder / CFG_FILE
         if not folder.is_dir():
@@ -193,15 +195,22 @@ class SAE(nn.Module):
         if not isinstance(cfg, dict):
             raise LlmriError(f"{cfg_path}: expected a JSON object")
         if (folder / WEIGHTS_FILE).is_file():
-            sae = cls._from_saelens(cfg, load_file(str(folder / WEIGHTS_FILE)), cfg_path)
+            w = read_safetensors(folder / WEIGHTS_FILE, "pt")
+            _check_against_cfg(cfg, w, cfg_path, folder / WEIGHTS_FILE)
+            sae = cls._from_saelens(cfg, w, cfg_path)
         elif (folder / SPARSIFY_WEIGHTS).is_file():
-            sae = cls._from_sparsify(cfg, load_file(str(folder / SPARSIFY_WEIGHTS)), cfg_path)
+            w = read_safetensors(folder / SPARSIFY_WEIGHTS, "pt")
+            _check_against_cfg(cfg, w, cfg_path, folder / SPARSIFY_WEIGHTS)
+            sae = cls._from_sparsify(cfg, w, cfg_path)
         else:
             raise LlmriError(f"{folder}: not an SAE folder (no {WEIGHTS_FILE} or {SPARSIFY_WEIGHTS})")
         if (folder / STATS_FILE).is_file():
-            stats = load_file(str(folder / STATS_FILE))
+            stats = read_safetensors(folder / STATS_FILE, "pt")
             for name in ("feature_max", "feature_density"):
-                if name in stats and stats[name].shape == (sae.d_sae,):
+                if name in stats:
+                    if tuple(stats[name].shape) != (sae.d_sae,):
+                        raise LlmriError(f"{folder / STATS_FILE}: {name} has shape {list(stats[name].shape)}, "
+                                         f"but the SAE has {sae.d_sae} latents; the folder is inconsistent")
                     getattr(sae, name).copy_(stats[name])
         sae.folder = folder.resolve()
         return sae.to(device).eval()
@@ -279,6 +288,39 @@ class SAE(nn.Module):
             sae.W_dec.copy_(w["W_dec"])
             sae.b_dec.copy_(w["b_dec"])
         return sae
+
+
+def _check_against_cfg(cfg: dict, w: dict, cfg_path: Path, weights: Path) -> None:
+    """One line naming the file when ``cfg.json`` and the weights beside it disagree (widths, k),
+    or the weights disagree among themselves: such a folder is never loaded."""
+    if "encoder.weight" in w:          # sparsify: encoder.weight [d_sae, d_in], W_dec [d_sae, d_out]
+        d_sae, d_in = w["encoder.weight"].shape
+        shapes = {"encoder.bias": (d_sae,), "W_dec": (d_sae, None), "b_dec": (w["W_dec"].shape[1],) if "W_dec" in w else None}
+        said = {"d_in": cfg.get("d_in"), "d_sae": cfg.get("num_latents") or None}
+    elif "W_enc" in w:                 # SAELens: W_enc [d_in, d_sae], W_dec [d_sae, d_out]
+        if w["W_enc"].dim() != 2:
+            raise LlmriError(f"{weights}: W_enc has shape {list(w['W_enc'].shape)}, expected [d_in, d_sae]")
+        d_in, d_sae = w["W_enc"].shape
+        d_out = w["W_dec"].shape[-1] if "W_dec" in w else None
+        shapes = {"b_enc": (d_sae,), "W_dec": (d_sae, None), "b_dec": (d_out,), "threshold": (d_sae,)}
+        said = {"d_in": cfg.get("d_in"), "d_sae": cfg.get("d_sae"), "d_out": cfg.get("d_out")}
+        if said["d_out"] is not None and d_out is not None and said["d_out"] != d_out:
+            raise LlmriError(f"{cfg_path}: says d_out {said['d_out']}, but {weights.name} decodes to width {d_out}; "
+                             "the folder is inconsistent")
+    else:
+        return                          # missing tensors: the reader names them
+    for name, want in shapes.items():
+        if name in w and want is not None and (w[name].dim() != len(want) or any(
+                x is not None and x != y for x, y in zip(want, w[name].shape))):
+            raise LlmriError(f"{weights}: {name} has shape {list(w[name].shape)}, which does not fit "
+                             f"{d_sae} latents of width {d_in}; the file is inconsistent")
+    for key, actual in (("d_in", d_in), ("d_sae", d_sae)):
+        if said[key] is not None and said[key] != actual:
+            raise LlmriError(f"{cfg_path}: says {key} {said[key]!r}, but {weights.name} holds "
+                             f"{'latents' if key == 'd_sae' else 'inputs of width'} {actual}; the folder is inconsistent")
+    for k in (cfg.get("k"), (cfg.get("llmri") or {}).get("k")):
+        if k is not None and "encoder.weight" not in w and (not isinstance(k, int) or not 0 < k <= d_sae):
+            raise LlmriError(f"{cfg_path}: k {k!r} is not an integer in 1..{d_sae} (the latents in {weights.name})")
 
 
 def topk_relu(pre: torch.Tensor, k: int) -> torch.Tensor:
