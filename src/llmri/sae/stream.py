@@ -273,19 +273,32 @@ def write_checkpoint(path: Path, key: dict, session: Session, buffer: ShuffleBuf
     write_shard(path, arrays, {"llmri": json.dumps(meta)})
 
 
-def read_checkpoint(path: Path, key: dict) -> tuple[dict[str, torch.Tensor], dict]:
-    """The tensors and state of the checkpoint at ``path``, refused in one line when it is damaged or
-    was written by a run with other settings (a file is only ever replaced whole, so a kill while
-    writing leaves the previous checkpoint)."""
+def read_checkpoint_meta(path) -> dict:
+    """The JSON state of the checkpoint at ``path`` (its corpus position, ``drawn`` tokens, ...), without
+    its tensors; a one-line error when the file is damaged."""
+    return _open_checkpoint(path, tensors=False)[1]
+
+
+def _open_checkpoint(path, tensors: bool) -> tuple[dict[str, torch.Tensor], dict]:
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), "pt") as f:
             meta = json.loads((f.metadata() or {})["llmri"])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            out = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}
+    except FileNotFoundError:
+        raise
     except Exception as e:  # a truncated or foreign file: never half-loaded
         raise LlmriError(f"checkpoint {path}: damaged or not an llmri training checkpoint ({type(e).__name__}); "
                          "delete it to start again") from None
+    return out, meta
+
+
+def read_checkpoint(path: Path, key: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors and state of the checkpoint at ``path``, refused in one line when it is damaged or
+    was written by a run with other settings (a file is only ever replaced whole, so a kill while
+    writing leaves the previous checkpoint)."""
+    tensors, meta = _open_checkpoint(path, tensors=True)
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise LlmriError(f"checkpoint {path}: format {meta.get('format')}, this llmri reads {CHECKPOINT_FORMAT}")
     old = meta.get("key", {})
@@ -296,4 +309,3 @@ def read_checkpoint(path: Path, key: dict) -> tuple[dict[str, torch.Tensor], dic
         raise LlmriError(f"checkpoint {path}: written by another run ({', '.join(diffs) or 'settings'}); "
                          "delete it or give another checkpoint")
     return tensors, meta
-
