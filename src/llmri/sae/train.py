@@ -90,7 +90,10 @@ def train_sae(scan, site=None, n_latents: int = 4096, k: int = 32, arch: str = "
                   l0_coefficient=l0_coefficient, bandwidth=bandwidth, b_dec_init=b_dec_init, normalize=normalize,
                   aux_k=aux_k, aux_coefficient=aux_coefficient, dead_tokens=dead_tokens, skip_first=skip_first,
                   skip_outliers=skip_outliers, shuffle=shuffle, seed=seed, dtype=dtype)
-    if isinstance(scan, (Model, tuple)) or isinstance(site, Corpus) or corpus is not None or tokens is not None:
+    streaming = isinstance(scan, (Model, tuple)) or isinstance(site, Corpus) or corpus is not None or tokens is not None
+    if streaming and isinstance(scan, Scan):
+        raise LlmriError("tokens, corpus: a Scan is read for epochs; give a model and a corpus to train for a token budget")
+    if streaming:
         if epochs != 1:
             raise LlmriError("epochs: training from a model and a corpus is sized by tokens=, not epochs")
         corpus, sites = (site, sites) if corpus is None else (corpus, sites if site is None else site)
