@@ -10,13 +10,16 @@ stops after the deepest block needed. The tokens go through a shuffling buffer i
 
 **The shuffling buffer** holds ``buffer_tokens`` tokens (65,536 by default) of every site; each
 step draws ``batch_size`` of them at random (seeded) and the buffer is refilled from the next
-forward batches. Consecutive tokens of a document are strongly correlated, and a forward batch
-holds a few dozen documents of similar length; drawn straight from the forward passes, a batch of
-4,096 tokens would come from some 20 documents. From the buffer it comes from about 300 (the
-English corpus averages about 230 tokens a document), a token stays in the buffer for about 16
-steps on average, and no document weighs much in any one step. The cost is memory:
-``buffer_tokens x d x 4`` bytes per site (151 MB for SmolLM2's width 576), independent of the
-budget, and every checkpoint holds the buffer.
+forward batches. A forward batch is length-sorted, as a scan's: 8,192 padded tokens hold some 160
+English paragraphs (``english_corpus`` averages 51 tokens) of nearly the same length, and a
+paragraph's consecutive tokens are strongly correlated. Drawn straight from the forward passes, a
+step of 4,096 tokens would see about 80 paragraphs, all of one length (so one mix of token
+positions), and the next step another length. The buffer spans about 8 forward batches (some
+1,300 paragraphs of different lengths, in a seeded random order) and a token stays in it for about
+16 steps, so every step mixes them. It is not larger because it costs ``buffer_tokens x d x 4``
+bytes per site (151 MB at SmolLM2's width 576; 1.2 GB for 8 sites), held whatever the budget, and
+every checkpoint writes it. At the start it also holds the first sample (up to 65,536 tokens)
+that sets the scales, so its size is at most ``max(buffer_tokens, 65536)`` plus one forward batch.
 
 **Checkpoints** (``checkpoint=PATH``, every ``checkpoint_every`` seconds and at the end) are one
 safetensors file written whole or not at all (:func:`llmri.store.write_shard`: a temporary file and

@@ -52,8 +52,8 @@ def train_sae(scan, site=None, n_latents: int = 4096, k: int = 32, arch: str = "
     again in a new order when it holds fewer; every site comes from one forward pass per batch of
     ``batch_tokens`` padded tokens (cut at ``max_length``), computed as :func:`llmri.scan` computes
     (``computing(model, "scan")``: bf16-mixed where the fidelity table allows it). Tokens pass
-    through a seeded shuffling buffer of ``buffer_tokens`` tokens (65,536: each batch then mixes
-    some 300 documents; see :mod:`llmri.sae.stream`), or in order with ``shuffle=False``.
+    through a seeded shuffling buffer of ``buffer_tokens`` tokens (65,536: each step then mixes
+    some 1,300 paragraphs of different lengths; see :mod:`llmri.sae.stream`), or in order with ``shuffle=False``.
     ``checkpoint`` is a file that holds the whole training state, written atomically every
     ``checkpoint_every`` seconds and at the end; given an existing one of the same run, training
     resumes from it and ends with the weights an uninterrupted run would have. The arguments are
@@ -92,7 +92,8 @@ def train_sae(scan, site=None, n_latents: int = 4096, k: int = 32, arch: str = "
                   skip_outliers=skip_outliers, shuffle=shuffle, seed=seed, dtype=dtype)
     streaming = isinstance(scan, (Model, tuple)) or isinstance(site, Corpus) or corpus is not None or tokens is not None
     if streaming and isinstance(scan, Scan):
-        raise LlmriError("tokens, corpus: a Scan is read for epochs; give a model and a corpus to train for a token budget")
+        raise LlmriError("tokens, corpus: a Scan is read for epochs; give a model and a corpus to train for a "
+                         "token budget")
     if streaming:
         if epochs != 1:
             raise LlmriError("epochs: training from a model and a corpus is sized by tokens=, not epochs")
