@@ -104,9 +104,10 @@ class ShuffleBuffer:
             idx = self.rng.choice(n, m, replace=False)
             taken = np.zeros(n, dtype=bool)
             taken[idx] = True
-            holes = torch.from_numpy(idx[idx < n - m])
-            movers = torch.from_numpy(np.flatnonzero(~taken[n - m:]) + (n - m))
-            sel = torch.from_numpy(idx)
+            dev = next(iter(self.data.values())).device
+            holes = torch.from_numpy(idx[idx < n - m]).to(dev)
+            movers = torch.from_numpy(np.flatnonzero(~taken[n - m:]) + (n - m)).to(dev)
+            sel = torch.from_numpy(idx).to(dev)
             out = {k: v[sel] for k, v in self.data.items()}
             for v in self.data.values():
                 v[holes] = v[movers]
