@@ -211,6 +211,8 @@ def test_a_damaged_or_foreign_checkpoint_is_refused_in_one_line(tiny, tmp_path):
     ckpt.write_bytes(whole)
     with pytest.raises(llmri.LlmriError, match=r"written by another run \(seed 0 -> 1\)"):
         quiet(llmri.train_sae, model, corpus, checkpoint=ckpt, **dict(kw, seed=1))
+    again = quiet(llmri.train_sae, model, corpus, checkpoint=ckpt, **kw)     # the whole one answers at once
+    assert again["resid.1"].metadata["n_tokens"] == 640 and not (tmp_path / ".c.safetensors.x1y2.tmp").exists()
     with pytest.raises(llmri.LlmriError, match="is a folder"):
         quiet(llmri.train_sae, model, corpus, checkpoint=tmp_path, **kw)
 

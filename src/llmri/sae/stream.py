@@ -200,6 +200,9 @@ def train_sae_stream(model, corpus, sites, target_site=None, *, settings: Stream
     key = dict(model=model.fingerprint, corpus=corpus.fingerprint, sites=names, targets=tnames, precision=precision,
                forward=precision_used(model, "scan"), settings=dict(settings.values(), skip_first=skip_first))
     saved = read_checkpoint(checkpoint, key) if checkpoint is not None and checkpoint.is_file() else None
+    if checkpoint is not None:  # what a writer killed in the middle leaves (never read)
+        for stale in checkpoint.parent.glob(f".{checkpoint.name}.*.tmp"):
+            stale.unlink(missing_ok=True)
 
     limit = model.max_length
     ids, _ = tokenize(model, corpus.texts, min(limit, settings.max_length or limit))
