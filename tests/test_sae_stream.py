@@ -255,3 +255,14 @@ def test_few_steps_for_the_width_warn_in_one_line(tiny):
     assert few == ["10 optimiser steps (640 tokens at batch 64) are few for 2048 latents: an SAE this wide wants "
                    "at least 512 (about 32,768 tokens); expect a poor reconstruction"]
     assert any("reads it" in t for t in text)      # 640 tokens from a corpus of fewer
+
+
+def test_the_progress_bar_shows_tokens_per_second_l0_explained_variance_and_dead_share(tiny, capsys):
+    model, corpus = tiny
+    kw = dict(sites=["resid.1", "resid.2"], tokens=640, n_latents=16, k=2, batch_size=64, buffer_tokens=128)
+    quiet(llmri.train_sae, model, corpus, progress=True, **kw)
+    bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "training batchtopk SAE x2" in bar and "640/640" in bar and "tok/s" in bar, bar
+    assert all(f"{name}=" in bar for name in ("l0", "ev", "dead")), bar
+    quiet(llmri.train_sae, model, corpus, progress=None, **kw)     # not a terminal: quiet
+    assert capsys.readouterr().err == ""
