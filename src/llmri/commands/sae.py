@@ -105,6 +105,9 @@ def sae_train_cmd(scan_dir, model_name, corpus, tokens, site, target_site, laten
                                   batch_tokens=batch_tokens, max_length=max_length, checkpoint_every=checkpoint_every)
     else:
         TrainSettings(**common)
+        epochs = 1 if epochs is None else epochs
+        if epochs < 1:
+            raise LlmriError(f"--epochs must be a positive integer, got {epochs}")
     out_p = _check_out(out, "choose another --out")
     resuming = streaming and out_p.is_dir() and [p.name for p in out_p.iterdir()] == [CHECKPOINT]
     if not resuming:
@@ -118,7 +121,7 @@ def sae_train_cmd(scan_dir, model_name, corpus, tokens, site, target_site, laten
         else:
             from ..store import Scan
 
-            result = train_sae(Scan.open(scan_dir), one, target_site=target, epochs=epochs or 1, device=device,
+            result = train_sae(Scan.open(scan_dir), one, target_site=target, epochs=epochs, device=device,
                                progress=None, **common)
     saes = {sites[0]: result} if len(sites) == 1 else result
     for name, sae in saes.items():
