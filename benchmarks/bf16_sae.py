@@ -43,7 +43,7 @@ import torch
 
 import llmri
 from llmri.sae import SAE, evaluate_sae, train_sae
-from llmri.sae.train import _initialise, _Trainer
+from llmri.sae.trainer import _initialise, _Trainer
 
 sys.path.insert(0, str(Path(__file__).parent))
 from sae_vs_saelens import english_split, scan_activations  # noqa: E402

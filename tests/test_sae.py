@@ -124,7 +124,7 @@ def test_batchtopk_trains_per_batch_and_infers_with_threshold():
 
 def test_batch_topk_select_equals_the_dense_reference():
     from llmri.sae.model import batch_topk_relu
-    from llmri.sae.train import batch_topk_select
+    from llmri.sae.trainer import batch_topk_select
 
     g = torch.Generator().manual_seed(0)
     pre = torch.randn(64, 50, generator=g)
@@ -153,7 +153,7 @@ def test_sparse_training_step_has_the_dense_gradients(arch):
     """The TopK/BatchTopK step decodes only the selected latents (embedding_bag); its loss and
     gradients equal autograd through the dense formulation, AuxK over dead latents included."""
     from llmri.sae.model import batch_topk_relu, topk_relu
-    from llmri.sae.train import _Trainer
+    from llmri.sae.trainer import _Trainer
 
     g = torch.Generator().manual_seed(1)
     sae = SAE(12, 40, arch=arch, k=4)
@@ -279,7 +279,7 @@ def test_bf16_mixed_training_reaches_the_float32_runs_explained_variance(syn, ar
 def test_bf16_mixed_step_keeps_float32_weights_and_optimiser_state(arch):
     """Under bf16-mixed the loss is that of bfloat16 products (close to, not equal to, float32's),
     and the weights, their gradients and Adam's moments all stay float32."""
-    from llmri.sae.train import _Trainer
+    from llmri.sae.trainer import _Trainer
 
     g = torch.Generator().manual_seed(2)
     x = torch.randn(64, 24, generator=g)
@@ -308,7 +308,7 @@ def test_training_precision_and_the_saved_folder(syn, tmp_path, monkeypatch):
     in llmri's own cfg.json section and keeps float32 weights, so SAELens still reads it."""
     from safetensors import safe_open
 
-    import llmri.sae.train as tr
+    import llmri.sae.trainer as tr
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(tr, "native_bf16", lambda device: True)

@@ -76,7 +76,48 @@ def test_main_report_has_a_features_section_for_saes_beside_the_scan(work):
     assert not (work / "rep2").exists()
 
 
+def test_train_on_the_fly_from_a_model_and_a_corpus(work):
+    """--model and --corpus: two SAEs from one forward pass per batch, no Scan; the warning about few
+    steps is one line; the checkpoint inside --out is gone once the SAEs are saved."""
+    proc = run("sae", "train", "--model", "tiny", "--corpus", "c.csv", "--sites", "resid.1,resid.2", "--tokens", "1500",
+               "--latents", "32", "--k", "4", "--batch-size", "64", "--buffer-tokens", "256", "--lr", "0.003",
+               "--out", "live", cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("explained variance") == 2 and "over the last 2 steps" in proc.stdout
+    warned = [x for x in proc.stderr.splitlines() if x.startswith("warning: ")]
+    assert any("optimiser steps (1,500 tokens at batch 64) are few for 32 latents" in x for x in warned), proc.stderr
+    for s in ("resid.1", "resid.2"):
+        cfg = json.loads((work / "live" / s / "cfg.json").read_text())
+        assert cfg["d_sae"] == 32 and cfg["metadata"]["hook_name"] == s
+    assert sorted(p.name for p in (work / "live").iterdir()) == ["resid.1", "resid.2"]
+
+
+def test_train_prints_the_explained_variance_of_recent_steps_not_of_a_tiny_last_batch(work):
+    """A batch size that leaves one token for the last batch of each epoch: that token's explained
+    variance around its own mean is meaningless (about -1e10); the printed figure pools recent steps."""
+    import re
+
+    from llmri.store import Scan
+
+    scan = Scan.open(work / "s")
+    n = int(scan.lengths.sum()) - scan.n_docs           # first tokens are left out (a decoder)
+    proc = run("sae", "train", "s", "--site", "resid.2", "--latents", "32", "--k", "4", "--batch-size", str(n - 1),
+               "--epochs", "20", "--lr", "0.003", "--out", "tail", cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    ev = float(re.search(r"explained variance (-?[\d.e+-]+),", proc.stdout).group(1))
+    assert 0 < ev <= 1, proc.stdout
+    assert "over the last 4 steps" in proc.stdout
+
+
 @pytest.mark.parametrize("args, pattern", [
+    (["sae", "train", "--model", "tiny", "--corpus", "c.csv", "--site", "resid.9", "--out", "o"],
+     "layer 9 is out of range for site 'resid'"),
+    (["sae", "train", "--model", "tiny", "--corpus", "c.csv", "--site", "resid.1", "--tokens", "0", "--out", "o"],
+     "--tokens must be a positive integer, got 0"),
+    (["sae", "train", "--model", "tiny", "--corpus", "c.csv", "--site", "resid.1", "--tokens", "10", "--batch-size",
+      "32", "--out", "o"], "--tokens 10 is smaller than one batch (--batch-size 32)"),
+    (["sae", "train", "s", "--model", "tiny", "--corpus", "c.csv", "--site", "resid.1", "--out", "o"], "not both"),
+
     (["sae", "train", "s", "--site", "resid.1", "--out", "o"], "was not captured at token level"),
     (["sae", "train", "s", "--site", "resid.2", "--k", "0", "--out", "o"], "k must be"),
     (["sae", "eval", "s", "--model", "tiny", "--corpus", "c.csv"], "not an SAE folder"),

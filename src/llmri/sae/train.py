@@ -1,362 +1,71 @@
-"""Training SAEs and transcoders from a Scan's token-level records, streamed shard by shard.
+"""Training SAEs and transcoders: :func:`train_sae`, from a Scan's token-level records (read one
+shard at a time) or, given a model and a corpus, from activations made on the fly (``stream``).
 
-Choices, with their sources:
-
-* Architectures: TopK (Gao et al. 2024, "Scaling and evaluating sparse autoencoders"),
-  BatchTopK (Bussmann et al. 2024: the top ``k * batch`` activations of the whole batch; at
-  inference a single threshold, the running mean of the smallest kept activation, so it is
-  saved as JumpReLU as SAELens does), JumpReLU (Rajamanoharan et al. 2024: straight-through
-  estimators with a rectangle kernel for the threshold and an L0 penalty; thresholds start at
-  0.1 with bandwidth 0.05 on the normalised scale, because the paper's 0.001 barely moves in
-  short runs; the log-thresholds learn 10 times faster than the weights, since Adam moves a
-  parameter by about the learning rate per step and a threshold has to travel from 0.1 to the
-  scale of the activations within the run), ReLU + L1 (Bricken
-  et al. 2023; the penalty weighted by decoder norms as in Anthropic's April 2024 update).
-* Decoder rows are kept at unit norm: the gradient component parallel to each row is removed
-  before the step and the rows are renormalised after it.
-* Encoder initialised as the decoder's transpose (Gao et al.); ``b_dec`` at the geometric
-  median (Weiszfeld's algorithm) or the mean of a sample of the data.
-* Dead latents: the AuxK auxiliary loss of Gao et al. (appendix A.2). Latents that have not
-  fired for ``dead_tokens`` tokens reconstruct the residual error with their top ``aux_k``
-  pre-activations, weighted by ``aux_coefficient`` (1/32). We use it rather than resampling
-  (Bricken et al.) because it is an ordinary differentiable loss term: no surgery on weights
-  and optimiser state in the middle of a run, nothing that depends on which batch happens to
-  be in memory when the resampling fires, so streaming and determinism are unaffected.
-* Inputs are scaled so that the mean norm is ``sqrt(d_in)`` (SAELens'
-  ``expected_average_only_in``); after training the scale is folded into the weights, so the
-  saved SAE reads raw activations, and the factor is recorded in the config.
-* Adam (eps 6.25e-10 as Gao et al.), learning rate ``2e-4 / sqrt(n_latents / 2**14)`` unless
-  given, gradient norm clipped to 1, linear decay to 0 over the last 20% of steps.
-* Precision (``dtype``): ``bf16-mixed`` computes the dense matrix products (the encoder, and the
-  decoder of ReLU/JumpReLU) under ``torch.autocast(bfloat16)``; the weights, Adam's moments, the
-  gradients they receive, the losses and the statistics (firing counts, dead latents, explained
-  variance) stay float32. TopK's decoder is a gather of k rows per token, which gains nothing
-  from bf16, so it stays float32. ``auto`` picks bf16-mixed on hardware with native bfloat16
-  where ``AUTO_BF16["sae-train"]`` says the measured fidelity holds (benchmarks/bf16_sae.py).
+The step itself (architectures, initialisation, dead latents, precision) is ``trainer``'s; the
+several SAEs of one run and their progress figures are ``session``'s; both ways of training
+share them, so a Scan and a stream of the same tokens in the same order train the same weights.
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
+import os
 import sys
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..corpus import Corpus
 from ..errors import LlmriError
-from ..precision import AUTO_BF16, MIXED, check_dtype, native_bf16
+from ..model import Model
 from ..sites import ADAPTERS, parse_site
 from ..store import Scan
-from .model import ARCHS, SAE
-
-B_DEC_INITS = ("geometric_median", "mean", "zeros")
-THRESHOLD_LR_MULT = 10.0
-TRAINING_DTYPES = (None, "auto", "float32", "fp32", MIXED, "bfloat16", "bf16")
-SELECT_BLOCK = 8  # entries per block in BatchTopK's selection (_select_by_blocks)
+from .session import Session, drop_outliers
+from .settings import BUFFER_TOKENS, StreamSettings, TrainSettings, site_pairs
+from .stream import train_sae_stream
+from .trainer import training_precision
 
 
-# ---------------------------------------------------------------- JumpReLU estimators
-class _JumpReLU(torch.autograd.Function):
-    """z * H(z - t); d/dz = H(z - t); d/dt = -(t / eps) K((z - t) / eps), K the rectangle kernel."""
-
-    @staticmethod
-    def forward(ctx, z, t, eps):
-        ctx.save_for_backward(z, t)
-        ctx.eps = eps
-        return z * (z > t)
-
-    @staticmethod
-    def backward(ctx, g):
-        z, t = ctx.saved_tensors
-        eps = ctx.eps
-        kernel = ((z - t).abs() < eps / 2).to(z.dtype) / eps
-        return g * (z > t), (-(t * kernel) * g).sum(0), None
-
-
-class _Step(torch.autograd.Function):
-    """H(z - t); d/dz = 0; d/dt = -(1 / eps) K((z - t) / eps)."""
-
-    @staticmethod
-    def forward(ctx, z, t, eps):
-        ctx.save_for_backward(z, t)
-        ctx.eps = eps
-        return (z > t).to(z.dtype)
-
-    @staticmethod
-    def backward(ctx, g):
-        z, t = ctx.saved_tensors
-        kernel = ((z - t).abs() < ctx.eps / 2).to(z.dtype) / ctx.eps
-        return None, (-kernel * g).sum(0), None
-
-
-def geometric_median(x: torch.Tensor, iters: int = 100, tol: float = 1e-6) -> torch.Tensor:
-    """Weiszfeld's algorithm: the point minimising the summed Euclidean distance to the rows of ``x``."""
-    y = x.mean(0)
-    for _ in range(iters):
-        w = 1.0 / (x - y).norm(dim=1).clamp(min=1e-8)
-        y_new = (w[:, None] * x).sum(0) / w.sum()
-        if (y_new - y).norm() <= tol * max(float(y.norm()), 1.0):
-            return y_new
-        y = y_new
-    return y
-
-
-def _pre_acts(sae: SAE, x: torch.Tensor) -> torch.Tensor:
-    """``sae.pre_acts(x)`` written as ``x @ W_enc + (b_enc - b_dec @ W_enc)``: the same value, but
-    ``b_dec``'s gradient is then a matrix-vector product instead of a third [batch, d_sae] product.
-    Under bf16 autocast the bias is added in bfloat16, so the [batch, d_sae] result, and the
-    gradient that flows back into the product, stay bfloat16 (no float32 copy of either)."""
-    h = x @ sae.W_enc
-    bias = sae.b_enc - sae.b_dec @ sae.W_enc if sae.apply_b_dec_to_input else sae.b_enc
-    return h + bias.to(h.dtype)
-
-
-def batch_topk_select(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows and columns (sorted by row) of the ``k * rows`` largest positive entries of ``pre``:
-    BatchTopK's selection (Bussmann et al. 2024), what ``batch_topk_relu`` keeps, without sorting
-    the whole matrix.
-
-    Each row's ``2k`` largest entries are candidates; ``t``, the ``k * rows``-th largest candidate,
-    is at most the true threshold, so an entry left out can only win in a row whose ``2k``-th
-    candidate reaches ``t``; such rows are searched in full. The result is exact. When rows split
-    into blocks of ``SELECT_BLOCK`` with at least k blocks per row, :func:`_select_by_blocks` finds
-    the same entries with one linear pass instead of a per-row top-2k."""
-    B, n = pre.shape
-    total = min(k * B, B * n)
-    if n % SELECT_BLOCK == 0 and n // SELECT_BLOCK >= k:
-        return _select_by_blocks(pre, total)
-    m = min(n, 2 * k)
-    cv, ci = pre.topk(m, dim=-1)
-    t = cv.reshape(-1).topk(total).values[-1]
-    over = (cv[:, -1] >= t) & (m < n)
-    rows_all = torch.arange(B, device=pre.device)
-    if bool(over.any()):
-        keep, full = (~over).nonzero().squeeze(1), over.nonzero().squeeze(1)
-        cand_v = torch.cat([cv[keep].reshape(-1), pre[full].reshape(-1)])
-        cand_r = torch.cat([keep.repeat_interleave(m), full.repeat_interleave(n)])
-        cand_c = torch.cat([ci[keep].reshape(-1), torch.arange(n, device=pre.device).repeat(len(full))])
-    else:
-        cand_v, cand_r, cand_c = cv.reshape(-1), rows_all.repeat_interleave(m), ci.reshape(-1)
-    top = cand_v.topk(total)
-    sel = top.indices[top.values > 0]
-    rows, cols = cand_r[sel], cand_c[sel]
-    order = torch.argsort(rows * n + cols)
-    return rows[order], cols[order]
-
-
-def _select_by_blocks(pre: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``batch_topk_select`` through block maxima. Block ``(r, c)`` holds the ``SELECT_BLOCK``
-    entries ``pre[r, c + g * n / SELECT_BLOCK]``. If at least ``total`` blocks have a maximum of
-    ``t`` or more, that many entries reach ``t``, so the ``total``-th largest entry is at least
-    ``t`` and every winner lies in one of those blocks: only they are searched."""
-    B, n = pre.shape
-    w = n // SELECT_BLOCK
-    grid = pre.reshape(B, SELECT_BLOCK, w)
-    bmax = grid.amax(1).reshape(-1)
-    sample = bmax[::17]  # t from a sample (17 is prime to the row width), checked below
-    rank = min(sample.numel(), math.ceil(1.25 * total * sample.numel() / bmax.numel()) + 1)
-    blocks = (bmax >= sample.kthvalue(sample.numel() - rank + 1).values).nonzero().squeeze(1)
-    if blocks.numel() < total:  # the sample's t was too high: the exact one
-        blocks = (bmax >= bmax.kthvalue(bmax.numel() - total + 1).values).nonzero().squeeze(1)
-    r, c = blocks // w, blocks % w
-    top = grid[r, :, c].reshape(-1).topk(total, sorted=False)
-    keep = top.indices[top.values > 0]
-    b, g = keep // SELECT_BLOCK, keep % SELECT_BLOCK
-    flat = (r[b] * n + g * w + c[b]).sort().values
-    return flat // n, flat % n
-
-
-# ---------------------------------------------------------------- one SAE's training state
-class _Trainer:
-    def __init__(self, sae: SAE, lr: float, total_steps: int, l1_coefficient: float, l0_coefficient: float,
-                 bandwidth: float, aux_k: int, aux_coefficient: float, dead_tokens: int,
-                 autocast: torch.dtype | None = None):
-        self.sae = sae
-        self.autocast = autocast
-        self.arch = sae.arch
-        self.params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec]
-        if self.arch == "jumprelu":
-            self.log_threshold = torch.nn.Parameter(torch.log(sae.threshold.detach().clone()))
-            self.params.append(self.log_threshold)
-        groups = [{"params": self.params[:4], "mult": 1.0}]
-        if self.arch == "jumprelu":  # thresholds move THRESHOLD_LR_MULT times faster (see the module notes)
-            groups.append({"params": self.params[4:], "mult": THRESHOLD_LR_MULT})
-        self.opt = torch.optim.Adam(groups, lr=lr, eps=6.25e-10)
-        self.lr, self.total_steps, self.step_i = lr, total_steps, 0
-        self.l1, self.l0c, self.eps = l1_coefficient, l0_coefficient, bandwidth
-        self.aux_k, self.aux_c, self.dead_tokens = aux_k, aux_coefficient, dead_tokens
-        dev = sae.W_enc.device
-        self.since_fired = torch.zeros(sae.d_sae, dtype=torch.long, device=dev)
-        self.fired = torch.zeros(sae.d_sae, dtype=torch.float64, device=dev)
-        self.fmax = torch.zeros(sae.d_sae, device=dev)
-        self.seen = 0
-        self.threshold_sum, self.threshold_n = 0.0, 0
-        self.last = {}
-
-    def _lr(self) -> float:
-        decay_start = int(0.8 * self.total_steps)
-        if self.step_i < decay_start or self.total_steps <= 1:
-            return self.lr
-        return self.lr * max(0.0, (self.total_steps - self.step_i) / max(1, self.total_steps - decay_start))
-
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        if self.arch in ("topk", "batchtopk"):
-            self._step_sparse(x, y)
-        else:
-            self._step_dense(x, y)
-
-    def _products(self, x: torch.Tensor):
-        """The context of the dense matrix products: bf16 autocast under bf16-mixed, else nothing.
-        Their outputs meet a float32 bias, so what leaves the context is float32 again."""
-        return torch.autocast(x.device.type, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None)
-
-    def _step_sparse(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """TopK/BatchTopK: only the selected latents are gathered and decoded.
-
-        The encoder is one dense product; the decoder is ``embedding_bag`` over the selected
-        latents (k per token instead of d_sae), forward and backward, and so is AuxK's decoder
-        over the dead latents. The loss and its gradients equal those of the dense formulation
-        (``tests/test_sae.py`` checks them against autograd through dense matrices)."""
-        sae = self.sae
-        B, n = x.shape[0], sae.d_sae
-        with self._products(x):
-            pre = _pre_acts(sae, x)
-        with torch.no_grad():
-            if self.arch == "topk":
-                cols = pre.detach().topk(sae.k, dim=-1).indices
-                rows = None
-            else:
-                rows, cols = batch_topk_select(pre.detach(), sae.k)
-        if rows is None:  # k per row: fixed-size bags; the decoder's weights and sums stay float32
-            vals = torch.relu(pre.gather(1, cols)).float()
-            y_hat = F.embedding_bag(cols, sae.W_dec, mode="sum", per_sample_weights=vals) + sae.b_dec
-            cols_f, vals_f = cols.reshape(-1), vals.reshape(-1)
-        else:  # BatchTopK: a variable number per row, rows sorted
-            vals = torch.relu(pre[rows, cols]).float()
-            offsets = torch.zeros(B, dtype=torch.long, device=x.device)
-            offsets[1:] = torch.bincount(rows, minlength=B).cumsum(0)[:-1]
-            y_hat = F.embedding_bag(cols, sae.W_dec, offsets, mode="sum", per_sample_weights=vals) + sae.b_dec
-            cols_f, vals_f = cols, vals
-            kept = vals_f[vals_f > 0]
-            if kept.numel():
-                self.threshold_sum += float(kept.min().detach())
-                self.threshold_n += 1
-        err = y - y_hat
-        mse = err.pow(2).sum(-1).mean()
-        loss = mse
-        dead = self.since_fired >= self.dead_tokens
-        n_dead = int(dead.sum())
-        aux = torch.zeros((), device=x.device)
-        if n_dead and self.aux_c > 0:
-            # AuxK (Gao et al. 2024): dead latents' top pre-activations model the residual error.
-            dead_idx = dead.nonzero().squeeze(1)
-            av, ai = pre[:, dead_idx].topk(min(self.aux_k, n_dead), dim=-1)
-            e_hat = F.embedding_bag(dead_idx[ai], sae.W_dec, mode="sum", per_sample_weights=torch.relu(av).float())
-            aux = (err.detach() - e_hat).pow(2).sum(-1).mean()
-            if torch.isfinite(aux):
-                loss = loss + self.aux_c * aux
-        self._update(loss)
-        with torch.no_grad():
-            on = vals_f.detach() > 0
-            counts = torch.bincount(cols_f[on], minlength=n)
-            self.since_fired += B
-            self.since_fired[counts > 0] = 0
-            self.fired += counts.double()
-            self.fmax.scatter_reduce_(0, cols_f, vals_f.detach(), "amax")
-            self.seen += B
-            tot = (y - y.mean(0)).pow(2).sum()
-            self.last = dict(loss=float(loss), mse=float(mse), aux=float(aux), l0=float(on.sum()) / B,
-                             ev=float(1 - err.pow(2).sum() / tot.clamp(min=1e-12)), dead=n_dead / n)
-
-    def _update(self, loss: torch.Tensor) -> None:
-        """Backward, decoder-row tangent projection, clipping, Adam with the schedule, renormalise."""
-        sae = self.sae
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        with torch.no_grad():
-            W, g = sae.W_dec, sae.W_dec.grad
-            if g is not None:  # keep the step tangent to the unit sphere of each decoder row
-                g -= (g * W).sum(1, keepdim=True) * W
-        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
-        for group in self.opt.param_groups:
-            group["lr"] = self._lr() * group["mult"]
-        self.opt.step()
-        self.step_i += 1
-        with torch.no_grad():
-            sae.W_dec /= sae.W_dec.norm(dim=1, keepdim=True).clamp(min=1e-8)
-            if self.arch == "jumprelu":
-                sae.threshold.copy_(self.log_threshold.exp())
-
-    def _step_dense(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """ReLU + L1 and JumpReLU: every latent may fire, so the product is dense."""
-        sae = self.sae
-        with self._products(x):
-            pre = _pre_acts(sae, x).float()
-        if self.arch == "relu":
-            f = torch.relu(pre)
-        else:
-            f = _JumpReLU.apply(pre, self.log_threshold.exp(), self.eps)
-        with self._products(x):
-            y_hat = (f @ sae.W_dec + sae.b_dec).float()
-        err = y - y_hat
-        mse = err.pow(2).sum(-1).mean()
-        loss = mse
-        if self.arch == "relu":
-            loss = loss + self.l1 * (f * sae.W_dec.norm(dim=1)).sum(-1).mean()
-        else:
-            loss = loss + self.l0c * _Step.apply(pre, self.log_threshold.exp(), self.eps).sum(-1).mean()
-        self._update(loss)
-        with torch.no_grad():
-            active = (f > 0)
-            fired_now = active.any(0)
-            self.since_fired += x.shape[0]
-            self.since_fired[fired_now] = 0
-            self.fired += active.sum(0).double()
-            self.fmax = torch.maximum(self.fmax, f.detach().amax(0))
-            self.seen += x.shape[0]
-            tot = (y - y.mean(0)).pow(2).sum()
-            self.last = dict(loss=float(loss), mse=float(mse), aux=0.0,
-                             l0=float(active.sum(-1).float().mean()),
-                             ev=float(1 - err.pow(2).sum() / tot.clamp(min=1e-12)), dead=0.0)
-
-    def finish(self, s_in: float, s_out: float) -> SAE:
-        """Fold the input scaling into the weights and fix BatchTopK's inference threshold."""
-        sae = self.sae
-        with torch.no_grad():
-            if self.arch == "batchtopk":
-                sae.threshold.fill_(self.threshold_sum / max(1, self.threshold_n))
-            # encoder reads s_in * x; decoder output is divided by s_out to return to raw units
-            # (for an SAE s_in == s_out, so the b_dec subtracted before encoding stays consistent)
-            sae.W_enc.mul_(s_in)
-            sae.b_dec.div_(s_out)
-            sae.W_dec.div_(s_out)
-            sae.feature_max.copy_(self.fmax)
-            sae.feature_density.copy_((self.fired / max(1, self.seen)).float())
-        sae.requires_grad_(False)
-        sae.threshold.requires_grad_(False)
-        return sae.eval()
-
-
-# ---------------------------------------------------------------- public API
-def train_sae(scan, site, n_latents: int = 4096, k: int = 32, arch: str = "batchtopk",
+def train_sae(scan, site=None, n_latents: int = 4096, k: int = 32, arch: str = "batchtopk",
               target_site=None, epochs: int = 1, batch_size: int = 4096, lr: float | None = None,
               l1_coefficient: float = 5.0, l0_coefficient: float = 0.05, bandwidth: float = 0.05,
               b_dec_init: str = "geometric_median", normalize: bool = True, aux_k: int | None = None,
               aux_coefficient: float = 1 / 32, dead_tokens: int | None = None, skip_first: bool | None = None,
               skip_outliers: float | None = 10.0, seed: int = 0, device: str = "auto", dtype: str = "auto",
-              progress: bool | None = None):
-    """Train an SAE (or a transcoder, with ``target_site``) on a Scan's token-level records.
+              progress: bool | None = None, *, shuffle: bool = True, corpus=None, sites=None, tokens=None,
+              buffer_tokens: int = BUFFER_TOKENS, batch_tokens: int = 8192, max_length: int | None = None,
+              checkpoint=None, checkpoint_every: float = 300.0):
+    """Train an SAE (or a transcoder, with ``target_site``) on a Scan's token-level records, or on
+    activations of a model made on the fly.
 
-    ``site`` is one token site (``"resid.6"``) or a list of them: several SAEs are then
-    trained in one pass over the data and a dict ``{site: SAE}`` is returned. The Scan is
-    read one shard at a time (memory stays bounded whatever the token count), shards in a
-    seeded random order and tokens shuffled inside each shard. ``k`` is the number of active
-    latents per token (TopK) or on average (BatchTopK); ReLU uses ``l1_coefficient`` and
-    JumpReLU ``l0_coefficient`` and ``bandwidth`` instead. ``skip_first`` leaves out each
+    **From a Scan** (``train_sae(scan, site, ...)``): ``site`` is one token site (``"resid.6"``) or a
+    list of them: several SAEs are then trained in one pass over the data and a dict ``{site: SAE}``
+    is returned. The Scan is read one shard at a time (memory stays bounded whatever the token
+    count), shards in a seeded random order and tokens shuffled inside each shard (``shuffle=False``:
+    shards and tokens in their stored order), ``epochs`` times.
+
+    **From a model and a corpus** (``train_sae(model, corpus, sites=[...], tokens=N)``, taken when the
+    first argument is a :class:`~llmri.Model`, or ``corpus`` or ``tokens`` is given; the first
+    argument may then be a model name or folder): no Scan is written. ``tokens`` (default 2**22) is
+    the budget of training tokens, ``ceil(tokens / batch_size)`` optimiser steps, the corpus read
+    again in a new order when it holds fewer; every site comes from one forward pass per batch of
+    ``batch_tokens`` padded tokens (cut at ``max_length``), computed as :func:`llmri.scan` computes
+    (``computing(model, "scan")``: bf16-mixed where the fidelity table allows it). Tokens pass
+    through a seeded shuffling buffer of ``buffer_tokens`` tokens (65,536: each step then mixes
+    some 1,300 paragraphs of different lengths; see :mod:`llmri.sae.stream`), or in order with ``shuffle=False``.
+    ``checkpoint`` is a file that holds the whole training state, written atomically every
+    ``checkpoint_every`` seconds and at the end; given an existing one of the same run, training
+    resumes from it and ends with the weights an uninterrupted run would have. The arguments are
+    checked by :class:`~llmri.sae.settings.StreamSettings`. See :func:`~llmri.sae.stream.train_sae_stream`.
+
+    Either way, ``k`` is the number of active latents per token (TopK) or on average (BatchTopK);
+    ReLU uses ``l1_coefficient`` and JumpReLU ``l0_coefficient`` and ``bandwidth`` instead. A run of
+    fewer optimiser steps than its width needs (see :func:`~llmri.sae.settings.too_few_steps`) warns
+    in one line. ``sae.metadata["window"]`` holds explained variance and L0 over the last tenth of
+    the steps (2 to 100), ``metadata["final"]`` the last batch's. ``skip_first`` leaves out each
     document's first token, where decoders park an attention sink whose residual norm is orders
-    of magnitude above the rest (default: on for scans of decoders, see :func:`scan_is_causal`).
+    of magnitude above the rest (default: on for decoders, see :func:`scan_is_causal`).
     ``skip_outliers`` leaves out every token whose norm at a trained site exceeds that many times
     the site's median token norm: the "massive activations" some decoders also write at other
     early tokens (Sun et al. 2024, *Massive activations in large language models*; SmolLM2-135M
@@ -369,130 +78,85 @@ def train_sae(scan, site, n_latents: int = 4096, k: int = 32, arch: str = "batch
     ``dtype`` is the precision of the training arithmetic: ``float32``, ``bf16-mixed`` (``bfloat16``
     means the same here: bfloat16 matrix products, float32 weights, optimiser state and losses) or
     ``auto`` (bf16-mixed on hardware with native bfloat16 where the fidelity table allows it, see
-    :data:`llmri.model.AUTO_BF16`, else float32). The saved SAE is float32 either way; the precision
+    :data:`llmri.precision.AUTO_BF16`, else float32). The saved SAE is float32 either way; the precision
     used is kept in ``sae.metadata["precision"]``.
 
     >>> sae = llmri.train_sae(scan, site="resid.15", n_latents=4096, k=32)   # doctest: +SKIP
     >>> tc = llmri.train_sae(scan, site="mlp_in.3", target_site="mlp_out.3")  # a transcoder
+    >>> saes = llmri.train_sae("default-decoder", llmri.english_corpus(), sites=["resid.6", "resid.12"],
+    ...                        tokens=2_000_000, n_latents=2048, checkpoint="runs/train.safetensors")
     """
-    if isinstance(scan, str) or hasattr(scan, "__fspath__"):
+    common = dict(n_latents=n_latents, k=k, arch=arch, batch_size=batch_size, lr=lr, l1_coefficient=l1_coefficient,
+                  l0_coefficient=l0_coefficient, bandwidth=bandwidth, b_dec_init=b_dec_init, normalize=normalize,
+                  aux_k=aux_k, aux_coefficient=aux_coefficient, dead_tokens=dead_tokens, skip_first=skip_first,
+                  skip_outliers=skip_outliers, shuffle=shuffle, seed=seed, dtype=dtype)
+    streaming = isinstance(scan, (Model, tuple)) or isinstance(site, Corpus) or corpus is not None or tokens is not None
+    if streaming and isinstance(scan, Scan):
+        raise LlmriError("tokens, corpus: a Scan is read for epochs; give a model and a corpus to train for a "
+                         "token budget")
+    if streaming:
+        if epochs != 1:
+            raise LlmriError("epochs: training from a model and a corpus is sized by tokens=, not epochs")
+        corpus, sites = (site, sites) if corpus is None else (corpus, sites if site is None else site)
+        if sites is None:
+            raise LlmriError("sites: give the sites to train, e.g. sites=['resid.6']")
+        settings = StreamSettings(**common, tokens=2**22 if tokens is None else tokens, buffer_tokens=buffer_tokens,
+                                  batch_tokens=batch_tokens, max_length=max_length, checkpoint_every=checkpoint_every)
+        return train_sae_stream(scan, corpus, sites, target_site, settings=settings, checkpoint=checkpoint,
+                                device=device, progress=progress)
+    if checkpoint is not None:
+        raise LlmriError("checkpoint: only training from a model and a corpus writes checkpoints")
+    if site is None and sites is None:
+        raise LlmriError("site: give the token site(s) to train, e.g. site='resid.6'")
+    return _train_from_scan(scan, site if site is not None else sites, target_site, epochs, TrainSettings(**common),
+                            device, progress)
+
+
+def _train_from_scan(scan, site, target_site, epochs: int, settings: TrainSettings, device: str, progress):
+    if isinstance(scan, (str, os.PathLike)):
         scan = Scan.open(scan)
-    if arch not in ARCHS:
-        raise LlmriError(f"arch {arch!r} is not one of {', '.join(ARCHS)}")
-    if b_dec_init not in B_DEC_INITS:
-        raise LlmriError(f"b_dec_init {b_dec_init!r} is not one of {', '.join(B_DEC_INITS)}")
-    for name, v in (("n_latents", n_latents), ("epochs", epochs), ("batch_size", batch_size)):
-        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-            raise LlmriError(f"{name} must be a positive integer, got {v!r}")
-    if arch in ("topk", "batchtopk") and (not isinstance(k, (int, np.integer)) or not 0 < k <= n_latents):
-        raise LlmriError(f"k must be an integer in 1..{n_latents} (n_latents), got {k!r}")
-    if lr is not None and not lr > 0:
-        raise LlmriError(f"lr must be positive, got {lr!r}")
-    if skip_outliers is not None and not (isinstance(skip_outliers, (int, float)) and skip_outliers > 1):
-        raise LlmriError(f"skip_outliers must be a number above 1 (times the median token norm) or None, "
-                         f"got {skip_outliers!r}")
-    training_precision(dtype, "cpu")  # a bad dtype fails before any data is read
+    if not isinstance(epochs, (int, np.integer)) or isinstance(epochs, bool) or epochs < 1:
+        raise LlmriError(f"epochs must be a positive integer, got {epochs!r}")
     single = isinstance(site, str)
-    sites = [site] if single else list(site)
-    if not sites:
-        raise LlmriError("site: give at least one token site, e.g. resid.6")
-    targets = [target_site] if single or target_site is None or isinstance(target_site, str) else list(target_site)
-    if not single and (target_site is None or isinstance(target_site, str)):
-        targets = [target_site] * len(sites) if target_site is None else [target_site]
-    if len(targets) != len(sites):
-        raise LlmriError(f"target_site: give one target per site ({len(sites)}), got {len(targets)}")
-    targets = [t or s for s, t in zip(sites, targets)]
+    sites, targets = site_pairs(site, target_site)
     names = [_site_name(scan, s) for s in sites]
     tnames = [_site_name(scan, t) for t in targets]
     if len(set(names)) != len(names):
         raise LlmriError(f"site: a site is named twice in {sites}")
-
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
-    precision = training_precision(dtype, dev)
-    rng = np.random.default_rng(seed)
-    gen = torch.Generator().manual_seed(seed)
+    precision = training_precision(settings.dtype, dev)
+    s = settings
+    rng = np.random.default_rng(s.seed)
     needed = list(dict.fromkeys(names + tnames))
-    if skip_first is None:
-        skip_first = scan_is_causal(scan)
+    skip_first = scan_is_causal(scan) if s.skip_first is None else bool(s.skip_first)
     per_shard = [int(n.sum()) - (len(n) if skip_first else 0) for _, n in scan._index]
     total_tokens = sum(per_shard) * epochs
-    total_steps = max(1, sum(math.ceil(t / batch_size) for t in per_shard) * epochs)
-    if dead_tokens is None:
-        dead_tokens = max(batch_size, min(10_000_000, total_tokens // 10))
+    total_steps = max(1, sum(-(-t // s.batch_size) for t in per_shard) * epochs)
 
     # First shard (in the first epoch's order) gives the scaling and the b_dec initialisation.
-    orders = [rng.permutation(scan.n_shards) for _ in range(epochs)]
-    first = _read_shard(scan, needed, orders[0][0], skip_first)
-    max_norm = ({name: float(skip_outliers * np.median(np.linalg.norm(first[name][:65536], axis=1)))
-                 for name in names} if skip_outliers is not None else {})
-    first = _drop_outliers(first, max_norm)
-    trainers = []
-    scales = {}
-    for name in needed:
-        sample = torch.from_numpy(first[name][:65536]).float()
-        mean_norm = float(sample.norm(dim=1).mean())
-        if not math.isfinite(mean_norm):
-            raise LlmriError(f"site {name}: the scan holds non-finite activations")
-        scales[name] = math.sqrt(sample.shape[1]) / mean_norm if normalize and mean_norm > 0 else 1.0
-    for name, tname in zip(names, tnames):
-        d_in, d_out = first[name].shape[1], first[tname].shape[1]
-        sae = SAE(d_in, n_latents, arch=arch, k=k if arch in ("topk", "batchtopk") else None, site=name,
-                  target_site=tname, model_name=scan.model_name, d_out=d_out)
-        _initialise(sae, torch.from_numpy(first[tname][:8192]).float() * scales[tname], b_dec_init, gen)
-        sae.to(dev)
-        n_lr = lr if lr is not None else 2e-4 / math.sqrt(n_latents / 2 ** 14)
-        ak = aux_k if aux_k is not None else min(512, max(1, d_out // 2), n_latents)
-        trainers.append(_Trainer(sae, n_lr, total_steps, l1_coefficient, l0_coefficient, bandwidth, ak,
-                                 aux_coefficient, dead_tokens, torch.bfloat16 if precision == MIXED else None))
+    orders = [rng.permutation(scan.n_shards) if s.shuffle else np.arange(scan.n_shards) for _ in range(epochs)]
+    first = {nm: torch.from_numpy(a) for nm, a in _read_shard(scan, needed, orders[0][0], skip_first).items()}
+    session = Session.start(dataclasses.replace(s, skip_first=skip_first), names, tnames, first, dev, precision,
+                            scan.model_name, total_steps, total_tokens)
     del first
-
-    bar = tqdm(total=total_tokens, unit="tok", unit_scale=True, desc=f"training {arch} SAE",
+    bar = tqdm(total=total_tokens, unit="tok", unit_scale=True, desc=f"training {s.arch} SAE",
                disable=None if progress is None else not progress, file=sys.stderr, dynamic_ncols=True)
     with bar:
         for order in orders:
-            for s in order:
-                data = _drop_outliers(_read_shard(scan, needed, s, skip_first), max_norm)
+            for sh in order:
+                data = {nm: torch.from_numpy(a) for nm, a in _read_shard(scan, needed, sh, skip_first).items()}
+                data = drop_outliers(data, session.max_norm)
                 n = data[needed[0]].shape[0]
-                perm = torch.from_numpy(rng.permutation(n))
-                tensors = {nm: torch.from_numpy(a) for nm, a in data.items()}
-                for start in range(0, n, batch_size):
-                    rows = perm[start:start + batch_size]
-                    for tr, name, tname in zip(trainers, names, tnames):
-                        x = tensors[name][rows].to(dev, torch.float32) * scales[name]
-                        y = x if tname == name else tensors[tname][rows].to(dev, torch.float32) * scales[tname]
-                        tr.step(x, y)
+                perm = torch.from_numpy(rng.permutation(n)) if s.shuffle else torch.arange(n)
+                for start in range(0, n, s.batch_size):
+                    rows = perm[start:start + s.batch_size]
+                    session.step({nm: a[rows] for nm, a in data.items()})
                     bar.update(len(rows))
-                    t0 = trainers[0].last
-                    bar.set_postfix(loss=f"{t0['loss']:.4g}", l0=f"{t0['l0']:.1f}", ev=f"{t0['ev']:.3f}",
-                                    dead=f"{t0['dead']:.2f}", refresh=False)
-                del data, tensors
-    out = {}
-    for tr, name, tname in zip(trainers, names, tnames):
-        sae = tr.finish(scales[name], scales[tname])
-        sae.metadata.update(arch=arch, n_tokens=total_tokens, epochs=epochs, batch_size=batch_size, lr=tr.lr,
-                            seed=seed, precision=precision, b_dec_init=b_dec_init, skip_first=bool(skip_first),
-                            max_norm=max_norm.get(name), aux_k=tr.aux_k, aux_coefficient=aux_coefficient,
-                            dead_tokens=dead_tokens, scan=str(scan.folder),
-                            normalization=dict(method="expected_average_only_in" if normalize else "none",
-                                               input_scale=scales[name], target_scale=scales[tname],
-                                               folded_into_weights=True),
-                            final=dict(tr.last), **({"l1_coefficient": l1_coefficient} if arch == "relu" else {}),
-                            **({"l0_coefficient": l0_coefficient, "bandwidth": bandwidth} if arch == "jumprelu" else {}))
-        out[name] = sae.cpu()
+                    bar.set_postfix(session.postfix(), refresh=False)
+                del data
+    out = session.finish(epochs=epochs, scan=str(scan.folder))
     return out[names[0]] if single else out
-
-
-def training_precision(dtype, device, what: str = "dtype") -> str:
-    """What ``train_sae(dtype=...)`` computes in on ``device``: ``"bf16-mixed"`` or ``"float32"``
-    (``what`` names the argument in the error a bad ``dtype`` raises)."""
-    name = check_dtype(dtype, what) if dtype in TRAINING_DTYPES else None
-    if name is None:
-        raise LlmriError(f"{what} {dtype!r} is not one of auto, float32, bf16-mixed (SAE training keeps float32 "
-                         "weights; bfloat16 means bf16-mixed here)")
-    if name == "auto":
-        return MIXED if AUTO_BF16.get("sae-train") and native_bf16(device) else "float32"
-    return MIXED if name in (MIXED, "bfloat16") else "float32"
 
 
 def _site_name(scan, site: str) -> str:
@@ -522,35 +186,3 @@ def _read_shard(scan, names: list[str], s: int, skip_first: bool = False) -> dic
             acts = np.asarray(acts, dtype=np.float32)
             out[name] = np.delete(acts, first_token_rows(ntok), axis=0) if skip_first else acts
     return out
-
-
-def _drop_outliers(data: dict[str, np.ndarray], max_norm: dict[str, float]) -> dict[str, np.ndarray]:
-    """The rows of every site's array whose norm stays within ``max_norm`` at every site that has
-    one (rows are tokens, aligned across sites, so one token goes from all of them)."""
-    if not max_norm:
-        return data
-    keep = None
-    for name, limit in max_norm.items():
-        ok = np.linalg.norm(data[name], axis=1) <= limit
-        keep = ok if keep is None else keep & ok
-    return data if keep.all() else {name: a[keep] for name, a in data.items()}
-
-
-def _initialise(sae: SAE, sample: torch.Tensor, b_dec_init: str, gen: torch.Generator) -> None:
-    with torch.no_grad():
-        W = torch.randn(sae.W_dec.shape, generator=gen)
-        W /= W.norm(dim=1, keepdim=True)
-        sae.W_dec.copy_(W)
-        if sae.W_enc.shape == (W.shape[1], W.shape[0]):
-            sae.W_enc.copy_(W.T)
-        else:  # transcoder changing width: an independent random encoder
-            We = torch.randn(sae.W_enc.shape, generator=gen)
-            sae.W_enc.copy_(We / We.norm(dim=0, keepdim=True))
-        sae.b_enc.zero_()
-        if b_dec_init == "geometric_median":
-            sae.b_dec.copy_(geometric_median(sample.double()).float())
-        elif b_dec_init == "mean":
-            sae.b_dec.copy_(sample.mean(0))
-        else:
-            sae.b_dec.zero_()
-        sae.threshold.fill_(0.1 if sae.arch == "jumprelu" else 0.0)
