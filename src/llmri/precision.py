@@ -33,6 +33,7 @@ AUTO_BF16 = {
     "scan-encoder": True,    # every scan row holds (grid cells differ <= 4.2 %, NRAG Jaccard >= 0.93)
     "scan-decoder": False,   # SmolLM2: up to 15 % of region-grid cells move (tolerance 5 %)
     "sae-train": True,       # held-out EV/CE score/L0 move 0.0002/0.0012/0.08 % (tol 0.01/0.02/5 %); step 0.56-0.63x
+    "sae-activations": True, # SAE trained on bf16-mixed activations: held-out EV/CE score/L0 move 0.0006/0.0006/0.15 %
     "sae-eval": True,        # one SAE evaluated both ways: EV/CE score/L0 move 0.0002/0.0004/0.11 % (same tolerances)
     "lesion": True,          # effects Spearman 0.993 (SmolLM2), 1.000 (MiniLM), max diff 0.014 (tol. 0.95, 0.05); 0.51x
     # with the float32 unembedding (computing() keeps it) 12 of 16 greedy outputs equal float32's and

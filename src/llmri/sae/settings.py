@@ -81,8 +81,8 @@ class TrainSettings:
         if self.arch in ("topk", "batchtopk") and (not _positive_int(self.k) or self.k > self.n_latents):
             raise LlmriError(f"{self.arg('k')} must be an integer in 1..{self.n_latents} ({self.arg('n_latents')}), "
                              f"got {self.k!r}")
-        if self.lr is not None and not (isinstance(self.lr, numbers.Real) and self.lr > 0):
-            raise LlmriError(f"{self.arg('lr')} must be positive, got {self.lr!r}")
+        if self.lr is not None and not (isinstance(self.lr, numbers.Real) and 0 < self.lr < float("inf")):
+            raise LlmriError(f"{self.arg('lr')} must be a positive finite number, got {self.lr!r}")
         if self.skip_outliers is not None and not (isinstance(self.skip_outliers, numbers.Real)
                                                    and self.skip_outliers > 1):
             raise LlmriError(f"{self.arg('skip_outliers')} must be a number above 1 (times the median token norm) "

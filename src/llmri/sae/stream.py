@@ -4,7 +4,7 @@ The corpus is tokenized once and cut into forward batches as :func:`llmri.scan` 
 (length-sorted, under ``batch_tokens`` padded tokens), visited in a seeded random order, a new
 order each pass when the budget asks for more tokens than the corpus holds. One forward pass
 through :func:`llmri.sites.hooks` reads every site the SAEs need, under
-``llmri.precision.computing(model, "scan")`` (bf16-mixed where the fidelity table allows it), and
+``llmri.precision.computing(model, "sae-activations")`` (bf16-mixed where the fidelity table allows it: an SAE trained on bf16-mixed activations holds, README *Precision*), and
 stops after the deepest block needed. The tokens go through a shuffling buffer into the same
 :class:`~llmri.sae.session.Session` that training from a Scan uses.
 
@@ -165,7 +165,7 @@ class ActivationSource:
             mask = mask.clone()
             mask[torch.arange(mask.shape[0], device=mask.device), mask.int().argmax(1)] = False
         self.mask = mask
-        with torch.no_grad(), computing(self.model, "scan"):
+        with torch.no_grad(), computing(self.model, "sae-activations"):
             try:
                 self.model.base(**kwargs)
             except _StopForward:
@@ -198,7 +198,7 @@ def train_sae_stream(model, corpus, sites, target_site=None, *, settings: Stream
     skip_first = model.adapter.causal if settings.skip_first is None else bool(settings.skip_first)
     needed = list(dict.fromkeys(names + tnames))
     key = dict(model=model.fingerprint, corpus=corpus.fingerprint, sites=names, targets=tnames, precision=precision,
-               forward=precision_used(model, "scan"), settings=dict(settings.values(), skip_first=skip_first))
+               forward=precision_used(model, "sae-activations"), settings=dict(settings.values(), skip_first=skip_first))
     saved = read_checkpoint(checkpoint, key) if checkpoint is not None and checkpoint.is_file() else None
     if checkpoint is not None:  # what a writer killed in the middle leaves (never read)
         for stale in checkpoint.parent.glob(f".{checkpoint.name}.*.tmp"):

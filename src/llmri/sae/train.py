@@ -51,7 +51,7 @@ def train_sae(scan, site=None, n_latents: int = 4096, k: int = 32, arch: str = "
     the budget of training tokens, ``ceil(tokens / batch_size)`` optimiser steps, the corpus read
     again in a new order when it holds fewer; every site comes from one forward pass per batch of
     ``batch_tokens`` padded tokens (cut at ``max_length``), computed as :func:`llmri.scan` computes
-    (``computing(model, "scan")``: bf16-mixed where the fidelity table allows it). Tokens pass
+    (``computing(model, "sae-activations")``: bf16-mixed where the fidelity table allows it). Tokens pass
     through a seeded shuffling buffer of ``buffer_tokens`` tokens (65,536: each step then mixes
     some 1,300 paragraphs of different lengths; see :mod:`llmri.sae.stream`), or in order with ``shuffle=False``.
     ``checkpoint`` is a file that holds the whole training state, written atomically every
