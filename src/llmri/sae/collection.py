@@ -3,6 +3,9 @@ a dict of SAEs), used by circuits, the report and the command line.
 
 An SAE folder is one holding ``cfg.json`` (SAELens' or sparsify's layout, see :mod:`llmri.sae.model`);
 a collection folder holds SAE folders one level down, e.g. what ``llmri sae train --sites`` writes.
+A *shipped set* is a collection that comes with llmri, named after its model
+(``load_saes("default-decoder")``): its ``index.json`` lists every file with its SHA-256, checked
+before anything loads.
 
 >>> saes = load_saes("runs/saes")                        # doctest: +SKIP
 >>> [s.site for s in saes]
@@ -11,10 +14,48 @@ a collection folder holds SAE folders one level down, e.g. what ``llmri sae trai
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 from ..errors import LlmriError
 from .model import CFG_FILE, SAE
+
+# Feature sets that ship with llmri: model name -> folder (SAE folders + index.json).
+SHIPPED_ROOT = Path(__file__).resolve().parent.parent / "data" / "features"
+INDEX_FILE = "index.json"
+
+
+def shipped_sets() -> list[str]:
+    """The model names a feature set ships for."""
+    if not SHIPPED_ROOT.is_dir():
+        return []
+    return sorted(p.name for p in SHIPPED_ROOT.iterdir() if (p / INDEX_FILE).is_file())
+
+
+def file_hashes(folder) -> dict[str, str]:
+    """SHA-256 of every file under ``folder`` but the index, by path relative to it (``/``-separated)."""
+    folder = Path(folder)
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != INDEX_FILE}
+
+
+def shipped_folder(name: str, what: str = "saes") -> Path:
+    """The folder of the feature set shipped for model ``name``, after checking every file against
+    the hashes of its ``index.json``; a one-line error when none ships or a file differs."""
+    folder = SHIPPED_ROOT / name
+    if name not in shipped_sets():
+        have = ", ".join(shipped_sets()) or "none"
+        raise LlmriError(f"{what}: no feature set ships for {name!r} and no such folder exists "
+                         f"(shipped sets: {have}); give an SAE folder or a folder of them")
+    index = json.loads((folder / INDEX_FILE).read_text(encoding="utf-8"))
+    want, got = index.get("files", {}), file_hashes(folder)
+    bad = sorted(f for f in set(want) | set(got) if want.get(f) != got.get(f))
+    if bad:
+        raise LlmriError(f"{what}: the shipped feature set {name!r} is damaged ({folder / bad[0]} "
+                         f"{'is missing' if bad[0] not in got else 'differs from its hash in ' + INDEX_FILE}); "
+                         "reinstall llmri")
+    return folder
 
 
 def is_sae_folder(path) -> bool:
@@ -38,6 +79,8 @@ def load_saes(saes, what: str = "saes") -> list[SAE]:
         if not str(saes).strip():
             raise LlmriError(f"{what}: {str(saes)!r} names no folder; give an SAE folder or a folder of them")
         root = Path(saes)
+        if not root.exists() and len(root.parts) == 1 and not str(saes).startswith("."):
+            root = shipped_folder(str(saes), what)        # a bare name: the set shipped for that model
         if not root.is_dir():
             raise LlmriError(f"{what}: {root}: no such folder")
         if is_sae_folder(root):
@@ -56,3 +99,19 @@ def load_saes(saes, what: str = "saes") -> list[SAE]:
         if not isinstance(sae, SAE):
             raise LlmriError(f"{what}[{i}]: expected an llmri.SAE (SAE.load(folder)), got {type(sae).__name__}")
     return list(saes)
+
+
+def saes_by_site(saes) -> dict[str, SAE]:
+    """``{site: SAE}`` of a collection (anything :func:`load_saes` takes): a shipped set by model
+    name, a folder of SAE folders, one SAE folder, or SAEs. The public ``llmri.load_saes``.
+
+    >>> saes = llmri.load_saes("default-decoder")               # doctest: +SKIP
+    >>> sorted(saes)[:2]
+    ['resid.12', 'resid.16']
+    """
+    out: dict[str, SAE] = {}
+    for sae in load_saes(saes):
+        if sae.site in out:
+            raise LlmriError(f"saes: two SAEs read {sae.site}; give one per site")
+        out[sae.site] = sae
+    return out

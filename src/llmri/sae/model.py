@@ -160,16 +160,25 @@ class SAE(nn.Module):
             cfg["llmri"]["k"] = self.k
         return cfg
 
-    def save(self, folder) -> Path:
+    def save(self, folder, weights_dtype: str = "float32") -> Path:
         """Write ``cfg.json``, ``sae_weights.safetensors`` and ``feature_stats.safetensors`` into
         ``folder``, all three or none (:func:`llmri.store.whole_folder`: a killed or failed save
         leaves the folder as it was; the old SAE's ``eval.json`` goes, other files stay). SAELens
-        reads it with ``SAE.load_from_disk(folder)``."""
+        reads it with ``SAE.load_from_disk(folder)``. ``weights_dtype="float16"`` stores the weights
+        in half the bytes (what llmri's shipped feature sets use); they load as float32 either way."""
+        if weights_dtype not in ("float32", "float16"):
+            raise LlmriError(f"weights_dtype {weights_dtype!r} is not one of float32, float16")
         folder = check_out_folder(folder, advice=None)
         tensors = {n: getattr(self, n).detach().float().cpu().numpy()
                    for n in ("W_enc", "W_dec", "b_enc", "b_dec")}
         if self.arch in ("jumprelu", "batchtopk"):
             tensors["threshold"] = self.threshold.detach().float().cpu().numpy()
+        if weights_dtype == "float16":
+            big = max(float(np.abs(v).max(initial=0.0)) for v in tensors.values())
+            if not big < 65504:
+                raise LlmriError(f"weights_dtype float16: a weight of magnitude {big:.3g} does not fit in "
+                                 "float16 (largest 65504); save in float32")
+            tensors = {n: v.astype(np.float16) for n, v in tensors.items()}
         with whole_folder(folder, drop=(EVAL_FILE, SPARSIFY_WEIGHTS)) as tmp:
             write_shard(tmp / WEIGHTS_FILE, tensors)
             write_shard(tmp / STATS_FILE, {"feature_max": self.feature_max.float().cpu().numpy(),
