@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import numpy as np
@@ -197,3 +198,56 @@ def test_site_names_and_transformer_lens_hook_names_map_both_ways():
     assert site_from_hook_name("blocks.1.hook_resid_post") == "resid.2"
     assert site_from_hook_name("blocks.1.hook_mlp_in") == "blocks.1.hook_mlp_in"  # before ln2: no llmri site
     assert hook_name_of_site("resid.x") == "resid.x"
+
+
+def _hub_cache(cache, repo, files: dict, commit="a" * 40):
+    """``files`` ({path in repo: bytes}) laid out as the hub client keeps them: content-addressed
+    blobs, a snapshot of symlinks to them, and refs/main naming the snapshot."""
+    import hashlib
+
+    root = cache / f"models--{repo.replace('/', '--')}"
+    (root / "blobs").mkdir(parents=True, exist_ok=True)
+    for path, data in files.items():
+        blob = root / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        link = root / "snapshots" / commit / path
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (root / "refs").mkdir(exist_ok=True)
+    (root / "refs" / "main").write_text(commit)
+
+
+def test_from_pretrained_reads_a_release_from_the_local_hub_cache(tmp_path, monkeypatch):
+    import huggingface_hub.constants as hc
+
+    from llmri import LlmriError
+
+    rng = np.random.default_rng(4)
+    sid = "blocks.8.hook_resid_pre"  # gpt2-small-res-jb's SAEs live in jbloom/GPT2-Small-SAEs-Reformatted/<sid>/
+    theirs = _randomise(sae_lens.StandardSAE(sae_lens.StandardSAEConfig(
+        d_in=16, d_sae=40, metadata=sae_lens.saes.sae.SAEMetadata(hook_name=sid, model_name="gpt2-small"))), rng)
+    theirs.save_model(str(tmp_path / "made"))
+    files = {f"{sid}/{n}": (tmp_path / "made" / n).read_bytes() for n in ("cfg.json", "sae_weights.safetensors")}
+    cache = tmp_path / "hub"
+    _hub_cache(cache, "jbloom/GPT2-Small-SAEs-Reformatted", files)
+    _hub_cache(cache, "someone/saes", {"layer3/cfg.json": files[f"{sid}/cfg.json"]})
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(cache))
+    ours = SAE.from_pretrained("gpt2-small-res-jb", sid)
+    ref = sae_lens.SAE.from_pretrained("gpt2-small-res-jb", sid)  # SAELens' own, offline, from the same cache
+    x = torch.from_numpy(rng.normal(size=(30, 16)).astype(np.float32))
+    with torch.no_grad():
+        torch.testing.assert_close(ours.encode(x), ref.encode(x))
+        torch.testing.assert_close(ours.decode(ours.encode(x)), ref.decode(ref.encode(x)))
+    assert ours.site == "resid.8" and ours.model_name == "gpt2-small"
+    assert str(ours.folder).startswith(str(cache / "models--jbloom--GPT2-Small-SAEs-Reformatted" / "snapshots"))
+    with pytest.raises(LlmriError, match=r"blocks.9.hook_resid_pre/cfg.json of jbloom/GPT2-Small-SAEs-Reformatted "
+                                         r"is not in the local Hugging Face cache"):
+        SAE.from_pretrained("gpt2-small-res-jb", "blocks.9.hook_resid_pre")
+    with pytest.raises(LlmriError, match="layer3/sae_weights.safetensors of someone/saes is not in the local"):
+        SAE.from_pretrained("someone/saes", "layer3")
+    with pytest.raises(LlmriError, match="stored in the 'gemma_2' layout"):
+        SAE.from_pretrained("gemma-scope-2b-pt-res", "embedding/width_4k/average_l0_6")
+    with pytest.raises(LlmriError, match="has no SAE 'blocks.99.hook_resid_pre'"):
+        SAE.from_pretrained("gpt2-small-res-jb", "blocks.99.hook_resid_pre")
+    with pytest.raises(LlmriError, match="'no-such-release' is not in SAELens' registry"):
+        SAE.from_pretrained("no-such-release", "x")

@@ -70,6 +70,17 @@ def atomic_write_json(path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
+def read_json_object(path) -> dict:
+    """The JSON object in ``path``, refused in one line naming the file when it is not one."""
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise LlmriError(f"{path}: not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise LlmriError(f"{path}: expected a JSON object")
+    return obj
+
+
 def write_shard(path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
     """Write numpy arrays as one safetensors file, atomically."""
     atomic_write_bytes(path, st_save({k: np.ascontiguousarray(v) for k, v in tensors.items()},

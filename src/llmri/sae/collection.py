@@ -2,7 +2,9 @@
 a dict of SAEs), used by circuits, the report and the command line.
 
 An SAE folder is one holding ``cfg.json`` (SAELens' or sparsify's layout, see :mod:`llmri.sae.model`);
-a collection folder holds SAE folders one level down, e.g. what ``llmri sae train --sites`` writes.
+a collection folder holds SAE folders one level down, e.g. what ``llmri sae train --sites`` writes;
+a circuit-tracer transcoder set (``config.yaml`` and one file per layer, :mod:`llmri.sae.transcoders`)
+is a collection of transcoders.
 
 >>> saes = load_saes("runs/saes")                        # doctest: +SKIP
 >>> [s.site for s in saes]
@@ -15,6 +17,7 @@ from pathlib import Path
 
 from ..errors import LlmriError
 from .model import CFG_FILE, SAE
+from .transcoders import is_transcoder_set, load_transcoders
 
 
 def is_sae_folder(path) -> bool:
@@ -35,6 +38,8 @@ def load_saes(saes, what: str = "saes") -> list[SAE]:
     order given (folders by name). ``what`` names the argument in errors."""
     if isinstance(saes, (str, Path)):
         root = Path(saes)
+        if is_transcoder_set(root):  # circuit-tracer's config.yaml + layer_L.safetensors
+            return load_transcoders(root)
         if not root.is_dir():
             raise LlmriError(f"{what}: {root}: no such folder")
         if is_sae_folder(root):

@@ -19,7 +19,6 @@ them so SAELens still loads the folder. EleutherAI ``sparsify`` folders (``cfg.j
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,7 @@ from torch import nn
 from ..errors import LlmriError
 from ..sites import block_of, layer_count, parse_site
 from ..store import atomic_write_json, check_out_folder, write_shard
-from .saelens import saelens_flags
+from .saelens import SAELENS_FORMAT, hook_name_of_site, saelens_flags, site_from_hook_name
 
 ARCHS = ("batchtopk", "topk", "jumprelu", "relu")
 CFG_FILE = "cfg.json"
@@ -217,25 +216,16 @@ class SAE(nn.Module):
         return sae.to(device).eval()
 
     @classmethod
-    def from_pretrained(cls, release: str, sae_id: str, device: str = "cpu") -> "SAE":
-        """A released SAE through SAELens' registry (needs ``pip install sae-lens`` and the network).
+    def from_pretrained(cls, release: str, sae_id: str, device: str = "cpu", download: bool = False) -> "SAE":
+        """A released SAE from the local Hugging Face cache, offline unless ``download=True``: the
+        release resolved through SAELens' registry (when ``sae-lens`` is installed) or a repository
+        id with the SAE's folder as ``sae_id`` (:mod:`llmri.sae.pretrained`).
 
         >>> sae = SAE.from_pretrained("gpt2-small-res-jb", "blocks.8.hook_resid_pre")   # doctest: +SKIP
         """
-        import tempfile
+        from .pretrained import from_pretrained
 
-        try:
-            import sae_lens
-        except ImportError:
-            raise LlmriError("SAE.from_pretrained needs sae-lens: pip install sae-lens") from None
-        theirs = sae_lens.SAE.from_pretrained(release, sae_id, device="cpu")
-        theirs = theirs[0] if isinstance(theirs, tuple) else theirs
-        with tempfile.TemporaryDirectory() as tmp:
-            theirs.save_model(tmp)
-            sae = cls.load(tmp, device)
-        if sae.site is None:
-            sae.site = sae.target_site = site_from_hook_name(sae_id)
-        return sae
+        return from_pretrained(cls, release, sae_id, device=device, download=download)
 
     @classmethod
     def _from_saelens(cls, cfg: dict, w: dict, where: Path) -> "SAE":
@@ -308,38 +298,3 @@ def batch_topk_relu(pre: torch.Tensor, k: int) -> torch.Tensor:
     n = min(k * pre.reshape(-1, pre.shape[-1]).shape[0], flat.numel())
     vals, idx = flat.topk(n)
     return torch.zeros_like(flat).scatter(0, idx, vals).view_as(pre)
-
-
-# TransformerLens hook names (blocks.L.<hook>) of llmri's sites, and the block offset of each:
-# hook_resid_pre of block L is the stream before block L (resid.L), hook_resid_post after it (resid.L+1).
-# blocks.L.hook_mlp_in and hook_resid_mid (the stream before ln2) have no llmri site and stay names.
-_TL_HOOKS = {"hook_resid_pre": ("resid", 0), "hook_resid_post": ("resid", 1), "hook_mlp_out": ("mlp_out", 0),
-             "hook_attn_out": ("attn_out", 0), "mlp.hook_post": ("mlp", 0), "attn.hook_z": ("attn_z", 0),
-             "attn.hook_pattern": ("attn", 0), "ln2.hook_normalized": ("mlp_in", 0)}
-_TL_OF_SITE = {kind: hook for hook, (kind, shift) in _TL_HOOKS.items() if shift == 0}
-SAELENS_FORMAT = "6.54.0"  # the SAELens version whose cfg.json llmri writes (and tests against)
-
-
-def site_from_hook_name(name):
-    """llmri's site for a TransformerLens hook name (``blocks.8.hook_resid_pre`` -> ``resid.8``,
-    ``blocks.8.hook_resid_post`` -> ``resid.9``, ``blocks.3.ln2.hook_normalized`` -> ``mlp_in.3``);
-    other names (an llmri site already, or a hook without one) are kept as they are."""
-    if not isinstance(name, str):
-        return None
-    m = re.match(r"^blocks\.(\d+)\.(.+)$", name)
-    if m and m.group(2) in _TL_HOOKS:
-        kind, shift = _TL_HOOKS[m.group(2)]
-        return f"{kind}.{int(m.group(1)) + shift}"
-    return name
-
-
-def hook_name_of_site(site):
-    """The TransformerLens hook name of an llmri site (``resid.8`` -> ``blocks.8.hook_resid_pre``,
-    ``mlp_in.3`` -> ``blocks.3.ln2.hook_normalized``), the inverse of :func:`site_from_hook_name`;
-    a name that is not an llmri site is kept as it is."""
-    if not isinstance(site, str):
-        return None
-    m = re.match(r"^([a-z_]+)\.(\d+)$", site)
-    if m and m.group(1) in _TL_OF_SITE:
-        return f"blocks.{m.group(2)}.{_TL_OF_SITE[m.group(1)]}"
-    return site

@@ -30,6 +30,8 @@ from pathlib import Path
 
 from ..errors import LlmriError
 
+SAELENS_FORMAT = "6.54.0"  # the SAELens version whose cfg.json llmri writes (and tests against)
+CFG_FILE, WEIGHTS_FILE = "cfg.json", "sae_weights.safetensors"  # SAELens' folder layout (as llmri.sae.model)
 READ = ("standard", "topk", "jumprelu", "batchtopk", "transcoder", "jumprelu_transcoder")
 _REFUSED = {"gated": "gated SAEs (a separate gate path)", "abstopk": "AbsTopK (top-k by |pre|)",
             "skip_transcoder": "skip transcoders (an extra W_skip path)",
@@ -86,3 +88,37 @@ def saelens_flags(cfg: dict, where: Path) -> dict:
     cfg["apply_b_dec_to_input"] = False if transcoder else bool(cfg.get("apply_b_dec_to_input", True))
     cfg["architecture"] = {"transcoder": "standard", "jumprelu_transcoder": "jumprelu"}.get(arch, arch)
     return cfg
+
+
+# TransformerLens hook names (blocks.L.<hook>) of llmri's sites, and the block offset of each:
+# hook_resid_pre of block L is the stream before block L (resid.L), hook_resid_post after it (resid.L+1).
+# blocks.L.hook_mlp_in and hook_resid_mid (the stream before ln2) have no llmri site and stay names.
+_TL_HOOKS = {"hook_resid_pre": ("resid", 0), "hook_resid_post": ("resid", 1), "hook_mlp_out": ("mlp_out", 0),
+             "hook_attn_out": ("attn_out", 0), "mlp.hook_post": ("mlp", 0), "attn.hook_z": ("attn_z", 0),
+             "attn.hook_pattern": ("attn", 0), "ln2.hook_normalized": ("mlp_in", 0)}
+_TL_OF_SITE = {kind: hook for hook, (kind, shift) in _TL_HOOKS.items() if shift == 0}
+
+
+def site_from_hook_name(name):
+    """llmri's site for a TransformerLens hook name (``blocks.8.hook_resid_pre`` -> ``resid.8``,
+    ``blocks.8.hook_resid_post`` -> ``resid.9``, ``blocks.3.ln2.hook_normalized`` -> ``mlp_in.3``);
+    other names (an llmri site already, or a hook without one) are kept as they are."""
+    if not isinstance(name, str):
+        return None
+    m = re.match(r"^blocks\.(\d+)\.(.+)$", name)
+    if m and m.group(2) in _TL_HOOKS:
+        kind, shift = _TL_HOOKS[m.group(2)]
+        return f"{kind}.{int(m.group(1)) + shift}"
+    return name
+
+
+def hook_name_of_site(site):
+    """The TransformerLens hook name of an llmri site (``resid.8`` -> ``blocks.8.hook_resid_pre``,
+    ``mlp_in.3`` -> ``blocks.3.ln2.hook_normalized``), the inverse of :func:`site_from_hook_name`;
+    a name that is not an llmri site is kept as it is."""
+    if not isinstance(site, str):
+        return None
+    m = re.match(r"^([a-z_]+)\.(\d+)$", site)
+    if m and m.group(1) in _TL_OF_SITE:
+        return f"blocks.{m.group(2)}.{_TL_OF_SITE[m.group(1)]}"
+    return site
