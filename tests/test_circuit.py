@@ -307,7 +307,7 @@ def test_cli_train_several_sites_then_circuit(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "saes" / "resid.1" / "cfg.json").is_file() and (tmp_path / "saes" / "resid.2" / "cfg.json").is_file()
     proc = run("circuit", "the star shines over the", "--model", "tiny", "--saes", "saes", "--target", "moon",
-               "--k", "2,4", "--out", "circ", cwd=tmp_path)
+               "--k", "2,4", "--out", "circ", "--viewer", "viewer", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "validation: Spearman" in proc.stdout
     page = (tmp_path / "circ" / "circuit.html").read_text()
@@ -316,6 +316,32 @@ def test_cli_train_several_sites_then_circuit(tmp_path):
     data = json.loads((tmp_path / "circ" / "graph.json").read_text())
     assert data["metadata"]["prompt"] == "the star shines over the" and data["nodes"] and data["links"]
     assert (tmp_path / "circ" / "circuit.png").is_file() and (tmp_path / "circ" / "top_features.csv").is_file()
+    # the out folder and --viewer are data folders of circuit-tracer's server: an index beside the graphs
+    assert json.loads((tmp_path / "circ" / "graph-metadata.json").read_text())["graphs"][0]["slug"] == "graph"
+    slug = "the-star-shines-over-the-moon"
+    assert (tmp_path / "viewer" / f"{slug}.json").read_text() == (tmp_path / "circ" / "graph.json").read_text().replace(
+        '"slug": "graph"', f'"slug": "{slug}"', 1)
+    from click.testing import CliRunner
+
+    from llmri.cli import cli
+
+    def invoke(*args):
+        return CliRunner().invoke(cli, ["circuit", "the star shines over the", "--model", str(tmp_path / "tiny"),
+                                        "--saes", str(tmp_path / "saes"), "--target", "moon",
+                                        *[str(a) for a in args]])
+
+    r = invoke("--contrast", "sun", "--no-validate", "--out", tmp_path / "circ2", "--viewer", tmp_path / "viewer",
+               "--slug", "pair")
+    assert r.exit_code == 0, r.output
+    index = json.loads((tmp_path / "viewer" / "graph-metadata.json").read_text())
+    assert [e["slug"] for e in index["graphs"]] == [slug, "pair"]
+    (tmp_path / "badview").mkdir()
+    (tmp_path / "badview" / "graph-metadata.json").write_text("[1]")
+    for args, msg in ((["--viewer", tmp_path / "badview"], "graph-metadata.json: not a graph index"),
+                      (["--slug", "x"], "--slug names the graph in --viewer")):
+        r = invoke("--out", tmp_path / "bad", *args)
+        assert isinstance(r.exception, LlmriError) and msg in str(r.exception), r.output
+    assert not (tmp_path / "bad").exists()
     assert_one_line_error(run("circuit", "the star", "--model", "tiny", "--saes", "saes", "--target", "moon sun",
                               "--out", "bad", cwd=tmp_path), "not one token")
     assert_one_line_error(run("circuit", "the star", "--saes", "nowhere", "--out", "bad", cwd=tmp_path),
@@ -553,5 +579,6 @@ def test_cli_transcoders_train_then_circuit_with_dashboards(tmp_path):
     data = json.loads((tmp_path / "circ" / "graph.json").read_text())
     assert data["metadata"]["transcoder_list"] == ["mlp_in.1->mlp_out.1", "mlp_in.2->mlp_out.2"]
     cards = json.loads(page.split("var cards = ", 1)[1].split(";\n", 1)[0])
-    feats = {f"mlp_in.{n['layer']}:{n['feature']}" for n in data["nodes"] if n["feature_type"] == "cross layer transcoder"}
+    feats = {f"mlp_in.{n['layer']}:{n['node_id'].split('_')[1]}" for n in data["nodes"]
+             if n["feature_type"] == "cross layer transcoder"}
     assert feats and set(cards) == feats

@@ -155,7 +155,8 @@ def test_circuit_page_carries_a_dashboard_per_kept_feature(work):
     assert set(cards) == set(nodes.values())
     for nid, key in nodes.items():
         site, f = key.split(":")
-        assert int(f) == kept[nid]["feature"] and site == f"resid.{kept[nid]['layer']}"
+        layer, latent, _ = nid.split("_")  # the node id keeps the latent; "feature" is Cantor-paired
+        assert int(f) == int(latent) and site == f"resid.{kept[nid]['layer']}" == f"resid.{layer}"
     # each card is the feature browser's dashboard of that feature over the scan, explanation first
     want = run.table.set_index("unit")
     sae = llmri.SAE.load(tmp / "saes" / "resid.2")

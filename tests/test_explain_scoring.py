@@ -246,3 +246,83 @@ def test_simulator_choice_is_checked():
     local = LocalLM("default-decoder")                    # nothing is loaded to choose
     assert resolve_simulator(local, None) == "pmi" and local._model is None
     assert resolve_simulator(local, "all_at_once") == "all_at_once"
+
+
+# ------------------------------------------------------------------ llmri's and delphi's conventions
+def delphi_balanced_accuracy(truth, answers) -> float:
+    """delphi's formulas (EleutherAI/delphi, delphi/log/result_analysis.py), written out:
+    compute_confusion keeps the rows whose prediction is not None and counts TP/TN/FP/FN at a
+    threshold of 0.5; compute_classification_metrics' "accuracy" is
+    ((tp / pos if pos > 0 else 0) + (tn / neg if neg > 0 else 0)) / 2."""
+    rows = [(bool(t), a) for t, a in zip(truth, answers) if a is not None]
+    pos = sum(t for t, _ in rows)
+    neg = len(rows) - pos
+    tp = sum(1 for t, a in rows if t and a >= 0.5)
+    tn = sum(1 for t, a in rows if not t and a < 0.5)
+    return ((tp / pos if pos > 0 else 0) + (tn / neg if neg > 0 else 0)) / 2
+
+
+def test_missing_answers_and_one_class_under_each_convention():
+    # the issue's cases: four answers, one of them missing; a window set of one class
+    truth, answers = [1, 1, 1, 0], [1, 1, None, 0]
+    assert balanced_accuracy(truth, answers) == pytest.approx((2 / 3 + 1) / 2)      # missing = "no": 0.833
+    assert balanced_accuracy(truth, answers, "delphi") == pytest.approx(1.0)        # missing dropped
+    assert balanced_accuracy(truth, answers, "delphi") == delphi_balanced_accuracy(truth, answers)
+    assert balanced_accuracy([1, 1, 1, 1], [1, 1, 1, 0]) == pytest.approx(0.75)      # the class present
+    assert balanced_accuracy([1, 1, 1, 1], [1, 1, 1, 0], "delphi") == pytest.approx(0.375)
+    assert math.isnan(balanced_accuracy([], []))
+    assert balanced_accuracy([1], [None], "delphi") == 0.0 == delphi_balanced_accuracy([1], [None])
+    assert balanced_accuracy([1, 0], [-1, 1]) == balanced_accuracy([1, 0], [0, 1]) == 0.0  # -1 is missing too
+    with pytest.raises(llmri.LlmriError, match="convention 'sklearn' is not one of llmri, delphi"):
+        balanced_accuracy([1], [1], "sklearn")
+
+
+def test_the_delphi_convention_is_delphis_formula_on_random_answer_sets():
+    from llmri.explain.scoring import balanced_accuracy_over_units
+
+    rng = np.random.default_rng(0)
+    units = []
+    for _ in range(300):
+        n = int(rng.integers(1, 12))
+        truth = rng.random(n) < rng.choice([0.0, 0.5, 1.0])  # some units have one class only
+        answers = [None if rng.random() < 0.2 else int(rng.random() < 0.6) for _ in range(n)]
+        units.append((truth, answers))
+        assert balanced_accuracy(truth, answers, "delphi") == pytest.approx(delphi_balanced_accuracy(truth, answers))
+    truths, answers = [u[0] for u in units], [u[1] for u in units]
+    # delphi aggregates a run by pooling every latent's rows (get_agg_metrics over the score type)
+    pooled = delphi_balanced_accuracy(np.concatenate(truths), sum(answers, []))
+    assert balanced_accuracy_over_units(truths, answers, "delphi") == pytest.approx(pooled)
+    per_unit = [balanced_accuracy(t, a) for t, a in units]
+    assert balanced_accuracy_over_units(truths, answers) == pytest.approx(np.nanmean(per_unit))
+    assert abs(np.nanmean(per_unit) - pooled) > 1e-3  # the two conventions do differ here
+
+
+class _Replies:
+    """A chat backend that answers detection prompts from a key, leaving out one answer per prompt."""
+    has_logprobs = False
+    kind = "test"
+
+    def __init__(self, key):
+        self.key = key
+
+    def chat(self, messages, max_tokens=None, **kw):
+        text = messages[-1]["content"]
+        lines = [f"Example {i + 1}: {int(y)}" for i, (t, y) in enumerate(self.key) if t in text]
+        return "\n".join(lines[1:])  # the first answer is missing
+
+
+def test_score_counts_a_missing_answer_by_the_convention_asked_for():
+    from llmri.explain.scoring import score
+
+    docs, offsets, flat, digit = _planted()
+    ex = unit_examples(digit, offsets, lambda d: docs[d], unit=0, window=5, n_explain=3, n_quantiles=2,
+                       per_quantile=3, n_non_activating=4)
+    texts, truth = detection_items(ex)
+    be = _Replies(list(zip(texts, truth)))
+    ours = score(be, "digits", ex, scorers=("detection",), batch=len(texts))
+    theirs = score(be, "digits", ex, scorers=("detection",), batch=len(texts), convention="delphi")
+    answers = [None] + [int(y) for y in truth[1:]]
+    assert ours["parse_failures"] == theirs["parse_failures"] == 1
+    assert theirs["detection_balanced_accuracy"] == pytest.approx(delphi_balanced_accuracy(truth, answers)) == 1.0
+    assert ours["detection_balanced_accuracy"] == pytest.approx(balanced_accuracy(truth, [0] + answers[1:]))
+    assert ours["detection_balanced_accuracy"] < 1.0 if truth[0] else ours["detection_balanced_accuracy"] == 1.0

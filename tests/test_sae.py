@@ -193,7 +193,7 @@ def test_save_load_roundtrip(tmp_path, syn):
     sae.save(tmp_path / "sae")
     cfg = json.loads((tmp_path / "sae" / "cfg.json").read_text())
     assert cfg["architecture"] == "jumprelu" and cfg["d_in"] == 32 and cfg["d_sae"] == 32
-    assert cfg["metadata"]["hook_name"] == "resid.1" and cfg["normalize_activations"] == "none"
+    assert cfg["metadata"]["hook_name"] == "blocks.1.hook_resid_pre" and cfg["normalize_activations"] == "none"
     from safetensors.numpy import load_file
 
     w = load_file(str(tmp_path / "sae" / "sae_weights.safetensors"))

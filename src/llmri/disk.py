@@ -319,3 +319,14 @@ def write_shard(path, tensors: dict, metadata: dict[str, str] | None = None) -> 
     else:
         data = st_save({k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata=metadata)
     atomic_write_bytes(path, data)
+
+
+def read_json_object(path) -> dict:
+    """The JSON object in ``path``, refused in one line naming the file when it is not one."""
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise LlmriError(f"{path}: not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise LlmriError(f"{path}: expected a JSON object")
+    return obj

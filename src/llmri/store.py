@@ -20,14 +20,14 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 
 from .disk import (DiskFull, atomic_write_bytes, atomic_write_json, atomic_write_text, check_out_folder,
-                   json_safe, read_safetensors, whole_folder, write_shard)
+                   json_safe, read_json_object, read_safetensors, whole_folder, write_shard)
 from .errors import LlmriError
 from .sites import parse_site
 
 __all__ = ["Scan", "scan_from_arrays", "read_manifest", "complete_shards", "shard_name", "write_corpus",
            # the writers of llmri.disk, exported here too
            "DiskFull", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "check_out_folder",
-           "json_safe", "read_safetensors", "whole_folder", "write_shard"]
+           "json_safe", "read_json_object", "read_safetensors", "whole_folder", "write_shard"]
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"

@@ -135,6 +135,8 @@ def _nodes(model, saes, ids, tgt, node, target_str, emap):
                prob=float(node["probs"][tgt[0]]), activation=node["metric"], attribution=node["metric"],
                label=(f"output {target_str!r} (p={float(node['probs'][tgt[0]]):.3f})" if len(tgt) == 1 else
                       f"logit {target_str[0]!r} - {target_str[1]!r}"))
+    if len(tgt) == 2:
+        g.nodes[logit_id].update(contrast_id=int(tgt[1]), contrast_prob=float(node["probs"][tgt[1]]))
     return g, features, totals
 
 

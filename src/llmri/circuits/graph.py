@@ -13,11 +13,13 @@ from .annotate import label_features as _label_features
 from .annotate import top_features as _top_features
 from .export import to_dict as _to_dict
 from .export import to_json as _to_json
+from .export import to_viewer as _to_viewer
 from .influence import (
     EMBEDDING,
     ERROR,
     FEATURE,
     LOGIT,
+    _cumulative_share,
     _influence,
     _normalised_in,
     _set_influence,
@@ -183,13 +185,17 @@ class AttributionGraph:
         """A pruned copy: the fewest feature nodes whose influence on the target adds up to
         ``node_threshold`` of the total, then the fewest edges whose influence adds up to
         ``edge_threshold`` (circuit-tracer's ``prune_graph``); then every node left without a
-        path to the target goes (circuit-tracer keeps token and error nodes regardless)."""
+        path to the target goes (circuit-tracer keeps token and error nodes regardless). Each node
+        keeps its ``cumulative_influence`` in the unpruned graph, the ``influence`` the viewer JSON
+        carries (circuit-tracer's cumulative share, ranked over every node before pruning)."""
         import networkx as nx
 
         for name, v in (("node_threshold", node_threshold), ("edge_threshold", edge_threshold)):
             if not isinstance(v, (int, float)) or not 0 < v <= 1:
                 raise LlmriError(f"{name} must be in (0, 1], got {v!r}")
         g = self.graph.copy()
+        for n, share in _cumulative_share(g).items():  # the viewer's ``influence``, ranked over the whole graph
+            g.nodes[n].setdefault("cumulative_influence", share)
         infl = _influence(g)
         feats = sorted(self.nodes(FEATURE), key=lambda n: -infl[n])
         keep = set(_cumulative([infl[n] for n in feats], node_threshold, feats))
@@ -215,6 +221,16 @@ class AttributionGraph:
         """Write the graph in circuit-tracer's graph-viewer format (``metadata``, ``qParams``,
         ``nodes``, ``links``; ``circuit_tracer/frontend/graph_models.py``), atomically."""
         return _to_json(self, path, slug)
+
+    def to_viewer(self, folder, slug: str | None = None) -> Path:
+        """Add the graph to ``folder``, a data folder that circuit-tracer's local server serves as it
+        is (``circuit_tracer.frontend.local_server.serve(folder)``): ``<slug>.json`` and its entry in
+        ``graph-metadata.json``, beside the graphs already there (``slug`` defaults to one made of
+        the prompt and the target). Returns the graph file.
+
+        >>> g.prune().to_viewer("runs/viewer")   # doctest: +SKIP
+        """
+        return _to_viewer(self, folder, slug)
 
     def to_dict(self, slug: str = "graph") -> dict:
         """The circuit-tracer JSON as a dict."""

@@ -40,3 +40,17 @@ def _set_influence(g) -> None:
     """Store each node's influence on it as the node attribute ``influence``."""
     for n, v in _influence(g).items():
         g.nodes[n]["influence"] = v
+
+
+def _cumulative_share(g) -> dict:
+    """circuit-tracer's ``influence`` of each non-target node (``prune_graph``'s cumulative scores):
+    the nodes ranked by influence, largest first, each given the running sum of influence up to and
+    including it over the total. Small means important; the target logits are not ranked."""
+    infl = _influence(g)
+    ranked = sorted((n for n, d in g.nodes(data=True) if d["kind"] != LOGIT), key=lambda n: -infl[n])
+    total = sum(infl[n] for n in ranked)
+    out, acc = {}, 0.0
+    for n in ranked:
+        acc += infl[n]
+        out[n] = acc / total if total > 0 else 1.0
+    return out

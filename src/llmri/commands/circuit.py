@@ -18,7 +18,11 @@ from .options import _check_out, _dtype_option, _ints
 @click.option("--target", default=None, help="Target token, e.g. ' Paris' (default: the model's top token).")
 @click.option("--contrast", default=None, help="Second token: the metric becomes logit(target) - logit(contrast).")
 @click.option("--chat", is_flag=True, help="Wrap the prompt in the model's chat template.")
-@click.option("--out", required=True, help="Folder for circuit.html, graph.json, CSVs and figures.")
+@click.option("--out", required=True, help="Folder for circuit.html, graph.json (with graph-metadata.json: a data "
+              "folder circuit-tracer's local server serves as it is), CSVs and figures.")
+@click.option("--viewer", "viewer_dir", default=None, help="Also add the graph to this data folder of circuit-tracer's "
+              "viewer (SLUG.json and its entry in graph-metadata.json, beside the graphs already there).")
+@click.option("--slug", default=None, help="The graph's name in --viewer (default: made of the prompt and target).")
 @click.option("--max-nodes", type=int, default=200, show_default=True, help="Features given edges (by |attribution|).")
 @click.option("--node-threshold", type=float, default=0.8, show_default=True)
 @click.option("--edge-threshold", type=float, default=0.98, show_default=True)
@@ -34,10 +38,11 @@ from .options import _check_out, _dtype_option, _ints
 @_dtype_option
 @click.option("--download", is_flag=True)
 def circuit_cmd(prompt, model_name, saes, target, contrast, chat, out, max_nodes, node_threshold, edge_threshold,
-                freeze, k_spec, ablation, no_validate, explanations, scan_dir, device, dtype, download):
+                freeze, k_spec, ablation, no_validate, explanations, scan_dir, device, dtype, download, viewer_dir, slug):
     """Attribution graph of the model's answer to PROMPT over SAE features: which features, at
     which layers and positions, move it toward --target, and how they feed each other."""
     from ..circuits import attribute, feature_explanations, load_saes, validate_circuit
+    from ..circuits.export import check_slug, read_index
     from ..model import load_model
     from ..report import build_circuit_page
 
@@ -54,6 +59,13 @@ def circuit_cmd(prompt, model_name, saes, target, contrast, chat, out, max_nodes
     if not ks or min(ks) < 1:
         raise LlmriError(f"--k: give positive integers, got {k_spec!r}")
     _check_out(out, "choose another --out")
+    if slug is not None and viewer_dir is None:
+        raise LlmriError("--slug names the graph in --viewer; give --viewer DIR too")
+    if viewer_dir is not None:
+        _check_out(viewer_dir, "choose another --viewer")
+        read_index(viewer_dir)
+        if slug is not None:
+            check_slug(slug)
     sae_list = load_saes(saes)
     explanations = list(explanations) or None
     feature_explanations(sae_list, explanations)  # checked before the model loads
@@ -83,3 +95,5 @@ def circuit_cmd(prompt, model_name, saes, target, contrast, chat, out, max_nodes
                    + "; ".join(f"top-{r['k']} drop {r['top_drop']:.3g} vs random {r['random_drop_mean']:.3g}"
                                for r in v["topk"]))
     click.echo(f"circuit: {path}  graph: {Path(out) / 'graph.json'}")
+    if viewer_dir is not None:
+        click.echo(f"viewer: {pruned.to_viewer(viewer_dir, slug)}")

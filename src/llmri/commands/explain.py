@@ -27,6 +27,9 @@ from .options import _check_out, _check_ray, _ray_options, _specs
               help="openai: read simulator probabilities from /v1/completions (echo + logprobs).")
 @click.option("--scorers", default="simulation,detection,fuzzing", show_default=True)
 @click.option("--style", type=click.Choice(["bills", "delphi"]), default="bills", show_default=True)
+@click.option("--convention", type=click.Choice(["llmri", "delphi"]), default="llmri", show_default=True,
+              help="How detection and fuzzing answers count: llmri (a missing answer is 'no', an absent class is "
+              "left out) or delphi (missing answers dropped, an absent class scores 0).")
 @click.option("--simulator", type=click.Choice(["pmi", "all_at_once"]), default=None,
               help="Simulation scoring: pmi (default with --backend local) or all_at_once (Bills et al.; "
                    "the only one with --backend openai).")
@@ -36,7 +39,7 @@ from .options import _check_out, _check_ray, _ray_options, _specs
 @click.option("--seed", type=int, default=0, show_default=True)
 @_ray_options
 def explain_cmd(scan_dir, site, neuron_spec, sae, feature_spec, backend, model_name, base_url, api_key_env,
-                completion_logprobs, scorers, style, simulator, no_baseline, out, device, seed, ray_mode, workers, gpus_per_worker):
+                completion_logprobs, scorers, style, simulator, convention, no_baseline, out, device, seed, ray_mode, workers, gpus_per_worker):
     """Explain neurons (or SAE features) of the Scan in SCAN_DIR with a language model and score
     the explanations by simulation, detection and fuzzing."""
     from ..explain import Explainer, LocalLM, OpenAICompatible, parse_units
@@ -77,7 +80,8 @@ def explain_cmd(scan_dir, site, neuron_spec, sae, feature_spec, backend, model_n
         be = OpenAICompatible(base_url, model_name, api_key_env=api_key_env, completion_logprobs=completion_logprobs)
     else:
         be = LocalLM(model_name or "default-decoder", device=device)
-    res = explain(scan, site, units, Explainer(be, style=style, seed=seed, simulator=simulator), scorers=names, encoder=encoder,
+    res = explain(scan, site, units, Explainer(be, style=style, seed=seed, simulator=simulator, convention=convention),
+                  scorers=names, encoder=encoder,
                   meta={"sae": str(Path(sae).resolve())} if sae else None,
                   baseline=not no_baseline, out=out, progress=None,
                   engine=engine or "local")

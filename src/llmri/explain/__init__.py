@@ -12,10 +12,11 @@ from .backends import Backend, CallCache, LocalLM, OpenAICompatible
 from .examples import UnitExamples, Window, unit_activations, unit_examples
 from .explainer import Explainer, explain, explain_units, parse_units
 from .results import ExplainResult, find_explanations, unit_explanations
-from .scoring import (SCORERS, balanced_accuracy, expected_value, mean_window_correlation, parse_binary,
-                      parse_values, pearson, pooled_correlation, score)
+from .scoring import (CONVENTIONS, SCORERS, balanced_accuracy, balanced_accuracy_over_units, expected_value,
+                      mean_window_correlation, parse_binary, parse_values, pearson, pooled_correlation, score)
 
-__all__ = ["Backend", "CallCache", "ExplainResult", "Explainer", "LocalLM", "OpenAICompatible", "SCORERS",
-           "UnitExamples", "Window", "balanced_accuracy", "expected_value", "explain", "explain_units", "find_explanations",
+__all__ = ["CONVENTIONS", "Backend", "CallCache", "ExplainResult", "Explainer", "LocalLM", "OpenAICompatible",
+           "SCORERS", "UnitExamples", "Window", "balanced_accuracy", "balanced_accuracy_over_units", "expected_value",
+           "explain", "explain_units", "find_explanations",
            "mean_window_correlation", "parse_binary", "parse_units", "parse_values", "pearson",
            "pooled_correlation", "score", "unit_activations", "unit_examples", "unit_explanations"]

@@ -15,7 +15,7 @@ from .backends import Backend, LocalLM
 from .examples import UnitExamples, top_units, unit_activations, unit_examples
 from .prompts import EXPLAIN_PREFILL, clean_explanation, explanation_prompt
 from .results import ExplainResult
-from .scoring import SCORERS, resolve_simulator, score
+from .scoring import CONVENTIONS, SCORERS, resolve_simulator, score
 
 STYLES = ("bills", "delphi")
 _SCORE_COLUMNS = {"simulation": "simulation_score", "detection": "detection_balanced_accuracy",
@@ -29,7 +29,9 @@ class Explainer:
     the held-out set has ``per_quantile`` windows from each of ``n_quantiles`` activation
     quantiles plus ``n_non_activating`` windows where the unit is silent. ``simulator``: ``"pmi"``
     or ``"all_at_once"`` (see :func:`llmri.explain.scoring.simulate`); ``None`` picks ``"pmi"``
-    on a backend that supports it (LocalLM) and ``"all_at_once"`` otherwise.
+    on a backend that supports it (LocalLM) and ``"all_at_once"`` otherwise. ``convention``:
+    how detection and fuzzing answers are counted, ``"llmri"`` or ``"delphi"``
+    (:func:`llmri.explain.scoring.balanced_accuracy`).
 
     >>> ex = Explainer(backend=LocalLM("default-decoder"))                 # doctest: +SKIP
     >>> ex.explain_unit(examples)
@@ -38,7 +40,8 @@ class Explainer:
 
     def __init__(self, backend: Backend, style: str = "bills", window: int = 24, n_explain: int = 10,
                  n_quantiles: int = 5, per_quantile: int = 2, n_non_activating: int = 5,
-                 max_new_tokens: int = 48, batch: int = 5, seed: int = 0, simulator: str | None = None):
+                 max_new_tokens: int = 48, batch: int = 5, seed: int = 0, simulator: str | None = None,
+                 convention: str = "llmri"):
         if not isinstance(backend, Backend):
             raise LlmriError(f"backend: expected llmri.LocalLM or llmri.OpenAICompatible, got {type(backend).__name__}")
         if style not in STYLES:
@@ -51,6 +54,9 @@ class Explainer:
             raise LlmriError(f"n_non_activating must be a non-negative integer, got {n_non_activating!r}")
         if simulator is not None:
             resolve_simulator(backend, simulator)
+        if convention not in CONVENTIONS:
+            raise LlmriError(f"convention {convention!r} is not one of {', '.join(CONVENTIONS)}")
+        self.convention = convention
         self.backend, self.style, self.window, self.simulator = backend, style, window, simulator
         self.n_explain, self.n_quantiles, self.per_quantile = n_explain, n_quantiles, per_quantile
         self.n_non_activating, self.max_new_tokens, self.batch, self.seed = n_non_activating, max_new_tokens, batch, seed
@@ -68,7 +74,7 @@ class Explainer:
 
     def score_unit(self, explanation: str, ex: UnitExamples, scorers=SCORERS) -> dict:
         return score(self.backend, explanation, ex, scorers=scorers, batch=self.batch, seed=self.seed,
-                     simulator=self.simulator)
+                     simulator=self.simulator, convention=self.convention)
 
 
 def _window_record(w, max_activation, simulated=None) -> dict:
@@ -172,6 +178,7 @@ def explain_units(acts: np.ndarray, offsets, tokens, units, explainer: Explainer
         records.append(rec)
     table = pd.DataFrame(rows)
     info = dict(meta or {}, backend=be.kind, model=model_name, style=explainer.style, scorers=list(scorers),
+                convention=explainer.convention,
                 window=explainer.window, n_explain=explainer.n_explain, n_quantiles=explainer.n_quantiles,
                 per_quantile=explainer.per_quantile, n_non_activating=explainer.n_non_activating,
                 seed=explainer.seed, units=units, stats=stats)

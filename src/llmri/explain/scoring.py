@@ -22,7 +22,10 @@
     the explanation; the pmi simulator ranks the right explanation first on most of them.
 - Detection: given the explanation, does each held-out window (activating or not) show the
   feature? Fuzzing: are the tokens marked in an activating window the truly active ones, or
-  as many inactive tokens? Both are scored by balanced accuracy (delphi; Paulo et al. 2024).
+  as many inactive tokens? Both are scored by balanced accuracy (delphi; Paulo et al. 2024),
+  counted by llmri's convention (a missing answer is a "no", a class without examples is left
+  out, each unit scored on its own) or delphi's (missing answers dropped, an absent class a rate
+  of 0, the confusion pooled over units): :func:`balanced_accuracy`.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from .prompts import BINARY, NEUTRAL, VALUES, binary_prompt, fuzz_marks, marked_
 
 SCORERS = ("simulation", "detection", "fuzzing")
 SIMULATORS = ("pmi", "all_at_once")
+CONVENTIONS = ("llmri", "delphi")  # how detection and fuzzing answers are counted: balanced_accuracy
 
 
 # ------------------------------------------------------------------ pure functions
@@ -80,14 +84,56 @@ def mean_window_correlation(true: list, predicted: list) -> float:
     return float(np.mean(vals)) if vals else 0.0
 
 
-def balanced_accuracy(y_true, y_pred) -> float:
-    """(true positive rate + true negative rate) / 2; a class with no examples is left out."""
+def _answers(y_true, y_pred) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(truth, answer, answered) of labels and answers; an answer of None, NaN or -1 is missing."""
     t = np.asarray(y_true, dtype=bool)
-    p = np.asarray(y_pred, dtype=bool)
+    p = np.asarray([np.nan if v is None else v for v in np.ravel(np.asarray(y_pred, dtype=object))],
+                   dtype=np.float64).reshape(np.shape(y_pred))
     if t.shape != p.shape:
         raise LlmriError(f"balanced accuracy: {p.size} predictions for {t.size} labels")
-    rates = [float((p[t] == cls).mean()) for cls, t in ((True, t), (False, ~t)) if t.any()]
+    answered = ~np.isnan(p) & (p >= 0)
+    return t, np.where(answered, p, 0) >= 0.5, answered
+
+
+def _check_convention(convention) -> str:
+    if convention not in CONVENTIONS:
+        raise LlmriError(f"convention {convention!r} is not one of {', '.join(CONVENTIONS)}")
+    return convention
+
+
+def balanced_accuracy(y_true, y_pred, convention: str = "llmri") -> float:
+    """(true positive rate + true negative rate) / 2 of yes/no answers (1, 0; None, NaN or -1
+    for an answer that could not be read). ``convention``:
+
+    - ``"llmri"``: a missing answer counts as "no"; a class with no examples is left out, so one
+      class alone gives its recall (NaN without examples).
+    - ``"delphi"`` (EleutherAI's delphi, ``delphi/log/result_analysis.py``: ``compute_confusion``
+      and ``compute_classification_metrics``): missing answers are dropped; a class with no
+      examples contributes a rate of 0, so one class alone gives half its recall (0 when nothing
+      is left).
+    """
+    t, p, answered = _answers(y_true, y_pred)
+    if _check_convention(convention) == "delphi":
+        t, p = t[answered], p[answered]
+        return float(sum(float((p[m] == cls).mean()) if m.any() else 0.0 for cls, m in ((True, t), (False, ~t))) / 2)
+    rates = [float((p[m] == cls).mean()) for cls, m in ((True, t), (False, ~t)) if m.any()]
     return float(np.mean(rates)) if rates else float("nan")
+
+
+def balanced_accuracy_over_units(truths, answers, convention: str = "llmri") -> float:
+    """One number for many units: the mean of each unit's :func:`balanced_accuracy` (``"llmri"``,
+    units without a score left out) or, as delphi aggregates a run (``get_agg_metrics``), the
+    balanced accuracy of the confusion counts pooled over every unit's answers (``"delphi"``)."""
+    if len(truths) != len(answers):
+        raise LlmriError(f"balanced accuracy: answers of {len(answers)} units for {len(truths)} units")
+    if _check_convention(convention) == "delphi":
+        if not truths:
+            return 0.0
+        return balanced_accuracy(np.concatenate([np.ravel(t) for t in truths]),
+                                 np.concatenate([np.ravel(np.asarray(a, dtype=object)) for a in answers]), "delphi")
+    vals = [balanced_accuracy(t, a) for t, a in zip(truths, answers)]
+    vals = [v for v in vals if not np.isnan(v)]
+    return float(np.mean(vals)) if vals else float("nan")
 
 
 _NUMBER = re.compile(r"(-?\d+(?:\.\d+)?)\s*$")
@@ -109,9 +155,10 @@ def parse_values(text: str, n: int) -> tuple[np.ndarray, int]:
 _ANSWER = re.compile(r"example\s*(\d+)\s*[:=\-]?\s*\(?\s*([01])\b", re.IGNORECASE)
 
 
-def parse_binary(text: str, n: int) -> tuple[np.ndarray, int]:
+def parse_binary(text: str, n: int, missing_as: int = 0) -> tuple[np.ndarray, int]:
     """1/0 answers from "Example N: 1" lines, or else from a bare list like ``[1, 0, 1]``.
-    Unanswered examples count as 0. Returns the answers and how many were missing."""
+    Unanswered examples get ``missing_as`` (0: counted as "no"; -1: marked missing, for
+    delphi's convention). Returns the answers and how many were missing."""
     out = np.full(n, -1, dtype=np.int64)
     for m in _ANSWER.finditer(text):
         i = int(m.group(1)) - 1
@@ -122,7 +169,7 @@ def parse_binary(text: str, n: int) -> tuple[np.ndarray, int]:
         for i, b in enumerate(bits[:n]):
             out[i] = int(b)
     missing = int((out < 0).sum())
-    return np.where(out < 0, 0, out), missing
+    return np.where(out < 0, missing_as, out), missing
 
 
 # ------------------------------------------------------------------ scorers
@@ -175,18 +222,19 @@ def simulate(backend, explanation: str, windows, max_tokens_per_token: int = 6,
 
 
 def _binary_answers(backend, kind: str, explanation: str, texts: list[str], batch: int) -> tuple[np.ndarray, int]:
+    """Answers 1/0 per text, -1 where a reply gave none, and how many were missing."""
     answers, missing = [], 0
     for s in range(0, len(texts), batch):
         chunk = texts[s:s + batch]
         messages, pieces = binary_prompt(kind, explanation, chunk)
         if backend.has_logprobs:
             lp = backend.value_logprobs(messages, pieces, BINARY)
-            answers.append(expected_value(lp) > 0.5)
+            answers.append((expected_value(lp) > 0.5).astype(np.int64))
         else:
-            vals, miss = parse_binary(backend.chat(messages, max_tokens=8 * len(chunk) + 8), len(chunk))
-            answers.append(vals.astype(bool))
+            vals, miss = parse_binary(backend.chat(messages, max_tokens=8 * len(chunk) + 8), len(chunk), -1)
+            answers.append(vals)
             missing += miss
-    return np.concatenate(answers) if answers else np.zeros(0, bool), missing
+    return np.concatenate(answers) if answers else np.zeros(0, np.int64), missing
 
 
 def _window_text(w) -> str:
@@ -215,14 +263,16 @@ def fuzzing_items(ex: UnitExamples, seed: int = 0) -> tuple[list[str], np.ndarra
 
 
 def score(backend, explanation: str, ex: UnitExamples, scorers=SCORERS, batch: int = 5, seed: int = 0,
-          simulator: str | None = None) -> dict:
+          simulator: str | None = None, convention: str = "llmri") -> dict:
     """Every requested score of one explanation on one unit's held-out windows; ``simulator``
-    as in :func:`simulate` (``None``: ``"pmi"`` on a backend with word log-probabilities).
+    as in :func:`simulate` (``None``: ``"pmi"`` on a backend with word log-probabilities);
+    ``convention`` how detection and fuzzing answers count (:func:`balanced_accuracy`).
 
     Keys: ``simulation_score`` (pooled Pearson r), ``detection_balanced_accuracy``,
     ``fuzzing_balanced_accuracy``, ``parse_failures``, and ``simulated`` (per held-out window).
     """
     out: dict = {"parse_failures": 0}
+    _check_convention(convention)
     if "simulation" in scorers:
         held = ex.held_out
         preds, miss = simulate(backend, explanation, held, simulator=simulator)
@@ -233,6 +283,7 @@ def score(backend, explanation: str, ex: UnitExamples, scorers=SCORERS, batch: i
         if kind in scorers:
             texts, truth = detection_items(ex, seed) if kind == "detection" else fuzzing_items(ex, seed)
             pred, miss = _binary_answers(backend, kind, explanation, texts, batch)
-            out[f"{kind}_balanced_accuracy"] = balanced_accuracy(truth, pred) if len(truth) else float("nan")
+            out[f"{kind}_balanced_accuracy"] = (balanced_accuracy(truth, pred, convention) if len(truth)
+                                                else float("nan"))
             out["parse_failures"] += miss
     return out

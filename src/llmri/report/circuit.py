@@ -1,4 +1,4 @@
-"""The circuit page: ``circuit.html`` and ``graph.json`` of an attribution graph (``llmri.attribute``),
+"""The circuit page: ``circuit.html`` and ``graph.json`` (with its ``graph-metadata.json``) of an attribution graph (``llmri.attribute``),
 with a feature dashboard per kept feature node when a Scan is given.
 
 >>> build_circuit_page(g, "runs/circuit", pruned=g.prune(), model=dec, saes=saes)  # doctest: +SKIP
@@ -23,7 +23,8 @@ def build_circuit_page(ag, out, pruned=None, model=None, saes=None, n_top: int =
     """``out/circuit.html`` for an attribution graph (``llmri.attribute``): the layered graph
     (``pruned`` when given), the prompt shaded by each token's attribution, the top features,
     per-layer totals, graph scores and ``ag.validation`` when present; plus ``graph.json``
-    (circuit-tracer's viewer format), CSVs and PNG/SVG of the graph.
+    (circuit-tracer's viewer format) and its index ``graph-metadata.json``, so that circuit-tracer's
+    local server serves ``out`` as it is (slug ``graph``), CSVs and PNG/SVG of the graph.
 
     Hovering a feature node shows its attribution, activation, density, top output tokens (with
     ``model`` and ``saes``) and explanation; clicking it opens a panel with what is known of it,
@@ -80,7 +81,7 @@ def build_circuit_page(ag, out, pruned=None, model=None, saes=None, n_top: int =
     out = output_folder(out)
     path = build_page(out, "circuit", f"llmri circuit: {ag.info['prompt']!r} -> {ag.target!r}", intro,
                       [(circuit_figure(shown), circuit_plot(shown), "circuit")], tables, blocks)
-    shown.to_json(out / "graph.json", slug="circuit")
+    shown.to_viewer(out, slug="graph")
     return path
 
 

@@ -2,7 +2,9 @@
 a dict of SAEs), used by circuits, the report and the command line.
 
 An SAE folder is one holding ``cfg.json`` (SAELens' or sparsify's layout, see :mod:`llmri.sae.model`);
-a collection folder holds SAE folders one level down, e.g. what ``llmri sae train --sites`` writes.
+a collection folder holds SAE folders one level down, e.g. what ``llmri sae train --sites`` writes;
+a circuit-tracer transcoder set (``config.yaml`` and one file per layer, :mod:`llmri.sae.transcoders`)
+is a collection of transcoders.
 A *shipped set* is a collection that comes with llmri, named after its model
 (``load_saes("default-decoder")``): its ``index.json`` lists every file with its SHA-256, checked
 before anything loads.
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from ..errors import LlmriError
 from .model import CFG_FILE, SAE
+from .transcoders import is_transcoder_set, load_transcoders
 
 # Feature sets that ship with llmri: model name -> folder (SAE folders + index.json).
 SHIPPED_ROOT = Path(__file__).resolve().parent.parent / "data" / "features"
@@ -81,6 +84,8 @@ def load_saes(saes, what: str = "saes") -> list[SAE]:
         root = Path(saes)
         if not root.exists() and len(root.parts) == 1 and not str(saes).startswith("."):
             root = shipped_folder(str(saes), what)        # a bare name: the set shipped for that model
+        if is_transcoder_set(root):  # circuit-tracer's config.yaml + layer_L.safetensors
+            return load_transcoders(root)
         if not root.is_dir():
             raise LlmriError(f"{what}: {root}: no such folder")
         if is_sae_folder(root):

@@ -19,7 +19,6 @@ them so SAELens still loads the folder. EleutherAI ``sparsify`` folders (``cfg.j
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,7 @@ from torch import nn
 from ..errors import LlmriError
 from ..sites import block_of, layer_count, parse_site
 from ..store import atomic_write_json, check_out_folder, json_safe, read_safetensors, whole_folder, write_shard
+from .saelens import SAELENS_FORMAT, hook_name_of_site, saelens_flags, site_from_hook_name
 
 ARCHS = ("batchtopk", "topk", "jumprelu", "relu")
 CFG_FILE = "cfg.json"
@@ -39,6 +39,7 @@ EVAL_FILE = "eval.json"   # written by llmri sae eval beside the SAE
 # SAELens' architecture names for ours (BatchTopK infers with a threshold, i.e. as JumpReLU).
 _TO_SAELENS = {"batchtopk": "jumprelu", "topk": "topk", "jumprelu": "jumprelu", "relu": "standard"}
 _FROM_SAELENS = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "batchtopk": "batchtopk"}
+_TRANSCODERS = {"standard": "transcoder", "jumprelu": "jumprelu_transcoder"}
 
 
 class SAE(nn.Module):
@@ -146,12 +147,20 @@ class SAE(nn.Module):
 
     # ------------------------------------------------------------------ disk
     def cfg(self) -> dict:
-        """The ``cfg.json`` content: SAELens' inference fields plus llmri's own under ``llmri``."""
-        cfg = {"architecture": _TO_SAELENS[self.arch], "d_in": self.d_in, "d_sae": self.d_sae,
-               **({"d_out": self.d_out} if self.d_out != self.d_in else {}),
+        """The ``cfg.json`` content: SAELens' inference fields plus llmri's own under ``llmri``.
+        ``metadata`` names the format's SAELens version (without it SAELens reads the file as a
+        pre-6.0 config and drops ``hook_name`` and ``model_name``) and the site's TransformerLens
+        hook name (``resid.8`` -> ``blocks.8.hook_resid_pre``), which SAELens keeps on load."""
+        arch = _TO_SAELENS[self.arch]
+        if self.is_transcoder and not self.apply_b_dec_to_input and arch in _TRANSCODERS:
+            arch = _TRANSCODERS[arch]  # SAELens' transcoder classes: no b_dec on the input, d_out wide
+        cfg = {"architecture": arch, "d_in": self.d_in, "d_sae": self.d_sae,
+               **({"d_out": self.d_out} if self.d_out != self.d_in or self.is_transcoder else {}),
                "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": self.apply_b_dec_to_input,
                "normalize_activations": "none", "reshape_activations": "none",
-               "metadata": {"model_name": self.model_name, "hook_name": self.site,
+               "metadata": {"model_name": self.model_name, "hook_name": hook_name_of_site(self.site),
+                            **({"hook_name_out": hook_name_of_site(self.target_site)} if self.is_transcoder else {}),
+                            "sae_lens_version": SAELENS_FORMAT,
                             "llmri_site": self.site, "llmri_target_site": self.target_site},
                "llmri": dict(self.metadata, arch=self.arch, site=self.site, target_site=self.target_site)}
         if self.arch == "topk":
@@ -225,58 +234,53 @@ class SAE(nn.Module):
         return sae.to(device).eval()
 
     @classmethod
-    def from_pretrained(cls, release: str, sae_id: str, device: str = "cpu") -> "SAE":
-        """A released SAE through SAELens' registry (needs ``pip install sae-lens`` and the network).
+    def from_pretrained(cls, release: str, sae_id: str, device: str = "cpu", download: bool = False) -> "SAE":
+        """A released SAE from the local Hugging Face cache, offline unless ``download=True``: the
+        release resolved through SAELens' registry (when ``sae-lens`` is installed) or a repository
+        id with the SAE's folder as ``sae_id`` (:mod:`llmri.sae.pretrained`).
 
         >>> sae = SAE.from_pretrained("gpt2-small-res-jb", "blocks.8.hook_resid_pre")   # doctest: +SKIP
         """
-        import tempfile
+        from .pretrained import from_pretrained
 
-        try:
-            import sae_lens
-        except ImportError:
-            raise LlmriError("SAE.from_pretrained needs sae-lens: pip install sae-lens") from None
-        theirs = sae_lens.SAE.from_pretrained(release, sae_id, device="cpu")
-        theirs = theirs[0] if isinstance(theirs, tuple) else theirs
-        with tempfile.TemporaryDirectory() as tmp:
-            theirs.save_model(tmp)
-            sae = cls.load(tmp, device)
-        if sae.site is None:
-            sae.site = sae.target_site = site_from_hook_name(sae_id)
-        return sae
+        return from_pretrained(cls, release, sae_id, device=device, download=download)
 
     @classmethod
     def _from_saelens(cls, cfg: dict, w: dict, where: Path) -> "SAE":
+        """An SAE of a SAELens ``cfg.json`` and weights, each config flag of SAELens 6.54 that changes
+        ``encode``/``decode`` handled (folded into the weights) or refused in one line naming it."""
         ours = cfg.get("llmri") or {}
         meta = cfg.get("metadata") or {}
-        arch = ours.get("arch") or _FROM_SAELENS.get(cfg.get("architecture", "standard"))
-        if arch is None:
-            raise LlmriError(f"{where}: architecture {cfg.get('architecture')!r} is not supported "
-                             f"(llmri reads standard, topk, jumprelu, batchtopk)")
-        if cfg.get("normalize_activations", "none") not in ("none", None):
-            raise LlmriError(f"{where}: normalize_activations {cfg['normalize_activations']!r} is not "
-                             "supported; fold the scaling into the weights first (SAELens: "
-                             "fold_activation_norm_scaling_factor)")
+        cfg = saelens_flags(cfg, where)
+        arch = ours.get("arch") or _FROM_SAELENS[cfg["architecture"]]
         missing = [n for n in ("W_enc", "W_dec", "b_enc", "b_dec") if n not in w]
         if missing:
             raise LlmriError(f"{where.parent / WEIGHTS_FILE}: missing tensors {missing}")
         d_in, d_sae = w["W_enc"].shape
         d_out = w["W_dec"].shape[1]
-        site = ours.get("site") or meta.get("llmri_site") or site_from_hook_name(
-            meta.get("hook_name") or cfg.get("hook_name"))
-        target = ours.get("target_site") or meta.get("llmri_target_site") or site
+        hook = meta.get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point")
+        site = ours.get("site") or meta.get("llmri_site") or site_from_hook_name(hook)
+        target = (ours.get("target_site") or meta.get("llmri_target_site")
+                  or site_from_hook_name(meta.get("hook_name_out")) or site)
         if arch == "batchtopk" and "threshold" not in w:
             arch = "topk"
         k = ours.get("k") or cfg.get("k")
         sae = cls(int(d_in), int(d_sae), arch=arch, k=int(k) if k is not None else None, site=site,
                   target_site=target, model_name=meta.get("model_name") or cfg.get("model_name"),
                   metadata={k2: v for k2, v in ours.items() if k2 not in ("arch", "site", "target_site", "k")},
-                  apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)), d_out=int(d_out))
+                  apply_b_dec_to_input=cfg["apply_b_dec_to_input"], d_out=int(d_out))
+        W_enc, b_enc, W_dec = (w[n].float() for n in ("W_enc", "b_enc", "W_dec"))
+        if cfg.get("rescale_acts_by_decoder_norm"):
+            # SAELens' TopK ranks pre * |W_dec_i| and decodes f / |W_dec_i| @ W_dec: the same map as
+            # plain TopK with the norms folded in (its fold_W_dec_norm), so encode and decode agree exactly.
+            norm = W_dec.norm(dim=-1)
+            W_enc, b_enc, W_dec = W_enc * norm, b_enc * norm, W_dec / norm.clamp(min=1e-8)[:, None]
         with torch.no_grad():
-            for n in ("W_enc", "W_dec", "b_enc", "b_dec"):
-                getattr(sae, n).copy_(w[n])
+            for n, v in (("W_enc", W_enc), ("W_dec", W_dec), ("b_enc", b_enc), ("b_dec", w["b_dec"])):
+                getattr(sae, n).copy_(v)
             if "threshold" in w:
-                sae.threshold.copy_(w["threshold"])
+                # SAELens' JumpReLU is relu(pre) * (pre > t): llmri's pre * (pre > t) with t at least 0
+                sae.threshold.copy_(w["threshold"] if ours else w["threshold"].float().clamp(min=0))
         return sae
 
     @classmethod
@@ -345,20 +349,3 @@ def batch_topk_relu(pre: torch.Tensor, k: int) -> torch.Tensor:
     n = min(k * pre.reshape(-1, pre.shape[-1]).shape[0], flat.numel())
     vals, idx = flat.topk(n)
     return torch.zeros_like(flat).scatter(0, idx, vals).view_as(pre)
-
-
-_TL_HOOKS = {"hook_resid_pre": ("resid", 0), "hook_resid_post": ("resid", 1), "hook_mlp_out": ("mlp_out", 0),
-             "hook_attn_out": ("attn_out", 0), "mlp.hook_post": ("mlp", 0), "attn.hook_z": ("attn_z", 0),
-             "hook_mlp_in": ("mlp_in", 0), "ln2.hook_normalized": ("mlp_in", 0)}
-
-
-def site_from_hook_name(name):
-    """llmri's site for a TransformerLens hook name (``blocks.8.hook_resid_pre`` -> ``resid.8``,
-    ``blocks.8.hook_resid_post`` -> ``resid.9``); other names are kept as they are."""
-    if not isinstance(name, str):
-        return None
-    m = re.match(r"^blocks\.(\d+)\.(.+)$", name)
-    if m and m.group(2) in _TL_HOOKS:
-        kind, shift = _TL_HOOKS[m.group(2)]
-        return f"{kind}.{int(m.group(1)) + shift}"
-    return name
