@@ -88,7 +88,8 @@ def test_train_on_the_fly_from_a_model_and_a_corpus(work):
     assert any("optimiser steps (1,500 tokens at batch 64) are few for 32 latents" in x for x in warned), proc.stderr
     for s in ("resid.1", "resid.2"):
         cfg = json.loads((work / "live" / s / "cfg.json").read_text())
-        assert cfg["d_sae"] == 32 and cfg["metadata"]["hook_name"] == s
+        assert cfg["d_sae"] == 32 and cfg["metadata"]["llmri_site"] == s
+        assert cfg["metadata"]["hook_name"] == f"blocks.{s.split('.')[1]}.hook_resid_pre"   # TransformerLens' name
     assert sorted(p.name for p in (work / "live").iterdir()) == ["resid.1", "resid.2"]
 
 
