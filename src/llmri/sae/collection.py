@@ -17,9 +17,9 @@ before anything loads.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
+from ..disk import read_json_object
 from ..errors import LlmriError
 from .model import CFG_FILE, SAE
 from .transcoders import is_transcoder_set, load_transcoders
@@ -51,7 +51,7 @@ def shipped_folder(name: str, what: str = "saes") -> Path:
         have = ", ".join(shipped_sets()) or "none"
         raise LlmriError(f"{what}: no feature set ships for {name!r} and no such folder exists "
                          f"(shipped sets: {have}); give an SAE folder or a folder of them")
-    index = json.loads((folder / INDEX_FILE).read_text(encoding="utf-8"))
+    index = read_json_object(folder / INDEX_FILE)
     want, got = index.get("files", {}), file_hashes(folder)
     bad = sorted(f for f in set(want) | set(got) if want.get(f) != got.get(f))
     if bad:
