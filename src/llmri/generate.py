@@ -194,11 +194,7 @@ def steer_sweep(model, scan, positive, negative, layer: int, alphas, prompts, si
     probe_layer = layer if probe_layer is None else probe_layer
     names = [positive] if isinstance(positive, str) else list(positive)
     negs = [negative] if isinstance(negative, str) else list(negative)
-    keep = np.isin(scan.labels, [scan.label_names.index(c) for c in names + negs])
-    y = np.isin(scan.labels, [scan.label_names.index(c) for c in names])[keep]
-    # With far more dimensions than documents, a logistic probe separates its training set and its
-    # probabilities saturate at 0 or 1 on any new text; a strong L2 penalty keeps them graded.
-    clf = make_classifier("logistic", seed=seed, C=PROBE_C).fit(scan.activations(probe_layer, site)[keep], y)
+    clf = category_probe(scan, names, negs, probe_layer, site, seed)
     rows = []
     bar = tqdm(total=len(alphas) * -(-len(ids) // batch_size), unit="batch", desc="steering", file=sys.stderr,
                dynamic_ncols=True, disable=None if progress is None else not progress)
@@ -209,12 +205,31 @@ def steer_sweep(model, scan, positive, negative, layer: int, alphas, prompts, si
                 outs = _run(model, ids, kwargs, batch_size, seed, batch_done=bar.update)
             rows += [{"prompt": p, "alpha": a, "generation": g} for p, g in zip(prompts, outs)]
     df = pd.DataFrame(rows)
-    scored = [i for i, g in enumerate(df["generation"]) if g.strip()]
-    p = np.full(len(df), np.nan)
-    if scored:
-        X = embed(model, [df["generation"][i] for i in scored], f"{site}.{probe_layer}", pool=scan.settings["pool"])
-        p[scored] = clf.predict_proba(X)[:, 1]
-    df["p_positive"] = p
+    df["p_positive"] = probe_texts(model, clf, list(df["generation"]), f"{site}.{probe_layer}", scan.settings["pool"])
     df.attrs.update(positive=", ".join(names), negative=", ".join(negs), site=f"{site}.{layer}",
                     probe_layer=probe_layer, mode=mode, vector_norm=float(np.linalg.norm(vector)))
     return df
+
+
+def category_probe(scan, positive: list[str], negative: list[str], layer: int, site: str = "resid", seed: int = 0):
+    """A logistic-regression probe of ``positive`` against ``negative`` documents (label names) on
+    the Scan's pooled ``site``/``layer``: standardised, L2 with ``C = PROBE_C`` so that its
+    probabilities stay graded on new text. Read texts with :func:`probe_texts`."""
+    unknown = [c for c in positive + negative if c not in scan.label_names]
+    if unknown:
+        raise LlmriError(f"category {unknown[0]!r} is not one of the scan's labels: {', '.join(scan.label_names)}")
+    keep = np.isin(scan.labels, [scan.label_names.index(c) for c in positive + negative])
+    y = np.isin(scan.labels, [scan.label_names.index(c) for c in positive])[keep]
+    # With far more dimensions than documents, a logistic probe separates its training set and its
+    # probabilities saturate at 0 or 1 on any new text; a strong L2 penalty keeps them graded.
+    return make_classifier("logistic", seed=seed, C=PROBE_C).fit(scan.activations(layer, site)[keep], y)
+
+
+def probe_texts(model, clf, texts: list[str], site: str, pool: str) -> np.ndarray:
+    """P(positive) of :func:`category_probe` for each text, read unsteered and pooled as the Scan
+    was at ``site`` (one layer); NaN for an empty text."""
+    scored = [i for i, g in enumerate(texts) if g.strip()]
+    p = np.full(len(texts), np.nan)
+    if scored:
+        p[scored] = clf.predict_proba(embed(model, [texts[i] for i in scored], site, pool=pool))[:, 1]
+    return p

@@ -14,9 +14,9 @@ from .influence import FEATURE
 from .inputs import _explained, feature_explanations, load_saes
 
 
-def label_features(g, scan, saes, model=None, n: int = 2) -> dict:
+def label_features(g, scan, saes, model=None, n: int = 2, feats: dict | None = None) -> dict:
     """``g.label_features``: each feature node's ``top_activations`` over ``scan``, and the
-    ``{site: FeatureActivations}`` they came from."""
+    ``{site: FeatureActivations}`` they came from (those of ``feats`` reused, the others computed)."""
     scan = scan if isinstance(scan, Scan) else Scan.open(scan)
     by_site = {s.site: s for s in load_saes(saes)}
     nodes = [(node, d) for node, d in g.graph.nodes(data=True) if d["kind"] == FEATURE]
@@ -25,11 +25,11 @@ def label_features(g, scan, saes, model=None, n: int = 2) -> dict:
     if missing:
         raise LlmriError(f"scan {scan.folder}: no token records of {missing[0]}, a site of the SAEs "
                          f"(scan with --token-sites {','.join(sites)})")
-    feats = {}
+    given, feats = dict(feats or {}), {}
     for site in sites:
         if site not in by_site:
             raise LlmriError(f"saes: no SAE of {site}, a site of the graph")
-        feats[site] = feature_activations(by_site[site], scan, progress=False)
+        feats[site] = given[site] if site in given else feature_activations(by_site[site], scan, progress=False)
         mine = [(node, d) for node, d in nodes if d["site"] == site]
         for (node, d), label in zip(mine, top_activating_tokens(feats[site], [d["feature"] for _, d in mine],
                                                                 n=n, model=model)):

@@ -134,15 +134,16 @@ class AttributionGraph:
         out.validation = self.validation
         return out
 
-    def label_features(self, scan, saes, model=None, n: int = 2) -> dict:
+    def label_features(self, scan, saes, model=None, n: int = 2, feats: dict | None = None) -> dict:
         """Give every feature node of this graph ``top_activations``: its ``n`` most frequent tokens
         among its strongest activations over ``scan`` (a Scan with token records of the SAE
         sites), the label the figure prints next to the node when no explanation is known.
-        Returns the ``{site: FeatureActivations}`` it computed (one pass over the scan per site).
+        Returns the ``{site: FeatureActivations}`` it used: those given in ``feats`` (computed over
+        the same scan), and one pass over the scan for each other site.
 
         >>> p = g.prune(); p.label_features("runs/glosses", saes, model=dec)   # doctest: +SKIP
         """
-        return _label_features(self, scan, saes, model=model, n=n)
+        return _label_features(self, scan, saes, model=model, n=n, feats=feats)
 
     def top_features(self, n: int = 10, model=None, saes=None, explanations=None):
         """The ``n`` features with the largest |attribution|: layer, site, position, token, feature,

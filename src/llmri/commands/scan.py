@@ -144,12 +144,23 @@ def report_cmd(scan_dir, out, explanations, saes, **kw):
 
 @click.command("demo")
 @click.option("--out", default="llmri-demo", show_default=True, help="Folder for the demo's outputs.")
+@click.option("--features", is_flag=True,
+              help="The features demo instead: the shipped SAEs of default-decoder on the bundled labelled corpora "
+                   "(feature map and neighbourhoods, top features per category, a clamped feature measured, the "
+                   "attribution graph of a two-hop prompt) in OUT/features/features.html; its scan in OUT/features-scan.")
+@click.option("--saes", default=None, help="With --features: the SAEs (default: default-decoder, the set shipped "
+              "with llmri), or a folder of SAE folders.")
 @_scan_options(sites="resid,mlp,attn", token_sites="mlp.-1")
 @_report_options
-def demo_cmd(out, reducer, components, grid, categories, permutations, seed, preset, **kw):
-    """Scan the bundled demo corpus with the embedded default model and write the report."""
+def demo_cmd(out, features, saes, reducer, components, grid, categories, permutations, seed, preset, **kw):
+    """Scan the bundled demo corpus with the embedded default model and write the report (with
+    --features: the features demo of the embedded decoder's shipped SAEs)."""
     from ..corpus import demo_corpus
 
+    if features:
+        return _features_demo(out, saes, seed, **kw)
+    if saes is not None:
+        raise LlmriError("--saes belongs to the features demo: add --features")
     corpus = demo_corpus()
     _check_report(corpus.label_names, components, grid, categories, permutations)
     model, result = _run_scan(corpus, Path(out) / "scan", need_model=True, **kw)
@@ -157,3 +168,45 @@ def demo_cmd(out, reducer, components, grid, categories, permutations, seed, pre
     path = _run_report(result, Path(out) / "report", reducer, components, grid, categories, permutations, seed,
                        preset=preset, model=model, attention_text=corpus.texts[0])
     click.echo(f"report: {path}")
+
+
+# flags of the scan and the report that the features demo has no use for
+_NOT_FEATURES = ("pool", "sites", "token_sites", "layers", "batch_tokens", "overwrite", "reducer", "components", "grid",
+                 "categories", "permutations", "preset")
+
+
+def _features_demo(out, saes, seed, model_name, max_length, device, dtype, download, **_):
+    import time
+
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    for name in _NOT_FEATURES:
+        if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None):
+            raise LlmriError(f"--{name.replace('_', '-')} does not apply to the features demo (--features)")
+    if ctx.get_parameter_source("model_name") == ParameterSource.DEFAULT:
+        model_name = "default-decoder"
+    from ..report.features_demo import features_demo
+
+    start = time.perf_counter()
+    path = features_demo(Path(out) / "features", model=model_name, saes=saes or "default-decoder",
+                         scan_dir=Path(out) / "features-scan", max_length=max_length or 128, device=device,
+                         dtype=dtype, download=download, seed=seed)
+    click.echo(_features_summary(path.parent, time.perf_counter() - start))
+    click.echo(f"features demo: {path}")
+
+
+def _features_summary(folder: Path, seconds: float) -> str:
+    from ..disk import read_json_object
+
+    clamp, demo = read_json_object(folder / "clamp.json"), read_json_object(folder / "demo.json")
+    s, c = demo["settings"], clamp["settings"]
+    lines = [f"features demo of {s['model']}: SAEs at {', '.join(s['sites'])}; {s['n_docs']} documents, "
+             f"{s['n_tokens']} tokens; {seconds:.0f} s",
+             f"  clamp   feature {c['feature']} of {c['site']} (the most {c['category']}-selective"
+             + (" with a clean dashboard)" if c["clean"] else ")") + "; read back unclamped:"]
+    for r in clamp["summary"]:
+        change = "" if r["value"] is None else f" ({r['feature_change']:+.3g}; P {r['p_change']:+.3f}, {r['direction']})"
+        lines.append(f"          {r['clamp']:<18} feature {r['feature_mean']:.3g}, P({c['category']}) "
+                     f"{r['p_category']:.3f}{change}")
+    return "\n".join(lines)

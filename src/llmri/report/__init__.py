@@ -15,6 +15,7 @@ page                                function                                   C
 ``features.html``                   :func:`build_feature_browser`              ``llmri sae report``
 ``circuit.html``, ``graph.json``    :func:`build_circuit_page`                 ``llmri circuit``
 ``explain.html``                    :func:`explain_page` (``report.explain``)  ``llmri explain``
+``features.html`` (features demo)   :func:`features_demo_page`                 ``llmri demo --features``
 ==================================  =========================================  ==================
 
 :func:`build_page` (``report.page``) is the one-topic page all but the first two are made of.
@@ -27,6 +28,7 @@ from .attention import build_attention_page
 from .circuit import build_circuit_page
 from .explain import explain_page
 from .features import SAE_FOLDER, build_feature_browser, dashboard_html, scan_saes
+from .features_demo import features_demo, features_demo_page, run_features_demo
 from .lesion import largest_effects, lesion_page
 from .page import build_page, output_folder
 from .patch import patch_page, patch_ranking
@@ -35,6 +37,6 @@ from .scan import MAX_PAIRS, build_report
 from .steer import clamp_page, steer_grid, steer_page
 
 __all__ = ["MAX_PAIRS", "SAE_FOLDER", "build_attention_page", "build_circuit_page", "build_feature_browser",
-           "build_page", "build_report", "clamp_page", "dashboard_html", "explain_page", "largest_effects",
-           "lesion_page", "output_folder", "patch_page", "patch_ranking", "probe_page", "scan_saes", "script_json",
+           "build_page", "build_report", "clamp_page", "dashboard_html", "explain_page", "features_demo", "features_demo_page", "largest_effects",
+           "lesion_page", "output_folder", "patch_page", "patch_ranking", "probe_page", "run_features_demo", "scan_saes", "script_json",
            "steer_grid", "steer_page"]

@@ -35,9 +35,24 @@ def build_circuit_page(ag, out, pruned=None, model=None, saes=None, n_top: int =
     >>> build_circuit_page(g, "runs/circuit", pruned=g.prune(), model=dec, saes=saes, scan="runs/dec-circuit")  # doctest: +SKIP
     """
     shown = pruned if pruned is not None else ag
+    intro, tables, blocks = circuit_sections(ag, shown, model, saes, n_top, scan)
+    out = output_folder(out)
+    path = build_page(out, "circuit", f"llmri circuit: {ag.info['prompt']!r} -> {ag.target!r}", intro,
+                      [(circuit_figure(shown), circuit_plot(shown), "circuit")], tables, blocks)
+    shown.to_viewer(out, slug="graph")
+    return path
+
+
+def circuit_sections(ag, shown, model=None, saes=None, n_top: int = 20, scan=None, feats: dict | None = None,
+                     figure: str | None = None) -> tuple[list[str], list[tuple], list[tuple]]:
+    """What the circuit page says of ``ag`` drawn as ``shown`` (it or its pruned copy), for
+    :func:`build_page`: (intro lines, tables, HTML blocks: the shaded prompt and the dashboard
+    panel). ``feats`` (``{site: FeatureActivations}`` over ``scan``) are reused for the node labels
+    and dashboards; ``figure`` is the page element id of the graph's figure whose clicks open the
+    panel (default: the page's first figure)."""
     if scan is not None and saes is None:
         raise LlmriError("scan: feature dashboards need the SAEs too (saes=)")
-    cards, node_cards = _circuit_dashboards(shown, ag, model, saes, scan)
+    cards, node_cards = _circuit_dashboards(shown, ag, model, saes, scan, feats)
     scores = ag.scores()
     probs = [d.get("prob") for _, d in ag.graph.nodes(data=True) if d["kind"] == "logit"]
     intro = [f"prompt: {ag.info['prompt']!r} ({len(ag.tokens)} tokens), model {ag.info['model']} "
@@ -68,7 +83,7 @@ def build_circuit_page(ag, out, pruned=None, model=None, saes=None, n_top: int =
                token_highlight_html(ag.tokens, ag.info["embedding_attribution"])),
               ("Feature dashboards", _environment().get_template("circuit_panel.html.j2").render(
                   cards=Markup(script_json(cards)), nodes=Markup(script_json(node_cards)), n_cards=len(cards),
-                  scan=None if scan is None else str(getattr(scan, "folder", scan))))]
+                  scan=None if scan is None else str(getattr(scan, "folder", scan)), figure=figure))]
     if v:
         tables.insert(1, (f"Validation: ablating ({v['mode']}) the top-k features vs k random active features "
                           "(drop of the metric)", pd.DataFrame(v["topk"]), "validation_topk"))
@@ -78,14 +93,10 @@ def build_circuit_page(ag, out, pruned=None, model=None, saes=None, n_top: int =
                      f"Spearman {v['single']['spearman']:.3f}, Pearson {v['single']['pearson']:.3f}; "
                      + "; ".join(f"top-{r['k']} drop {r['top_drop']:.3g} vs random {r['random_drop_mean']:.3g} "
                                  f"± {r['random_drop_std']:.2g}" for r in v["topk"]))
-    out = output_folder(out)
-    path = build_page(out, "circuit", f"llmri circuit: {ag.info['prompt']!r} -> {ag.target!r}", intro,
-                      [(circuit_figure(shown), circuit_plot(shown), "circuit")], tables, blocks)
-    shown.to_viewer(out, slug="graph")
-    return path
+    return intro, tables, blocks
 
 
-def _circuit_dashboards(shown, ag, model, saes, scan) -> tuple[dict, dict]:
+def _circuit_dashboards(shown, ag, model, saes, scan, feats: dict | None = None) -> tuple[dict, dict]:
     """Feature dashboards of the feature nodes of ``shown`` (``{"site:feature": html}``, with a
     scan) and each node's key into them (``{node_id: "site:feature"}``); without a scan only the
     nodes' top output tokens (model and saes) are added to their hover."""
@@ -106,11 +117,10 @@ def _circuit_dashboards(shown, ag, model, saes, scan) -> tuple[dict, dict]:
     needed: dict[str, set] = {}
     for _, d in feats_nodes:
         needed.setdefault(d["site"], set()).add(int(d["feature"]))
-    stats = shown.label_features(scan, saes, model)
+    stats = shown.label_features(scan, saes, model, feats=feats)
     cards = {}
     for site, features in sorted(needed.items()):
-        feats = stats[site]
         explained = getattr(ag, "explanations", {}).get(site, {})
         for f in sorted(features):
-            cards[f"{site}:{f}"] = dashboard_html(feats, f, model, explained.get(f))
+            cards[f"{site}:{f}"] = dashboard_html(stats[site], f, model, explained.get(f))
     return cards, node_cards

@@ -92,18 +92,19 @@ def _environment():
 
 @whole_page
 def build_page(out, name: str, title: str, intro: list[str], figures: list[tuple], tables: list[tuple],
-               html_blocks: list[tuple[str, str]] = ()) -> Path:
+               html_blocks: list[tuple[str, str]] = (), files: list[str] = ()) -> Path:
     """A one-topic HTML page in the report's format: ``out/{name}.html``, static figures and CSVs.
 
     ``figures`` holds (plotly figure, matplotlib figure, file stem); ``tables`` holds
     (heading, DataFrame, CSV file stem); ``html_blocks`` holds (heading, trusted HTML fragment)
-    shown after the tables.
+    shown after the tables; ``files`` names more files the caller wrote beside the page (listed
+    at its foot).
     """
     import plotly.offline
 
     out = output_folder(out)
     figs = _Figures(out)
-    blocks, files = [], []
+    blocks, files = [], list(files)
     for interactive, static, stem in figures:
         blocks.append(figs.interactive(interactive))
         files += figs.static(static, stem)

@@ -182,3 +182,103 @@ def clamp_generations(model, sae: SAE, feature: int, values, prompt, max_new_tok
                              generate(model, prompt, max_new_tokens=max_new_tokens, progress=False)))
             bar.update(1)
     return rows
+
+
+def feature_readback(model, sae: SAE, feature: int, texts, skip_first: bool | None = None,
+                     batch_tokens: int = 8192):
+    """How much SAE feature ``feature`` fires on each text, read by the model with no intervention:
+    ``[len(texts)]`` means of its activation over the text's tokens (each text alone, as a Scan reads
+    a document; NaN for an empty text). As in :func:`llmri.feature_activations`, the first token
+    (the attention sink, for decoders: ``skip_first=None``) and tokens above the SAE's
+    ``metadata["max_norm"]`` are left out.
+
+    >>> feature_readback(model, sae, 1234, ["Flour, butter and sugar.", "The match ended 2-1."])  # doctest: +SKIP
+    array([3.1, 0. ])
+    """
+    import numpy as np
+
+    from ..batches import pad_batch, plan_batches, tokenize
+    from ..precision import computing
+
+    model = as_model(model)
+    if not isinstance(sae, SAE):
+        raise LlmriError(f"sae: expected an llmri.SAE (SAE.load(folder)), got {type(sae).__name__}")
+    sae.check_fits(model)
+    resolve_values(sae, {feature: 0.0})                       # the feature id, checked
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    skip_first = bool(model.adapter.causal) if skip_first is None else bool(skip_first)
+    max_norm = (sae.metadata or {}).get("max_norm")
+    out = np.full(len(texts), np.nan)
+    live = [i for i, t in enumerate(texts) if isinstance(t, str) and t.strip()]
+    if not live:
+        return out
+    ids, _ = tokenize(model, [texts[i] for i in live], model.max_length)
+    sae = sae.to(model.device)
+    got: dict = {}
+    with hooks(model.module, model.adapter, {sae.site: lambda x: got.__setitem__("x", x)}), torch.no_grad(), \
+            computing(model, "scan"):
+        for b in plan_batches(np.asarray([len(x) for x in ids]), batch_tokens):
+            kwargs, mask = pad_batch(model, [ids[d] for d in b])
+            model.base(**kwargs)
+            x = got["x"].view(*mask.shape, -1).float()
+            keep = mask.clone()
+            if skip_first:
+                keep[torch.arange(mask.shape[0], device=mask.device), mask.int().argmax(1)] = False
+            if max_norm is not None:
+                keep &= x.norm(dim=-1) <= max_norm
+            f = sae.encode(x)[..., int(feature)] * keep
+            n = keep.sum(1)
+            for r, d in enumerate(b):
+                out[live[d]] = float(f[r].sum() / n[r]) if n[r] > 0 else float("nan")
+    return out
+
+
+def clamp_effect(model, sae: SAE, feature: int, values, prompts, feats=None, scan=None, category: str | None = None,
+                 probe_layer: int | None = None, max_new_tokens: int = 40, skip_first: bool | None = None,
+                 seed: int = 0, progress: bool | None = None):
+    """Clamping measured, not only shown: generate from each of ``prompts`` unclamped and with
+    ``feature`` clamped to each of ``values`` (:func:`clamp_generations`), then read every
+    generation back with the clamp removed and measure (1) the feature's own mean activation on it
+    (:func:`feature_readback`) and, given a ``scan`` and one of its ``category`` labels, (2) the
+    probability that a probe of ``category`` against the scan's other documents, on its pooled
+    ``resid.{probe_layer}`` (default: the SAE's layer), gives the generation
+    (:func:`llmri.generate.category_probe`, as :func:`llmri.steer_sweep` scores its generations).
+
+    Returns a DataFrame: prompt, clamp (label), value (the absolute clamp; NaN unclamped),
+    generation, feature_mean, p_category (NaN without a scan). ``attrs`` name the feature, the
+    site, the category and the probe's layer.
+
+    >>> df = clamp_effect(model, sae, 1234, ["0", "5x", "10x"], ["Tell me about yourself."], feats=feats,
+    ...                   scan=scan, category="cooking")                 # doctest: +SKIP
+    >>> df.groupby("clamp", sort=False)[["feature_mean", "p_category"]].mean()
+    """
+    import numpy as np
+    import pandas as pd
+
+    from ..generate import category_probe, check_prompts, probe_texts
+    from ..sites import parse_site
+
+    model = as_model(model)
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    check_prompts(prompts)
+    clf = None
+    if category is not None:
+        if scan is None:
+            raise LlmriError("category: the probe of a category needs the scan it is trained on (scan=)")
+        kind, layer = parse_site(sae.site)
+        probe_layer = layer if probe_layer is None else probe_layer
+        if kind != "resid" or probe_layer is None:
+            raise LlmriError(f"probe_layer: give the resid layer to probe on (the SAE reads {sae.site})")
+        others = [c for c in scan.label_names if c != category]
+        clf = category_probe(scan, [category], others, probe_layer, "resid", seed)
+    labels = [str(v) for v in ([values] if isinstance(values, (str, int, float)) else values)]
+    rows = clamp_generations(model, sae, feature, labels, prompts, max_new_tokens=max_new_tokens, feats=feats,
+                             skip_first=skip_first, progress=progress)
+    vals = [float("nan")] + [resolve_values(sae, {feature: v}, feats)[1][0] for v in labels]
+    table = pd.DataFrame([{"prompt": p, "clamp": label, "value": v, "generation": g}
+                          for (label, gens), v in zip(rows, vals) for p, g in zip(prompts, gens)])
+    table["feature_mean"] = feature_readback(model, sae, feature, list(table["generation"]), skip_first=skip_first)
+    table["p_category"] = (probe_texts(model, clf, list(table["generation"]), f"resid.{probe_layer}",
+                                       scan.settings["pool"]) if clf is not None else np.nan)
+    table.attrs.update(feature=int(feature), site=sae.site, category=category, probe_layer=probe_layer)
+    return table

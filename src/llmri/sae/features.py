@@ -49,8 +49,10 @@ class FeatureActivations:
     def d_sae(self) -> int:
         return len(self.density)
 
-    def table(self) -> pd.DataFrame:
-        """One row per feature: density, mean, max, the category it is most selective for."""
+    def table(self, q: float = 0.05) -> pd.DataFrame:
+        """One row per feature: density, mean, max, the category it is most selective for (largest
+        effect size) with that effect and its q-value, and ``prefers``: that category where the
+        feature is significantly more active in it (effect > 0, q-value below ``q``), else "none"."""
         best = (self.effects.sort_values("effect_size", ascending=False)
                 .drop_duplicates("feature").set_index("feature"))
         df = pd.DataFrame({"feature": np.arange(self.d_sae), "density": self.density, "mean": self.mean,
@@ -58,6 +60,8 @@ class FeatureActivations:
         df["category"] = best["category"].reindex(df["feature"]).to_numpy()
         df["effect_size"] = best["effect_size"].reindex(df["feature"]).to_numpy()
         df["q_value"] = best["q_value"].reindex(df["feature"]).to_numpy()
+        significant = (df["effect_size"] > 0) & (df["q_value"] < q)
+        df["prefers"] = np.where(significant, df["category"].astype(object), "none")
         return df
 
     def locate(self, token: int) -> tuple[int, int]:
@@ -181,6 +185,34 @@ def feature_activations(sae: SAE, scan, n_top: int = 20, n_samples: int = 50, ch
                               smp_i.cpu().numpy(), effects, n_tokens)
 
 
+def category_features(feats: FeatureActivations, category: str, n: int | None = 10) -> pd.DataFrame:
+    """The features most selective for ``category``, largest Cohen's d first: ``feature``,
+    ``effect_size``, ``q_value``, ``density``, ``max``, ``purity`` (the share of its top
+    activations that lie in documents of ``category``) and ``top_docs`` (how many documents they
+    come from). A high purity and several documents make a clean dashboard: the feature's
+    strongest contexts all belong to the category, and not to one document's quirk.
+
+    >>> category_features(feats, "cooking", 5)              # doctest: +SKIP
+    """
+    names = list(feats.scan.label_names)
+    if category not in names:
+        raise LlmriError(f"category {category!r} is not one of the scan's labels: {', '.join(map(str, names))}")
+    eff = feats.effects[feats.effects["category"] == category].sort_values("effect_size", ascending=False,
+                                                                          kind="stable")
+    eff = eff[np.isfinite(eff["effect_size"].to_numpy(dtype=float))]
+    if n is not None:
+        eff = eff.head(n)
+    c = names.index(category)
+    purity, docs = [], []
+    for f in eff["feature"].astype(int):
+        where = [feats.locate(int(t))[0] for t in feats.top_tokens[:, f] if t >= 0]
+        purity.append(float(np.mean(feats.scan.labels[where] == c)) if where else float("nan"))
+        docs.append(len(set(where)))
+    f = eff["feature"].astype(int).to_numpy()
+    return pd.DataFrame({"feature": f, "effect_size": eff["effect_size"].to_numpy(), "q_value": eff["q_value"].to_numpy(),
+                         "density": feats.density[f], "max": feats.max[f], "purity": purity, "top_docs": docs})
+
+
 # ---------------------------------------------------------------- cards
 @dataclass
 class FeatureCard:
@@ -294,34 +326,68 @@ def feature_neighbors(sae: SAE, feature: int, by: str = "decoder", feats: Featur
     >>> llmri.feature_neighbors(sae, 1234, by="decoder")       # doctest: +SKIP
     """
     i = _check_feature(sae, feature)
+    ids, sims = nearest_features(sae, [i], by=by, feats=feats, top=top)
+    return pd.DataFrame({"feature": ids[0], "cosine" if by == "decoder" else "jaccard": sims[0]})
+
+
+def nearest_features(sae: SAE, features=None, by: str = "decoder", feats: FeatureActivations | None = None,
+                     top: int = 10, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`feature_neighbors` of many features at once (default: every one): ``(ids, scores)``,
+    both ``[len(features), top]``, each row best first. The co-activation estimate reads each
+    sampled token once, however many features sampled it, so the whole map's neighbourhoods cost
+    about one pass over the sampled tokens.
+
+    >>> ids, cos = nearest_features(sae, by="decoder", top=5)   # doctest: +SKIP
+    """
+    idx = np.arange(sae.d_sae) if features is None else np.array([_check_feature(sae, f) for f in features], dtype=np.int64)
+    if not isinstance(top, (int, np.integer)) or top < 1:
+        raise LlmriError(f"top must be a positive integer, got {top!r}")
     if by == "decoder":
         W = torch.nn.functional.normalize(sae.W_dec.detach().float(), dim=1)
-        sim = (W @ W[i]).numpy()
-        name = "cosine"
-    elif by == "coactivation":
-        if feats is None:
-            raise LlmriError("feature_neighbors by='coactivation' needs feats= (from feature_activations)")
-        tokens = [int(t) for t in feats.sample_tokens[:, i] if t >= 0]
-        if not tokens:
-            raise LlmriError(f"feature {i} never fired in the scan; it has no co-activating features")
-        kind, layer = parse_site(sae.site)
-        rows = []
-        for t in tokens:
-            d, pos = feats.locate(t)
-            rows.append(feats.scan.token_activations(layer, kind, doc=d)[pos])
         with torch.no_grad():
-            f = sae.encode(torch.from_numpy(np.stack(rows))).numpy()
-        p_j_given_i = (f > 0).mean(0)                        # P(j fires | i fires)
-        both = p_j_given_i * feats.density[i]                # P(i and j)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            sim = np.where(both > 0, both / (feats.density[i] + feats.density - both), 0.0)
-        name = "jaccard"
+            sim = np.concatenate([(W[torch.from_numpy(idx[a:a + chunk])] @ W.T).numpy()
+                                  for a in range(0, len(idx), chunk)]) if len(idx) else np.zeros((0, sae.d_sae))
+    elif by == "coactivation":
+        sim = _jaccard_rows(sae, idx, feats, chunk)
     else:
         raise LlmriError(f"by {by!r} is not one of decoder, coactivation")
     sim = np.asarray(sim, dtype=np.float64)
-    sim[i] = -np.inf
-    order = np.argsort(-sim, kind="stable")[:top]
-    return pd.DataFrame({"feature": order, name: sim[order]})
+    sim[np.arange(len(idx)), idx] = -np.inf
+    order = np.argsort(-sim, axis=1, kind="stable")[:, :top]
+    return order, np.take_along_axis(sim, order, axis=1)
+
+
+def _jaccard_rows(sae: SAE, idx: np.ndarray, feats: FeatureActivations | None, chunk: int) -> np.ndarray:
+    """Per feature of ``idx``: the Jaccard index of its firing set with every feature's, from
+    P(j fires | i fires) on i's sampled firing tokens and the densities."""
+    if feats is None:
+        raise LlmriError("feature_neighbors by='coactivation' needs feats= (from feature_activations)")
+    samples = [[int(t) for t in feats.sample_tokens[:, i] if t >= 0] for i in idx]
+    for i, tokens in zip(idx, samples):
+        if not tokens:
+            raise LlmriError(f"feature {i} never fired in the scan; it has no co-activating features")
+    kind, layer = parse_site(sae.site)
+    wanted = np.unique(np.concatenate([np.asarray(t, dtype=np.int64) for t in samples])) if samples else np.zeros(0, int)
+    row_of = {int(t): r for r, t in enumerate(wanted)}
+    by_doc: dict[int, list[tuple[int, int]]] = {}
+    for t in wanted:
+        d, pos = feats.locate(int(t))
+        by_doc.setdefault(d, []).append((row_of[int(t)], pos))
+    x = np.zeros((len(wanted), sae.d_in), dtype=np.float32)
+    for d, rows in by_doc.items():
+        acts = feats.scan.token_activations(layer, kind, doc=d)
+        x[[r for r, _ in rows]] = acts[[p for _, p in rows]]
+    fires = np.zeros((len(wanted), sae.d_sae), dtype=bool)
+    with torch.no_grad():
+        for a in range(0, len(wanted), chunk):
+            fires[a:a + chunk] = (sae.encode(torch.from_numpy(x[a:a + chunk])) > 0).numpy()
+    sim = np.zeros((len(idx), sae.d_sae))
+    for r, (i, tokens) in enumerate(zip(idx, samples)):
+        p_j_given_i = fires[[row_of[t] for t in tokens]].mean(0)       # P(j fires | i fires)
+        both = p_j_given_i * feats.density[i]                           # P(i and j)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            sim[r] = np.where(both > 0, both / (feats.density[i] + feats.density - both), 0.0)
+    return sim
 
 
 def feature_map(sae: SAE, feats: FeatureActivations | None = None, color: str = "density", method: str = "pca",

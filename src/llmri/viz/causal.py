@@ -168,3 +168,50 @@ def steer_figure(df: pd.DataFrame):
 
 def _clip(text: str, width: int = 40) -> str:
     return text if len(text) <= width else text[:width - 1] + "…"
+
+
+CLAMP_MEASURES = (("feature_mean", "the feature's mean activation"), ("p_category", "P(category) by the probe"))
+
+
+def clamp_plot(df: pd.DataFrame):
+    """Clamping measured (``llmri.sae.clamp.clamp_effect``): per clamp, each prompt's generation read
+    back unclamped (dots) and their mean (bar): the clamped feature's own activation, and the
+    category probe's probability when there is one."""
+    import matplotlib.pyplot as plt
+
+    measures = [(c, t) for c, t in CLAMP_MEASURES if df[c].notna().any()]
+    fig, axes = plt.subplots(1, len(measures), figsize=(4.2 * len(measures), 3.4), squeeze=False)
+    clamps = list(dict.fromkeys(df["clamp"]))
+    for ax, (col, title) in zip(axes[0], measures):
+        means = [df.loc[df["clamp"] == c, col].mean() for c in clamps]
+        ax.bar(range(len(clamps)), means, color="#9ecae1")
+        for i, c in enumerate(clamps):
+            vals = df.loc[df["clamp"] == c, col].to_numpy(dtype=float)
+            ax.scatter(np.full(len(vals), i), vals, color="#08519c", s=12, zorder=3)
+        ax.set_xticks(range(len(clamps)), [_clip(c, 18) for c in clamps], rotation=20, fontsize=8)
+        ax.set_title(title, fontsize=9)
+    fig.suptitle(f"Feature {df.attrs.get('feature', '')} of {df.attrs.get('site', '')} clamped: the generations "
+                 "read back unclamped", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def clamp_figure(df: pd.DataFrame):
+    """Interactive :func:`clamp_plot` (plotly): hover a dot for its prompt and generation."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    measures = [(c, t) for c, t in CLAMP_MEASURES if df[c].notna().any()]
+    fig = make_subplots(rows=1, cols=len(measures), subplot_titles=[t for _, t in measures])
+    clamps = list(dict.fromkeys(df["clamp"]))
+    for j, (col, _) in enumerate(measures, start=1):
+        fig.add_trace(go.Bar(x=clamps, y=[df.loc[df["clamp"] == c, col].mean() for c in clamps], name="mean",
+                             marker_color="#9ecae1", showlegend=j == 1), row=1, col=j)
+        fig.add_trace(go.Scatter(x=df["clamp"], y=df[col], mode="markers", name="one prompt", showlegend=j == 1,
+                                 marker=dict(color="#08519c", size=7),
+                                 text=[html.escape(f"{p}: {g[:160]}") for p, g in zip(df["prompt"], df["generation"])],
+                                 hovertemplate="%{y:.3g}<br>%{text}<extra></extra>"), row=1, col=j)
+    fig.update_layout(title=f"Feature {df.attrs.get('feature', '')} of {html.escape(str(df.attrs.get('site', '')))} "
+                            "clamped: the generations read back unclamped", height=380, template="plotly_white",
+                      margin=dict(l=60, r=20, t=70, b=60))
+    return fig

@@ -11,21 +11,37 @@ from .attention import token_highlight_html
 from .style import category_colors
 
 
+NO_PREFERENCE = "none"   # FeatureActivations.table()'s ``prefers`` of a feature no category stands out in
+
+
+def _drawing_order(names) -> list[str]:
+    """Categories sorted, "none" first, so that it lies under the others and takes no palette colour."""
+    names = sorted(set(names))
+    return ([NO_PREFERENCE] if NO_PREFERENCE in names else []) + [n for n in names if n != NO_PREFERENCE]
+
+
+def _colors(names: list[str]) -> dict[str, str]:
+    colors = category_colors([n for n in names if n != NO_PREFERENCE])
+    return {**colors, NO_PREFERENCE: "#c8c8c8"} if NO_PREFERENCE in names else colors
+
+
 def feature_map_figure(table, color: str = "density"):
-    """Interactive scatter of features at ``table.x``/``table.y`` coloured by a column (plotly)."""
+    """Interactive scatter of features at ``table.x``/``table.y`` coloured by a column (plotly); each
+    point's ``customdata`` is its feature id (what a click handler reads)."""
     import plotly.graph_objects as go
 
     hover = [f"feature {int(r.feature)}" + "".join(
         f"<br>{c}: {getattr(r, c):.3g}" if isinstance(getattr(r, c), (float, np.floating)) else f"<br>{c}: {html.escape(str(getattr(r, c)))}"
         for c in table.columns if c not in ("feature", "x", "y")) for r in table.itertuples()]
     fig = go.Figure()
+    ids = table["feature"].to_numpy(dtype=int)
     if not pd.api.types.is_numeric_dtype(table[color]):
-        names = [str(v) for v in table[color].dropna().unique()]
-        colors = category_colors(sorted(names))
-        for name in sorted(names):
+        names = _drawing_order(str(v) for v in table[color].dropna().unique())
+        colors = _colors(names)
+        for name in names:
             sel = (table[color].astype(str) == name).to_numpy()
             fig.add_trace(go.Scattergl(x=table.x[sel], y=table.y[sel], mode="markers", name=name,
-                                       marker=dict(size=5, color=colors[name]),
+                                       marker=dict(size=5, color=colors[name]), customdata=ids[sel],
                                        text=[h for h, s in zip(hover, sel) if s], hoverinfo="text"))
     else:
         values = table[color].to_numpy(dtype=float)
@@ -35,9 +51,9 @@ def feature_map_figure(table, color: str = "density"):
         if not has.all():
             fig.add_trace(go.Scattergl(x=table.x[~has], y=table.y[~has], mode="markers", name=f"no {color}",
                                        text=[h for h, k in zip(hover, has) if not k], hoverinfo="text",
-                                       marker=dict(size=4, color="#d0d0d0")))
+                                       marker=dict(size=4, color="#d0d0d0"), customdata=ids[~has]))
         fig.add_trace(go.Scattergl(x=table.x[has], y=table.y[has], mode="markers", name=color, hoverinfo="text",
-                                   text=[h for h, k in zip(hover, has) if k], showlegend=not has.all(),
+                                   text=[h for h, k in zip(hover, has) if k], showlegend=not has.all(), customdata=ids[has],
                                    marker=dict(size=5 if has.all() else 8, color=values[has], colorscale="Viridis",
                                                showscale=True,
                                                colorbar=dict(title="log10 density" if color == "density" else color))))
@@ -52,8 +68,8 @@ def feature_map_plot(table, color: str = "density"):
 
     fig, ax = plt.subplots(figsize=(6.5, 5))
     if not pd.api.types.is_numeric_dtype(table[color]):
-        names = sorted(str(v) for v in table[color].dropna().unique())
-        colors = category_colors(names)
+        names = _drawing_order(str(v) for v in table[color].dropna().unique())
+        colors = _colors(names)
         for name in names:
             sel = (table[color].astype(str) == name).to_numpy()
             ax.scatter(table.x[sel], table.y[sel], s=6, color=colors[name], label=name)

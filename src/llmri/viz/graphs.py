@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from html import escape as html_escape
+
 import networkx as nx
 import numpy as np
 
@@ -259,23 +261,37 @@ def circuit_plot(ag, ax=None, title: str | None = None, labels: int = 10):
     ax.set_xticks([(p + 0.3) / len(ag.tokens) for p in range(len(ag.tokens))], ag.tokens, rotation=45,
                   ha="right", fontsize=8)
     g = ag.graph
-    named = [n for n, d in g.nodes(data=True) if d["kind"] == "feature" and node_label(d)]
-    named.sort(key=lambda n: -abs(g.nodes[n].get("influence", g.nodes[n].get("attribution", 0.0))))
     pos = layered_layout(h, fixed=True)
-    for n in named[:max(0, int(labels))]:
+    for n in _labelled_nodes(ag, labels):
         ax.annotate(f"{g.nodes[n]['feature']}: {node_label(g.nodes[n])}", pos[n], xytext=(4, 5),
                     textcoords="offset points", fontsize=6.5, color="#333333", rotation=20,
                     bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.75))
     return fig
 
 
-def circuit_figure(ag, title: str | None = None):
+def _labelled_nodes(ag, labels: int) -> list:
+    """The ``labels`` feature nodes of largest influence on the target (|attribution| when the
+    graph carries no influence) that have a label (:func:`node_label`)."""
+    g = ag.graph
+    named = [n for n, d in g.nodes(data=True) if d["kind"] == "feature" and node_label(d)]
+    named.sort(key=lambda n: -abs(g.nodes[n].get("influence", g.nodes[n].get("attribution", 0.0))))
+    return named[:max(0, int(labels))]
+
+
+def circuit_figure(ag, title: str | None = None, labels: int = 10):
     """Interactive attribution graph (plotly), drawn by ``nrag_figure``: hover a node for its
-    attribution, activation, density, top output tokens and explanation when known."""
+    attribution, activation, density, top output tokens and explanation when known; the
+    ``labels`` feature nodes of largest influence carry their id and label as in :func:`circuit_plot`."""
     h = _circuit_nrag(ag)
     colors = {"promotes": "#1f77b4", "suppresses": "#d62728"}
     fig = nrag_figure(h, fixed=True, colors=colors, title=_circuit_title(ag, title), node_size="size",
                       hover="hover")
     fig.update_xaxes(visible=True, showgrid=False, tickangle=-45,
                      tickvals=[(p + 0.3) / len(ag.tokens) for p in range(len(ag.tokens))], ticktext=ag.tokens)
+    pos = layered_layout(h, fixed=True)
+    for n in _labelled_nodes(ag, labels):
+        d = ag.graph.nodes[n]
+        fig.add_annotation(x=pos[n][0], y=pos[n][1], text=html_escape(f"{d['feature']}: {node_label(d)}"),
+                           showarrow=False, xanchor="left", yanchor="bottom", xshift=4, yshift=4, textangle=-20,
+                           font=dict(size=10, color="#333333"), bgcolor="rgba(255,255,255,0.75)")
     return fig
