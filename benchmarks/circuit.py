@@ -11,6 +11,14 @@ features (5 draws), and the 20 features of largest |attribution| one at a time; 
 drops and the Spearman correlation of predicted (attribution) and actual single-feature drops.
 
     python benchmarks/circuit.py --saes /work/runs/saes-dec/saes [--max-nodes 200] [--prompts 24]
+    python benchmarks/circuit.py --saes default-decoder --prompts 20 --no-cost --scores --eiffel   # the shipped set
+
+``--scores`` attributes each faithfulness prompt with ``--max-nodes`` kept features (edges and all)
+instead of nodes only, and adds the graph's replacement and completeness scores (Ameisen et al.
+2025) to the table. ``--eiffel`` attributes "The Eiffel Tower is in a country whose official
+language is" -> " French", prunes it at the default thresholds and lists what pruning keeps at the
+landmark's tokens with each feature's top output tokens, to say whether the France chain of the
+README is found by pruning rather than by hand.
 
 ``--transcoders`` measures the cost with transcoders instead (``mlp_in.L -> mlp_out.L`` at the
 layers of the SAEs, as many latents, TopK with k = 32 so that as many features are active per token
@@ -115,11 +123,13 @@ def random_transcoder(sae, model, k: int = 32):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--saes", default="/work/runs/saes-dec/saes")
+    ap.add_argument("--saes", default="default-decoder", help="SAE folders, or a shipped set by model name")
     ap.add_argument("--max-nodes", type=int, default=200)
     ap.add_argument("--prompts", type=int, default=len(PROMPTS), help="Prompts for faithfulness (0: cost only).")
     ap.add_argument("--no-cost", action="store_true", help="Skip the cost part.")
     ap.add_argument("--transcoders", action="store_true", help="Cost with random TopK transcoders at the SAE layers.")
+    ap.add_argument("--scores", action="store_true", help="Full graphs for the faithfulness prompts, with their scores.")
+    ap.add_argument("--eiffel", action="store_true", help="Prune the Eiffel Tower -> French graph; list what it keeps.")
     args = ap.parse_args()
     torch.manual_seed(0)
     model = llmri.load_model("default-decoder", dtype="float32")
@@ -147,12 +157,16 @@ def main() -> None:
               + (f" ({m1 / m0:.1f}x)" if m0 >= 2**20 else "") + "; "
               f"{g.graph.number_of_nodes()} nodes, {g.graph.number_of_edges()} edges, "
               f"{len(g.features)} active features; scores {g.scores()}")
+    if args.eiffel:
+        eiffel(model, saes, args.max_nodes)
     if not args.prompts:
         return
-    tops, rnds, rhos, pears = {}, {}, [], []
+    tops, rnds, rhos, pears, scores = {}, {}, [], [], []
     t = time.perf_counter()
     for prompt in PROMPTS[:args.prompts]:
-        g = attribute(model, saes, prompt, max_feature_nodes=1)
+        g = attribute(model, saes, prompt, max_feature_nodes=args.max_nodes if args.scores else 1)
+        if args.scores:
+            scores.append(g.scores())
         v = validate_circuit(model, saes, g, k=(5, 10, 20), n_random=5, n_single=20, seed=0)
         rhos.append(v["single"]["spearman"])
         pears.append(v["single"]["pearson"])
@@ -168,6 +182,27 @@ def main() -> None:
         top, rnd = np.array(tops[k]), np.array(rnds[k])
         print(f"  top-{k}: mean drop of the log-probability {top.mean():.3f} vs random-{k} {rnd.mean():.3f} "
               f"(top beats random on {np.mean(top > rnd):.0%} of prompts)")
+    for key in ("replacement_score", "completeness_score", "feature_share") if scores else ():
+        v = np.array([sc[key] for sc in scores], dtype=float)
+        print(f"  {key}: mean {np.nanmean(v):.3f} (median {np.nanmedian(v):.3f}, range {np.nanmin(v):.3f}-{np.nanmax(v):.3f})")
+
+
+def eiffel(model, saes, max_nodes: int) -> None:
+    """What default pruning keeps of the two-hop Eiffel Tower -> French graph, position by position."""
+    from llmri.circuits.influence import FEATURE
+    from llmri.sae.features import top_output_tokens
+
+    prompt = "The Eiffel Tower is in a country whose official language is"
+    g = attribute(model, saes, prompt, target=" French", max_feature_nodes=max_nodes)
+    p = g.prune()
+    outs = {s.site: top_output_tokens(s, model, top=4) for s in saes}
+    tokens = model.tokenizer.convert_ids_to_tokens(model.tokenizer(prompt)["input_ids"])
+    feats = [(n, d) for n, d in p.graph.nodes(data=True) if d.get("kind") == FEATURE]
+    print(f"Eiffel -> ' French': {g.graph.number_of_nodes()} nodes; pruned (default thresholds) "
+          f"{p.graph.number_of_nodes()} nodes, {len(feats)} features; scores {g.scores()}")
+    for n, d in sorted(feats, key=lambda nd: (nd[1]["pos"], nd[1]["layer"])):
+        print(f"  {n:>12s} pos {d['pos']:2d} {tokens[d['pos']]!r:12s} {d['site']:9s} "
+              f"attribution {d['attribution']:+.3f}  outputs: {outs[d['site']][d['feature']]}")
 
 
 if __name__ == "__main__":

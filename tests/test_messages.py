@@ -23,6 +23,8 @@ def run_cli(args, capsys) -> tuple[int, str]:
     (["scan", "docs.csv", "--out", "o"], True), (["explain", "s", "--site", "mlp.1"], True), (["demo"], True),
     (["steer", "a prompt", "--scan", "s"], False), (["--debug", "generate", "hi"], False),
     (["sae", "train", "s", "--site", "resid.1", "--out", "o"], False), (["circuit", "a prompt"], False),
+    (["sae", "train", "--model", "tiny", "--corpus", "c.csv", "--site", "resid.1", "--out", "o"], True),
+    (["sae", "train", "--corpus", "c.csv", "--model=tiny", "--sites", "resid.1", "--out", "o"], True),
 ])
 def test_ctrl_c_promises_a_continuation_only_where_there_is_one(args, resumes, capsys, monkeypatch):
     def interrupted(*a, **k):

@@ -42,7 +42,7 @@ _EXPORTS = {
     # sparse-autoencoder features
     "SAE": "sae", "train_sae": "sae", "evaluate_sae": "sae", "feature_activations": "sae", "feature_card": "sae",
     "feature_neighbors": "sae", "feature_map": "sae", "clamp": "sae", "FeatureActivations": "sae",
-    "FeatureCard": "sae", "load_saes": "sae",
+    "FeatureCard": "sae", "load_saes": "sae", "load_sae": "sae",
     "features_demo": "report.features_demo",
     # automated explanations
     "ExplainResult": "explain", "Explainer": "explain", "LocalLM": "explain", "OpenAICompatible": "explain",

@@ -57,7 +57,10 @@ def main(argv=None) -> None:
         _echo_err(e.format_message().replace("\n", " "))
         sys.exit(e.exit_code)
     except (click.exceptions.Abort, KeyboardInterrupt):
-        resumes = _invoked(sys.argv[1:] if argv is None else argv) in RESUMABLE
+        args = list(sys.argv[1:] if argv is None else argv)
+        cmd = _invoked(args)
+        flag = RESUMABLE.get(cmd)
+        resumes = cmd in RESUMABLE and (flag is None or any(a == flag or a.startswith(flag + "=") for a in args))
         _echo_err("interrupted" + ("; rerun the same command to continue where it stopped" if resumes else ""))
         sys.exit(130)
     except Exception as e:  # an unexpected failure: still one line, unless --debug

@@ -26,7 +26,7 @@ import re
 from pathlib import Path
 
 from ..errors import LlmriError
-from ..store import atomic_write_json, atomic_write_text, check_out_folder
+from ..store import atomic_write_json, check_out_folder, json_safe
 from .influence import EMBEDDING, ERROR, FEATURE, LOGIT, _cumulative_share, _influence
 
 # circuit-tracer's feature_type strings, which its viewer keys its node styles on
@@ -88,7 +88,8 @@ def read_index(folder) -> list[dict]:
 
 
 def _write(data: dict, path) -> Path:
-    atomic_write_text(Path(path), json.dumps(data, indent=1))
+    """``data`` as strict JSON (a missing score, NaN, becomes null: the viewer's JSON.parse reads no NaN)."""
+    atomic_write_json(Path(path), json_safe(data))
     return Path(path)
 
 

@@ -29,7 +29,8 @@ def ablate_cmd(corpus, model_name, out, measure, mode, scan_dir, layers, text_co
     """Lesion map: ablate every attention head and every MLP in turn over CORPUS."""
     from ..corpus import Corpus
     from ..interventions import lesion_map
-    from ..model import load_model
+    from ..interventions.lesion import check_layers
+    from ..model import config_n_layers, load_model, model_folder
     from ..report import largest_effects, lesion_page, output_folder
     from ..store import Scan
 
@@ -38,6 +39,10 @@ def ablate_cmd(corpus, model_name, out, measure, mode, scan_dir, layers, text_co
     layers = _ints(layers, "--layers") if layers is not None else None
     if layers is not None and not layers:
         raise LlmriError(f"--layers {layers!r}: no layer given, e.g. 0,3")
+    folder = model_folder(model_name)
+    n_layers = config_n_layers(folder) if folder is not None else None
+    if layers is not None and n_layers is not None:   # checked before the model loads, from its config
+        check_layers(layers, n_layers)
     docs = Corpus.from_path(corpus, text_column=text_column, label_column=label_column)
     scan = Scan.open(scan_dir) if scan_dir else None
     if engine is None:

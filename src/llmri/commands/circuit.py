@@ -13,8 +13,9 @@ from .options import _check_out, _dtype_option, _ints
 @click.command("circuit")
 @click.argument("prompt")
 @click.option("--model", "model_name", default="default-decoder", show_default=True)
-@click.option("--saes", required=True, help="Folder of residual-stream SAE folders (llmri sae train --sites ...) "
-              "or of transcoder folders (--sites mlp_in.L,... --target-site mlp_out.L,...).")
+@click.option("--saes", default=None, help="Folder of residual-stream SAE folders (llmri sae train --sites ...) "
+              "or of transcoder folders (--sites mlp_in.L,... --target-site mlp_out.L,...), or a feature set "
+              "shipped with llmri by model name; default: the set shipped for --model (default-decoder).")
 @click.option("--target", default=None, help="Target token, e.g. ' Paris' (default: the model's top token).")
 @click.option("--contrast", default=None, help="Second token: the metric becomes logit(target) - logit(contrast).")
 @click.option("--chat", is_flag=True, help="Wrap the prompt in the model's chat template.")
@@ -66,6 +67,12 @@ def circuit_cmd(prompt, model_name, saes, target, contrast, chat, out, max_nodes
         read_index(viewer_dir)
         if slug is not None:
             check_slug(slug)
+    if saes is None:
+        from ..sae.collection import shipped_sets
+
+        if model_name not in shipped_sets():
+            raise LlmriError(f"--saes: no feature set ships for --model {model_name!r}; give a folder of SAE folders")
+        saes = model_name
     sae_list = load_saes(saes)
     explanations = list(explanations) or None
     feature_explanations(sae_list, explanations)  # checked before the model loads

@@ -15,7 +15,8 @@ from .options import _check_out, _check_ray, _ray_options, _specs
 @click.argument("scan_dir")
 @click.option("--site", required=True, help="A site with token-level records, e.g. mlp.10.")
 @click.option("--neurons", "neuron_spec", default=None, help="Neurons: top:K, START:END or 3,5,9.")
-@click.option("--sae", default=None, help="An SAE folder: explain its features instead of neurons.")
+@click.option("--sae", default=None, help="An SAE folder, or a shipped one as MODEL/SITE (default-decoder/resid.16): explain "
+              "its features instead of neurons.")
 @click.option("--features", "feature_spec", default=None, help="SAE features: top:K, START:END or 3,5,9.")
 @click.option("--backend", type=click.Choice(["local", "openai"]), default="local", show_default=True,
               help="local: a chat model run by llmri; openai: any OpenAI-compatible server.")
@@ -75,14 +76,15 @@ def explain_cmd(scan_dir, site, neuron_spec, sae, feature_spec, backend, model_n
     except LlmriError:
         raise LlmriError(f"site {site!r} has no token-level records in {scan_dir}; token sites: "
                          f"{', '.join(scan.token_sites) or 'none (rescan with --token-sites)'}") from None
-    encoder = _load_sae(sae) if sae else None
+    sae_dir = _sae_folder(sae) if sae else None
+    encoder = _load_sae(sae_dir) if sae else None
     if backend == "openai":
         be = OpenAICompatible(base_url, model_name, api_key_env=api_key_env, completion_logprobs=completion_logprobs)
     else:
         be = LocalLM(model_name or "default-decoder", device=device)
     res = explain(scan, site, units, Explainer(be, style=style, seed=seed, simulator=simulator, convention=convention),
                   scorers=names, encoder=encoder,
-                  meta={"sae": str(Path(sae).resolve())} if sae else None,
+                  meta={"sae": str(Path(sae_dir).resolve())} if sae else None,
                   baseline=not no_baseline, out=out, progress=None,
                   engine=engine or "local")
     cols = [c for c in res.table.columns if c in ("unit", "simulation_score", "simulation_baseline",
@@ -103,10 +105,17 @@ def usage_line(st: dict) -> str:
     return line
 
 
-def _load_sae(path):
-    """An SAE folder (llmri/SAELens or sparsify layout) as an encoder with ``encode``."""
+def _sae_folder(spec) -> Path:
+    """The folder ``--sae`` names: an SAE folder or a shipped ``MODEL/SITE`` (default-decoder/resid.16)."""
     try:
-        from ..sae import SAE
+        from ..sae.collection import sae_folder
     except ImportError:
         raise LlmriError("--sae needs llmri's SAE module (llmri.sae), which this installation lacks") from None
+    return sae_folder(spec, "--sae")
+
+
+def _load_sae(path):
+    """An SAE folder (llmri/SAELens or sparsify layout) as an encoder with ``encode``."""
+    from ..sae import SAE
+
     return SAE.load(path)

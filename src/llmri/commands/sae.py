@@ -159,22 +159,28 @@ def _train_streaming(model_name, corpus, sites, targets, settings, checkpoint, d
 @click.option("--download", is_flag=True)
 def sae_eval_cmd(sae_dir, model_name, corpus, batch_tokens, device, dtype, download):
     """Evaluate the SAE in SAE_DIR spliced into the model: L0, explained variance, CE loss score, KL.
-    The numbers, and the precision they were computed in, are also written to SAE_DIR/eval.json."""
+    The numbers, and the precision they were computed in, are also written to SAE_DIR/eval.json.
+    SAE_DIR may name a shipped SAE as MODEL/SITE (default-decoder/resid.16)."""
     from ..corpus import Corpus
     from ..model import load_model
     from ..precision import check_dtype
     from ..sae import SAE, evaluate_sae
+    from ..sae.collection import is_shipped, sae_folder
     from ..store import atomic_write_json, json_safe
 
     check_dtype(dtype, "--dtype")
     if batch_tokens < 1:
         raise LlmriError(f"--batch-tokens must be >= 1, got {batch_tokens}")
-    sae = SAE.load(sae_dir)
+    folder = sae_folder(sae_dir, "SAE_DIR")
+    sae = SAE.load(folder)
     docs = Corpus.from_path(corpus)
     model = load_model(model_name, device=device, dtype=dtype, download=download)
     m = evaluate_sae(sae, model, docs, batch_tokens=batch_tokens, progress=None)
     scalars = {k: v for k, v in m.items() if k != "feature_density"}
-    atomic_write_json(Path(sae_dir) / "eval.json", json_safe(scalars))   # an undefined score is null
+    if is_shipped(folder):   # its files are hashed: nothing is written beside them
+        click.echo(f"{sae_dir} ships with llmri: eval.json not written (its held-out figures are in set.json)", err=True)
+    else:
+        atomic_write_json(folder / "eval.json", json_safe(scalars))   # an undefined score is null
     for key, v in scalars.items():
         click.echo(f"{key:24s} {v:.4g}" if isinstance(v, float) else f"{key:24s} {v}")
 
@@ -190,23 +196,28 @@ def sae_eval_cmd(sae_dir, model_name, corpus, batch_tokens, device, dtype, downl
               "(repeatable); default: the explain runs found beside SAE_DIR.")
 @click.option("--device", default="auto", show_default=True)
 def sae_report_cmd(sae_dir, scan_dir, out, model_name, cards, method, explanations, device):
-    """Feature browser of SAE_DIR over a Scan: map, searchable table, dashboards, categories."""
+    """Feature browser of SAE_DIR over a Scan: map, searchable table, dashboards, categories.
+    SAE_DIR may name a shipped SAE as MODEL/SITE (default-decoder/resid.16)."""
     from ..explain.results import find_explanations
     from ..model import load_model
     from ..report import build_feature_browser
     from ..sae import SAE, feature_activations
+    from ..sae.collection import is_shipped, sae_folder, shipped_metrics
     from ..store import Scan
 
     if cards < 0:
         raise LlmriError(f"--cards must be >= 0, got {cards}")
     _check_explanations(explanations, " --sae")
-    sae = SAE.load(sae_dir)
-    explanations = list(explanations) or find_explanations(sae_dir, sae.site, "feature")
+    folder = sae_folder(sae_dir, "SAE_DIR")
+    sae = SAE.load(folder)
+    explanations = list(explanations) or find_explanations(folder, sae.site, "feature")
     scan = Scan.open(scan_dir)
     model = load_model(model_name, device=device, dtype="float32") if model_name else None
     feats = feature_activations(sae, scan, progress=None)
-    ev = Path(sae_dir) / "eval.json"
-    metrics = json.loads(ev.read_text()) if ev.is_file() else None
+    metrics = shipped_metrics(folder) if is_shipped(folder) else None
+    ev = folder / "eval.json"
+    if metrics is None and ev.is_file():
+        metrics = json.loads(ev.read_text())
     out = Path(out) if out else _default_out(sae_dir, "report")
     path = build_feature_browser(sae, feats, out, model=model, metrics=metrics, n_cards=cards, method=method,
                                  explanations=explanations)
@@ -225,12 +236,13 @@ def sae_report_cmd(sae_dir, scan_dir, out, model_name, cards, method, explanatio
 @click.option("--device", default="auto", show_default=True)
 @click.option("--download", is_flag=True)
 def sae_steer_cmd(sae_dir, prompt, model_name, feature, values, max_new_tokens, out, device, download):
-    """Generate from PROMPT with one SAE feature clamped to each --value, side by side."""
+    """Generate from PROMPT with one SAE feature clamped to each --value, side by side.
+    SAE_DIR may name a shipped SAE as MODEL/SITE (default-decoder/resid.16)."""
     from ..model import load_model
-    from ..sae import SAE
+    from ..sae import load_sae
     from ..sae.clamp import clamp_generations, resolve_values
 
-    sae = SAE.load(sae_dir)
+    sae = load_sae(sae_dir, "SAE_DIR")
     for v in values:  # every value checked before the model loads
         resolve_values(sae, {feature: v})
     model = load_model(model_name, device=device, dtype="float32", download=download)

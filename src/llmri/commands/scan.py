@@ -122,7 +122,8 @@ def _run_report(scan, out, reducer, components, grid, categories, permutations, 
 @click.option("--explanations", multiple=True, help="An llmri explain output folder of mlp neurons of this scan "
               "(repeatable); default: the explain runs found beside SCAN_DIR.")
 @click.option("--sae", "saes", multiple=True,
-              help="SAE folder for the Features section (repeat for several; default: SCAN_DIR/saes/*).")
+              help="SAE folder for the Features section (repeat for several; default: SCAN_DIR/saes/*); "
+              "a shipped set by model name (default-decoder) or one of its SAEs (default-decoder/resid.16).")
 @_report_options
 def report_cmd(scan_dir, out, explanations, saes, **kw):
     """Analyse the Scan in SCAN_DIR: regions, NRAGs, metrics, evaluation, one HTML file."""
@@ -130,11 +131,9 @@ def report_cmd(scan_dir, out, explanations, saes, **kw):
     from ..store import Scan
 
     _check_explanations(explanations, "")
-    from ..sae.collection import is_sae_folder  # torch, after the quick checks
+    from ..sae.collection import sae_folders_of  # torch, after the quick checks
 
-    for folder in saes:
-        if not is_sae_folder(folder):
-            raise LlmriError(f"--sae {folder}: not an SAE folder (no cfg.json)")
+    saes = sae_folders_of(saes, "--sae")
     scan = Scan.open(scan_dir)
     _check_report(scan.label_names, **kw)
     out = output_folder(out) if out is not None else _default_out(scan_dir, "report")

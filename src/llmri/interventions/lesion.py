@@ -92,12 +92,18 @@ def _as_corpus(corpus):
     return Corpus(list(corpus)) if isinstance(corpus, (list, tuple)) else corpus
 
 
-def lesion_jobs(model: Model, layers=None, heads: bool = True, mlps: bool = True) -> list[tuple]:
-    """The lesions of a lesion map, in table order: ``(component, layer, head, ablate spec)``."""
-    n = model.n_layers
+def check_layers(layers, n: int) -> None:
+    """One line naming the first of ``layers`` outside a model of ``n`` blocks (negative ones count
+    from the end, as in Python)."""
     for L in layers or []:
         if not -n <= L < n:
             raise LlmriError(f"layer {L} is out of range: the model has layers 0..{n - 1}")
+
+
+def lesion_jobs(model: Model, layers=None, heads: bool = True, mlps: bool = True) -> list[tuple]:
+    """The lesions of a lesion map, in table order: ``(component, layer, head, ablate spec)``."""
+    n = model.n_layers
+    check_layers(layers, n)
     layers = list(range(n)) if layers is None else [L % n for L in layers]
     H = n_heads(model.module)
     return ([("head", L, h, {f"attn.{L}": [h]}) for L in layers for h in range(H)] if heads else []) + \

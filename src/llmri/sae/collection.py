@@ -12,6 +12,8 @@ before anything loads.
 >>> saes = load_saes("runs/saes")                        # doctest: +SKIP
 >>> [s.site for s in saes]
 ['resid.2', 'resid.5']
+>>> load_sae("default-decoder/resid.16").site            # doctest: +SKIP
+'resid.16'
 """
 
 from __future__ import annotations
@@ -73,6 +75,57 @@ def sae_folders(root) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted(p for p in root.iterdir() if not p.name.startswith(".") and p.is_dir() and is_sae_folder(p))
+
+
+def sae_folder(spec, what: str = "sae") -> Path:
+    """The folder of one SAE: ``spec`` itself when it exists, else ``MODEL/SITE`` of a shipped set
+    (``default-decoder/resid.16``), checked against the set's hashes. One-line errors name ``what``."""
+    path = Path(spec)
+    if not path.exists() and len(path.parts) == 1 and str(spec) in shipped_sets():
+        sites = ", ".join(p.name for p in sae_folders(shipped_folder(str(spec), what)))
+        raise LlmriError(f"{what} {spec}: a feature set, not one SAE; name one as {spec}/SITE (sites: {sites})")
+    if path.exists() or str(spec).startswith(".") or len(path.parts) != 2 or path.parts[0] not in shipped_sets():
+        return path                                   # SAE.load says what is wrong with a missing or bad folder
+    name, site = path.parts
+    folder = shipped_folder(name, what) / site
+    if not is_sae_folder(folder):
+        have = ", ".join(p.name for p in sae_folders(folder.parent))
+        raise LlmriError(f"{what} {spec}: the feature set shipped for {name!r} has no SAE at {site!r} (it has {have})")
+    return folder
+
+
+def sae_folders_of(specs, what: str = "--sae") -> list[Path]:
+    """SAE folders for options that take several: each an SAE folder, a shipped ``MODEL/SITE``, or
+    a shipped set's name (all its SAEs); a one-line error for one that is none of these."""
+    out = []
+    for spec in specs:
+        if not Path(spec).exists() and str(spec) in shipped_sets():
+            out += sae_folders(shipped_folder(str(spec), what))
+            continue
+        folder = sae_folder(spec, what)
+        if not is_sae_folder(folder):
+            raise LlmriError(f"{what} {spec}: not an SAE folder (no {CFG_FILE})")
+        out.append(folder)
+    return out
+
+
+def is_shipped(folder) -> bool:
+    """True when ``folder`` lies inside a feature set shipped with llmri (read-only: its files are hashed)."""
+    return SHIPPED_ROOT.resolve() in Path(folder).resolve().parents
+
+
+def shipped_metrics(folder) -> dict | None:
+    """The held-out figures a shipped SAE's set records for it (``set.json``), or None."""
+    folder = Path(folder)
+    card = folder.parent / "set.json"
+    if not card.is_file():
+        return None
+    return read_json_object(card).get("evaluation", {}).get("sites", {}).get(folder.name, {}).get("held_out")
+
+
+def load_sae(spec, what: str = "sae") -> SAE:
+    """One SAE from its folder or a shipped ``MODEL/SITE`` (:func:`sae_folder`)."""
+    return SAE.load(sae_folder(spec, what))
 
 
 def load_saes(saes, what: str = "saes") -> list[SAE]:
