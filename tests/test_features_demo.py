@@ -273,13 +273,15 @@ def test_features_demo_on_the_shipped_set(tmp_path, browser):
     clamp = json.loads((out / "clamp.json").read_text())
     s = clamp["settings"]
     by = {r["clamp"].split(" ")[0]: r for r in clamp["summary"]}
-    for v in ("5x", "10x"):
-        assert by[v]["direction"] == "up" and by[v]["feature_change"] > 0, by[v]
+    assert by["5x"]["direction"] == "up" and by["5x"]["feature_change"] > 0, by["5x"]
+    assert by["5x"]["p_change"] > 0, by["5x"]                       # the probe reads more of the category too
+    # at 10x the model may repeat one token whose norm leaves the SAE's range: nothing to read (None)
+    assert by["10x"]["feature_change"] is None or by["10x"]["feature_change"] > 0, by["10x"]
     model = llmri.load_model("default-decoder", dtype="float32")
     sae = llmri.load_saes("default-decoder")[s["site"]]
-    got = [r["feature_mean"] for r in clamp["rows"]]
-    want = _hidden_mean(model, sae, s["feature"], [r["generation"] for r in clamp["rows"]])
-    np.testing.assert_allclose(got, want, rtol=2e-2, atol=2e-3)
+    rows = [r for r in clamp["rows"] if r["feature_mean"] is not None]
+    want = _hidden_mean(model, sae, s["feature"], [r["generation"] for r in rows])
+    np.testing.assert_allclose([r["feature_mean"] for r in rows], want, rtol=2e-2, atol=2e-3)
     graph = json.loads((out / "graph.json").read_text())
     assert graph["metadata"]["prompt"].startswith("The capital of the country where the Eiffel Tower stands is")
     assert seconds < 600, f"the features demo took {seconds:.0f} s"

@@ -204,8 +204,12 @@ def _features_summary(folder: Path, seconds: float) -> str:
              f"{s['n_tokens']} tokens; {seconds:.0f} s",
              f"  clamp   feature {c['feature']} of {c['site']} (the most {c['category']}-selective"
              + (" with a clean dashboard)" if c["clean"] else ")") + "; read back unclamped:"]
+    def num(v, fmt):   # NaN reads back as None: no generated token the SAE decomposes (see clamp.json)
+        return "n/a" if v is None else format(v, fmt)
+
     for r in clamp["summary"]:
-        change = "" if r["value"] is None else f" ({r['feature_change']:+.3g}; P {r['p_change']:+.3f}, {r['direction']})"
-        lines.append(f"          {r['clamp']:<18} feature {r['feature_mean']:.3g}, P({c['category']}) "
-                     f"{r['p_category']:.3f}{change}")
+        change = "" if r["value"] is None else (f" ({num(r['feature_change'], '+.3g')}; P {num(r['p_change'], '+.3f')}, "
+                                                f"{r['direction']})")
+        lines.append(f"          {r['clamp']:<18} feature {num(r['feature_mean'], '.3g')}, P({c['category']}) "
+                     f"{num(r['p_category'], '.3f')}{change}")
     return "\n".join(lines)
