@@ -161,7 +161,8 @@ def evaluate(out: Path, held: llmri.Corpus, split: dict, args) -> None:
                 gates=[dict(metric=k, bound=b, kind=w) for k, b, w in GATES], evaluation=result)
     with whole_folder(SHIP_TO) as tmp:
         for site in SITES:
-            shutil.copytree(stage / site, tmp / site)
+            shutil.copytree(stage / site, tmp / site, copy_function=shutil.copyfile)   # package data: plain modes
+            (tmp / site).chmod(0o755)
         atomic_write_json(tmp / "set.json", card)
         atomic_write_json(tmp / INDEX_FILE, dict(files=file_hashes(tmp)))
     print(f"shipped {len(SITES)} SAEs into {SHIP_TO}")
